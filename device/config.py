@@ -1,0 +1,315 @@
+"""Configuration: load YAML, merge it over the defaults, validate every key.
+
+`config/default.yaml` holds every key with its unit; a user file (``--config FILE``) only
+needs the keys it changes. Validation is strict: an unknown key, a wrong type, a value out
+of range or a missing file raises `ConfigError` with one line naming the file, the key and
+the value, so the command line can print it and exit 2.
+
+The schema lives here, in code; the test suite checks that `default.yaml` and the schema
+describe the same keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from device.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "config" / "default.yaml"
+
+NOISE_CLASSES = ("white", "pink", "traffic", "office", "construction", "cafe")
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration value: its type, unit and allowed range."""
+
+    kind: str  # "int", "float", "bool", "str", "path", "device"
+    unit: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    choices: tuple[str, ...] | None = None
+    nullable: bool = False
+
+
+def _preset_section() -> dict[str, Key]:
+    return {
+        "step_size": Key("float", "normalized step (mu)", 0.0, 2.0, exclusive_minimum=True),
+        "leakage": Key("float", "per sample", 0.0, 0.1),
+        "intensity": Key("float", "0..1 of full anti-noise", 0.0, 1.0),
+    }
+
+
+SCHEMA: dict[str, Any] = {
+    "audio": {
+        "sample_rate": Key("int", "Hz", 8000, 192000),
+        "block_size": Key("int", "samples", 1, 4096),
+        "device": Key("device", "PortAudio device name or index", nullable=True),
+        "input_device": Key("device", "PortAudio device name or index", nullable=True),
+        "output_device": Key("device", "PortAudio device name or index", nullable=True),
+        "reference_channel": Key("int", "input channel index", 0, 63),
+        "error_channel": Key("int", "input channel index", 0, 63),
+        "speaker_channel": Key("int", "output channel index", 0, 63),
+    },
+    "controller": {
+        "taps": Key("int", "samples", 1, 4096),
+        "step_size": Key("float", "normalized step (mu)", 0.0, 2.0, exclusive_minimum=True),
+        "leakage": Key("float", "per sample", 0.0, 0.1),
+        "regularization": Key("float", "power (full scale = 1)", 0.0, 1.0, exclusive_minimum=True),
+        "secondary_path_taps": Key("int", "samples", 1, 4096),
+        "feedback_neutralization": Key("bool"),
+        "feedback_path_taps": Key("int", "samples", 1, 4096),
+    },
+    "safety": {
+        "output_ceiling_dbfs": Key("float", "dBFS", -60.0, 0.0),
+        "limiter_release_ms": Key("float", "ms", 0.0, 10000.0, exclusive_minimum=True),
+        "fade_ms": Key("float", "ms", 0.0, 10000.0, exclusive_minimum=True),
+        "baseline_ms": Key("float", "ms", 0.0, 10000.0, exclusive_minimum=True),
+        "watchdog_rise_db": Key("float", "dB", 0.0, 60.0, exclusive_minimum=True),
+        "watchdog_hold_ms": Key("float", "ms", 0.0, 10000.0, exclusive_minimum=True),
+        "max_weight_norm": Key("float", "L2 norm", 0.0, 1e6, exclusive_minimum=True),
+        "step_backoff": Key("float", "factor", 0.0, 1.0, exclusive_minimum=True),
+        "min_step_size": Key("float", "normalized step (mu)", 0.0, 2.0, exclusive_minimum=True),
+    },
+    "anc": {
+        "enabled": Key("bool"),
+        "intensity": Key("float", "0..1 of full anti-noise", 0.0, 1.0),
+        "ramp_ms": Key("float", "ms", 0.0, 10000.0, exclusive_minimum=True),
+    },
+    "identification": {
+        "probe_level_dbfs": Key("float", "dBFS", -80.0, -6.0),
+        "duration_s": Key("float", "s", 0.1, 60.0),
+        "fade_ms": Key("float", "ms", 0.0, 1000.0),
+        "seed": Key("int", "", 0, 2**32 - 1),
+    },
+    "classifier": {
+        "enabled": Key("bool"),
+        "model": Key("path", "ONNX file, relative to this config file"),
+        "window_s": Key("float", "s", 0.1, 10.0),
+        "hop_s": Key("float", "s", 0.05, 10.0),
+        "confidence_threshold": Key("float", "probability", 0.0, 1.0),
+        "hysteresis_windows": Key("int", "windows", 1, 100),
+    },
+    "presets": {name: _preset_section() for name in NOISE_CLASSES},
+    "runtime": {
+        "state_dir": Key("path", "directory, relative to this config file"),
+        "metrics_interval_s": Key("float", "s", 0.1, 3600.0),
+        "device_id": Key("str", "thing name", nullable=True),
+    },
+    "spool": {
+        "path": Key("path", "SQLite file, relative to this config file"),
+        "budget_mb": Key("float", "MiB", 0.1, 100000.0),
+    },
+    "simulator": {
+        "plant": Key("str", "preset name or YAML file"),
+        "seed": Key("int", "", 0, 2**32 - 1),
+    },
+}
+
+
+class Section(Mapping[str, Any]):
+    """Read-only view of one config section with attribute access (`cfg.controller.taps`)."""
+
+    def __init__(self, values: dict[str, Any]):
+        self._values = {k: Section(v) if isinstance(v, dict) else v for k, v in values.items()}
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v.as_dict() if isinstance(v, Section) else v for k, v in self._values.items()}
+
+    def __repr__(self) -> str:
+        return f"Section({self.as_dict()!r})"
+
+
+class Config(Section):
+    """The validated configuration, plus where it came from."""
+
+    def __init__(self, values: dict[str, Any], source: Path):
+        super().__init__(values)
+        self._source = source
+
+    @property
+    def source(self) -> Path:
+        return self._source
+
+    def replace(self, section: str, **changes: Any) -> "Config":
+        """A copy with some keys of one section changed, validated like a file."""
+        values = self.as_dict()
+        values[section] = {**values[section], **changes}
+        checked = _validate(values, SCHEMA, str(self._source), "", resolve_from=None)
+        return Config(checked, self._source)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a config file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.__class__.__name__})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_value(key: Key, value: Any, where: str, resolve_from: Path | None) -> Any:
+    if value is None:
+        if key.nullable:
+            return None
+        raise ConfigError(f"{where}: a value is required, got null")
+    if key.kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {_describe(value)}")
+        return value
+    if key.kind in ("int", "float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            expected = "an integer" if key.kind == "int" else "a number"
+            raise ConfigError(f"{where}: expected {expected}, got {_describe(value)}")
+        if key.kind == "int" and not (isinstance(value, int) or float(value).is_integer()):
+            raise ConfigError(f"{where}: expected an integer, got {_describe(value)}")
+        number = int(value) if key.kind == "int" else float(value)
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {_describe(value)}")
+        low, high = key.minimum, key.maximum
+        too_low = low is not None and (number <= low if key.exclusive_minimum else number < low)
+        too_high = high is not None and number > high
+        if too_low or too_high:
+            left = "(" if key.exclusive_minimum else "["
+            unit = f" {key.unit}" if key.unit and not key.unit.startswith(("0..", "per")) else ""
+            raise ConfigError(f"{where}: {number} is out of range {left}{low:g}, {high:g}]{unit}")
+        return number
+    if key.kind == "device":
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{where}: expected a device name or index, got {_describe(value)}")
+        return value
+    if key.kind in ("str", "path"):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: expected a non-empty string, got {_describe(value)}")
+        if key.choices and value not in key.choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(key.choices)}")
+        if key.kind == "path" and resolve_from is not None:
+            path = Path(value).expanduser()
+            return str(path if path.is_absolute() else (resolve_from / path).resolve())
+        return value
+    raise AssertionError(f"unknown kind {key.kind}")
+
+
+def _validate(data: Any, schema: dict[str, Any], source: str, prefix: str, resolve_from: Path | None) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.')}: expected a mapping, got {_describe(data)}")
+    checked: dict[str, Any] = {}
+    for name, value in data.items():
+        where = f"{source}: {prefix}{name}"
+        if name not in schema:
+            close = difflib.get_close_matches(str(name), list(schema), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}: unknown key{hint}")
+        spec = schema[name]
+        if isinstance(spec, dict):
+            checked[name] = _validate(value, spec, source, f"{prefix}{name}.", resolve_from)
+        else:
+            checked[name] = _check_value(spec, value, where, resolve_from)
+    for name, spec in schema.items():
+        if name not in checked:
+            raise ConfigError(f"{source}: {prefix}{name}: missing key")
+    return checked
+
+
+def _cross_checks(values: dict[str, Any], source: str) -> None:
+    controller = values["controller"]
+    if controller["secondary_path_taps"] > 4096:
+        raise ConfigError(f"{source}: controller.secondary_path_taps: too long")
+    classifier = values["classifier"]
+    if classifier["hop_s"] > classifier["window_s"]:
+        raise ConfigError(
+            f"{source}: classifier.hop_s: {classifier['hop_s']} is longer than classifier.window_s ({classifier['window_s']})"
+        )
+    safety = values["safety"]
+    if safety["min_step_size"] > controller["step_size"]:
+        raise ConfigError(
+            f"{source}: safety.min_step_size: {safety['min_step_size']} is above controller.step_size ({controller['step_size']})"
+        )
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load the defaults, overlay `path` if given, and validate the result.
+
+    Relative paths are resolved against the directory of the file that sets them.
+    """
+    defaults = _validate(_read_yaml(DEFAULT_CONFIG), SCHEMA, str(DEFAULT_CONFIG), "", DEFAULT_CONFIG.parent)
+    if path is None:
+        _cross_checks(defaults, str(DEFAULT_CONFIG))
+        return Config(defaults, DEFAULT_CONFIG)
+    user_path = Path(path)
+    user = _read_yaml(user_path)
+    # Validate the user's keys against the schema first, so errors name the user's file.
+    partial = _validate_partial(user, SCHEMA, str(user_path), "", user_path.resolve().parent)
+    merged = _merge(defaults, partial)
+    _cross_checks(merged, str(user_path))
+    return Config(merged, user_path)
+
+
+def _validate_partial(data: Any, schema: dict[str, Any], source: str, prefix: str, resolve_from: Path) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'}: expected a mapping, got {_describe(data)}")
+    checked: dict[str, Any] = {}
+    for name, value in data.items():
+        where = f"{source}: {prefix}{name}"
+        if name not in schema:
+            close = difflib.get_close_matches(str(name), list(schema), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}: unknown key{hint}")
+        spec = schema[name]
+        if isinstance(spec, dict):
+            checked[name] = _validate_partial(value, spec, source, f"{prefix}{name}.", resolve_from)
+        else:
+            checked[name] = _check_value(spec, value, where, resolve_from)
+    return checked

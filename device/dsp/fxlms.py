@@ -1,0 +1,377 @@
+"""Normalized leaky FxLMS with output safety, one audio block per call.
+
+`process_block` is the only thing the audio callback runs: a single `nogil` numba call that
+takes a block of reference and error microphone samples and writes a block of anti-noise,
+sample by sample, with all state in preallocated arrays (see `device.dsp.layout`).
+
+Per sample n:
+  1. reference r(n) (minus the estimated speaker leak when a feedback path is given)
+  2. filtered reference x'(n) = s_hat * r, and its power over the filter length
+  3. virtual error e'(n) = e(n) + s_hat * (y_raw - y_played): the error had the full
+     computed output been played. It keeps fades, intensity < 1 and the limiter from
+     teaching the filter to compensate for them.
+  4. update w <- (1 - leakage) w - mu e'(n) x' / (regularization + |x'|^2)
+  5. output y_raw(n) = w . r, then user gain (enabled * intensity, ramped), safety gain
+     (fades, watchdog) and a peak limiter with instant attack and smooth release: the
+     speaker signal never exceeds the ceiling and is never hard-clipped.
+
+Steps 4 and 5 share one pass over the weights. The reference, filtered reference and
+output histories are double-length circular buffers: every sample is written twice, so the
+last N samples are always one contiguous slice and the inner loops vectorize.
+
+The watchdog trips on NaN/Inf, on a weight norm above its limit, on error power well above
+the uncontrolled level (measured while muted at start, tracked through the reference level)
+and on sustained heavy limiting. A trip fades the output out fast, resets the weights, backs
+off the step size and fades back in; each trip is written to the `events` ring.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+from device.dsp.layout import (
+    C_FILTERED,
+    C_MISSING,
+    C_OUTPUT,
+    C_REFERENCE,
+    EVENT_ERROR_RISE,
+    EVENT_LIMITING,
+    EVENT_NONFINITE,
+    EVENT_WEIGHT_NORM,
+    MODE_BASELINE,
+    MODE_RUN,
+    MODE_STOP,
+    MODE_TRIP,
+    P_ADAPT,
+    P_BACKOFF,
+    P_BASELINE,
+    P_CEILING,
+    P_FADE_RATE,
+    P_FLOOR,
+    P_HOLD,
+    P_LEAKAGE,
+    P_MAX_NORM,
+    P_MIN_STEP,
+    P_POWER_COEF,
+    P_REGULARIZATION,
+    P_RELEASE,
+    P_RISE,
+    P_STEP,
+    P_STOP,
+    P_TRIP_RATE,
+    P_USER_RATE,
+    P_USER_TARGET,
+    S_BASELINE_COUNT,
+    S_BASELINE_ERROR,
+    S_BASELINE_REFERENCE,
+    S_CONTROL_SAMPLES,
+    S_ERROR_POWER,
+    S_EVENTS,
+    S_HOLD,
+    S_LIMIT_HOLD,
+    S_LIMITED_SAMPLES,
+    S_LIMITER_GAIN,
+    S_MISSING_COUNTDOWN,
+    S_MODE,
+    S_NONFINITE_INPUTS,
+    S_PEAK_OUT,
+    S_RATIO,
+    S_REFERENCE_POWER,
+    S_SAFETY_GAIN,
+    S_SAMPLES,
+    S_STEP,
+    S_TRIPS,
+    S_USER_GAIN,
+    S_WEIGHT_NORM,
+    S_XF_POWER,
+)
+
+# Allow reassociation so reductions vectorize, but keep NaN/Inf semantics: the guards
+# below must see a NaN when one appears.
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+# Adaptation pauses below this total output gain: with almost nothing played, the virtual
+# error rests on the model alone.
+MIN_ADAPT_GAIN = 0.05
+# Limiter gain under which limiting counts as heavy (6 dB of reduction).
+HEAVY_LIMITING = 0.5
+DENORMAL_FLOOR = 1e-30
+
+
+@nb.njit(cache=True, inline="always")
+def _push(buffer, half, position, value):
+    """Write `value` as the newest sample of a double-length circular buffer."""
+    position -= 1
+    if position < 0:
+        position = half - 1
+    buffer[position] = value
+    buffer[position + half] = value
+    return position
+
+
+@nb.njit(cache=True, fastmath=FASTMATH, inline="always")
+def _dot(a, b, offset, start, count):
+    """sum(a[start + k] * b[offset + k] for k in range(count))."""
+    acc = 0.0
+    for k in range(count):
+        acc += a[start + k] * b[offset + k]
+    return acc
+
+
+@nb.njit(cache=True)
+def _record_event(events, status, code, value, step):
+    capacity = events.shape[0]
+    index = int(status[S_EVENTS]) % capacity
+    events[index, 0] = status[S_SAMPLES]
+    events[index, 1] = code
+    events[index, 2] = value
+    events[index, 3] = step
+    status[S_EVENTS] += 1.0
+
+
+@nb.njit(cache=True)
+def _clear_history(weights, filtered_buffer, output_buffer, missing_buffer, status):
+    weights[:] = 0.0
+    filtered_buffer[:] = 0.0
+    output_buffer[:] = 0.0
+    missing_buffer[:] = 0.0
+    status[S_XF_POWER] = 0.0
+    status[S_MISSING_COUNTDOWN] = 0.0
+
+
+@nb.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def process_block(
+    reference,
+    error,
+    out,
+    weights,
+    secondary_path,
+    feedback_path,
+    reference_buffer,
+    filtered_buffer,
+    output_buffer,
+    missing_buffer,
+    params,
+    status,
+    cursors,
+    events,
+):
+    """Run the controller over one block. See the module docstring for the algorithm.
+
+    reference, error: input blocks (any float dtype); out: the speaker block, written.
+    weights (N), secondary_path (L), feedback_path (F, may be empty): filters.
+    reference_buffer (2*max(N, L)), filtered_buffer (2*(N+1)), output_buffer (2*max(F, 1)),
+    missing_buffer (2*L): double-length histories. params/status/cursors/events: see layout.
+    """
+    taps = weights.shape[0]
+    path_taps = secondary_path.shape[0]
+    feedback_taps = feedback_path.shape[0]
+    reference_half = reference_buffer.shape[0] // 2
+    filtered_half = filtered_buffer.shape[0] // 2
+    output_half = output_buffer.shape[0] // 2
+    missing_half = missing_buffer.shape[0] // 2
+
+    position_reference = cursors[C_REFERENCE]
+    position_filtered = cursors[C_FILTERED]
+    position_output = cursors[C_OUTPUT]
+    position_missing = cursors[C_MISSING]
+
+    leak = 1.0 - params[P_LEAKAGE]
+    regularization = params[P_REGULARIZATION]
+    user_target = params[P_USER_TARGET]
+    user_rate = params[P_USER_RATE]
+    fade_rate = params[P_FADE_RATE]
+    trip_rate = params[P_TRIP_RATE]
+    ceiling = params[P_CEILING]
+    release = params[P_RELEASE]
+    rise = params[P_RISE]
+    hold_limit = params[P_HOLD]
+    power_coef = params[P_POWER_COEF]
+    floor = params[P_FLOOR]
+    adapt_allowed = params[P_ADAPT] > 0.5
+    if params[P_STOP] > 0.5 and status[S_MODE] != MODE_STOP:
+        status[S_MODE] = MODE_STOP
+
+    mode = status[S_MODE]
+    user_gain = status[S_USER_GAIN]
+    safety_gain = status[S_SAFETY_GAIN]
+    limiter_gain = status[S_LIMITER_GAIN]
+    power = status[S_XF_POWER]
+    error_power = status[S_ERROR_POWER]
+    reference_power = status[S_REFERENCE_POWER]
+    missing_countdown = status[S_MISSING_COUNTDOWN]
+    hold = status[S_HOLD]
+    limit_hold = status[S_LIMIT_HOLD]
+    step = max(params[P_STEP] * status[S_STEP], min(params[P_MIN_STEP], params[P_STEP]))
+    peak = status[S_PEAK_OUT]
+
+    # Recompute the filtered-reference power once a block so the running sum cannot drift.
+    power = 0.0
+    for k in range(taps):
+        value = filtered_buffer[position_filtered + k]
+        power += value * value
+
+    for n in range(reference.shape[0]):
+        r = float(reference[n])
+        e = float(error[n])
+        if not (math.isfinite(r) and math.isfinite(e)):
+            status[S_NONFINITE_INPUTS] += 1.0
+            if not math.isfinite(r):
+                r = 0.0
+            if not math.isfinite(e):
+                e = 0.0
+
+        raw_reference = r
+        if feedback_taps > 1:
+            # feedback_path[j] maps the output played j samples ago; j = 0 is not played yet.
+            r -= _dot(feedback_path, output_buffer, position_output, 1, feedback_taps - 1)
+
+        position_reference = _push(reference_buffer, reference_half, position_reference, r)
+        filtered = _dot(secondary_path, reference_buffer, position_reference, 0, path_taps)
+        position_filtered = _push(filtered_buffer, filtered_half, position_filtered, filtered)
+        oldest = filtered_buffer[position_filtered + taps]
+        power += filtered * filtered - oldest * oldest
+        if power < 0.0:
+            power = 0.0
+
+        virtual_error = e
+        if missing_countdown > 0.0:
+            # secondary_path[j] maps the output played j samples ago; j = 0 is not played yet.
+            virtual_error += _dot(secondary_path, missing_buffer, position_missing, 1, path_taps - 1)
+            missing_countdown -= 1.0
+
+        total_gain = user_gain * safety_gain
+        y_raw = 0.0
+        if mode == MODE_RUN and adapt_allowed and total_gain >= MIN_ADAPT_GAIN:
+            g = step * virtual_error / (regularization + power)
+            for k in range(taps):
+                updated = leak * weights[k] - g * filtered_buffer[position_filtered + k]
+                weights[k] = updated
+                y_raw += updated * reference_buffer[position_reference + k]
+        else:
+            y_raw = _dot(weights, reference_buffer, position_reference, 0, taps)
+
+        # Gains: the user's (enabled * intensity) and the safety fades, both ramped.
+        if user_gain < user_target:
+            user_gain = min(user_target, user_gain + user_rate)
+        elif user_gain > user_target:
+            user_gain = max(user_target, user_gain - user_rate)
+        if mode == MODE_RUN:
+            safety_gain = min(1.0, safety_gain + fade_rate)
+        elif mode == MODE_TRIP:
+            safety_gain = max(0.0, safety_gain - trip_rate)
+        else:
+            safety_gain = max(0.0, safety_gain - fade_rate)
+
+        y = y_raw * user_gain * safety_gain
+        magnitude = abs(y)
+        limiter_gain += (1.0 - limiter_gain) * release
+        if magnitude * limiter_gain > ceiling:
+            limiter_gain = ceiling / magnitude
+        played = y * limiter_gain
+        if not math.isfinite(played):
+            played = 0.0
+        if limiter_gain < 1.0 - 1e-9:
+            status[S_LIMITED_SAMPLES] += 1.0
+        out[n] = played
+        if abs(played) > peak:
+            peak = abs(played)
+        if safety_gain > 0.0:
+            status[S_CONTROL_SAMPLES] += 1.0
+
+        position_output = _push(output_buffer, output_half, position_output, played)
+        missing = y_raw - played
+        position_missing = _push(missing_buffer, missing_half, position_missing, missing)
+        if missing != 0.0:
+            missing_countdown = path_taps
+
+        error_power += power_coef * (e * e - error_power)
+        reference_power += power_coef * (raw_reference * raw_reference - reference_power)
+        status[S_SAMPLES] += 1.0
+
+        if mode == MODE_BASELINE:
+            status[S_BASELINE_ERROR] += e * e
+            status[S_BASELINE_REFERENCE] += raw_reference * raw_reference
+            status[S_BASELINE_COUNT] += 1.0
+            if status[S_BASELINE_COUNT] >= params[P_BASELINE]:
+                if status[S_BASELINE_REFERENCE] > 0.0:
+                    status[S_RATIO] = status[S_BASELINE_ERROR] / status[S_BASELINE_REFERENCE]
+                else:
+                    status[S_RATIO] = 0.0
+                mode = MODE_RUN
+        elif mode == MODE_RUN:
+            uncontrolled = status[S_RATIO] * reference_power + floor
+            if error_power > rise * uncontrolled:
+                hold += 1.0
+            else:
+                hold = 0.0
+            if limiter_gain < HEAVY_LIMITING:
+                limit_hold += 1.0
+            else:
+                limit_hold = 0.0
+            if hold > hold_limit:
+                mode = MODE_TRIP
+                _record_event(events, status, EVENT_ERROR_RISE, 10.0 * math.log10(error_power / uncontrolled), step)
+                hold = 0.0
+            elif limit_hold > hold_limit:
+                mode = MODE_TRIP
+                _record_event(events, status, EVENT_LIMITING, 20.0 * math.log10(max(limiter_gain, 1e-12)), step)
+                limit_hold = 0.0
+        elif mode == MODE_TRIP and safety_gain <= 0.0:
+            # Silent now: reset and come back slower.
+            _clear_history(weights, filtered_buffer, output_buffer, missing_buffer, status)
+            power = 0.0
+            missing_countdown = 0.0
+            status[S_STEP] = status[S_STEP] * params[P_BACKOFF]
+            step = max(params[P_STEP] * status[S_STEP], min(params[P_MIN_STEP], params[P_STEP]))
+            status[S_TRIPS] += 1.0
+            error_power = status[S_RATIO] * reference_power
+            mode = MODE_RUN
+
+    # Block-level checks: weights blowing up or turned non-finite.
+    norm_squared = 0.0
+    for k in range(taps):
+        value = weights[k]
+        if abs(value) < DENORMAL_FLOOR:
+            weights[k] = 0.0
+            value = 0.0
+        norm_squared += value * value
+    norm = math.sqrt(norm_squared)
+    if not math.isfinite(norm):
+        _clear_history(weights, filtered_buffer, output_buffer, missing_buffer, status)
+        power = 0.0
+        missing_countdown = 0.0
+        safety_gain = 0.0
+        status[S_STEP] = status[S_STEP] * params[P_BACKOFF]
+        status[S_TRIPS] += 1.0
+        _record_event(events, status, EVENT_NONFINITE, 0.0, step)
+        if mode != MODE_STOP and mode != MODE_BASELINE:
+            mode = MODE_RUN
+        norm = 0.0
+    elif norm > params[P_MAX_NORM] and mode == MODE_RUN:
+        mode = MODE_TRIP
+        _record_event(events, status, EVENT_WEIGHT_NORM, norm, step)
+
+    if error_power < DENORMAL_FLOOR:
+        error_power = 0.0
+    if reference_power < DENORMAL_FLOOR:
+        reference_power = 0.0
+
+    cursors[C_REFERENCE] = position_reference
+    cursors[C_FILTERED] = position_filtered
+    cursors[C_OUTPUT] = position_output
+    cursors[C_MISSING] = position_missing
+    status[S_MODE] = mode
+    status[S_USER_GAIN] = user_gain
+    status[S_SAFETY_GAIN] = safety_gain
+    status[S_LIMITER_GAIN] = limiter_gain
+    status[S_XF_POWER] = power
+    status[S_ERROR_POWER] = error_power
+    status[S_REFERENCE_POWER] = reference_power
+    status[S_MISSING_COUNTDOWN] = missing_countdown
+    status[S_HOLD] = hold
+    status[S_LIMIT_HOLD] = limit_hold
+    status[S_WEIGHT_NORM] = norm
+    status[S_PEAK_OUT] = peak

@@ -1,0 +1,81 @@
+"""Index layout of the small arrays the FxLMS kernel shares with its owner.
+
+The kernel takes its settings in `params` (written by `AncEngine`, read at every block)
+and keeps its scalar state in `status` and its buffer cursors in `cursors`. Plain arrays
+with named indices keep the kernel a single nogil call with a handful of arguments, and let
+the owner change a setting between blocks without a lock: one float store is atomic.
+"""
+
+# params: settings, written by the owner between blocks
+P_STEP = 0               # normalized step size mu (current; the watchdog lowers `status[S_STEP]` instead)
+P_LEAKAGE = 1            # per-sample weight decay
+P_REGULARIZATION = 2     # added to the filtered-reference power in the normalization
+P_USER_TARGET = 3        # 0..1: enabled * intensity
+P_USER_RATE = 4          # per-sample increment of the user gain towards its target
+P_FADE_RATE = 5          # per-sample increment of the safety gain on fade-in/out
+P_TRIP_RATE = 6          # per-sample decrement of the safety gain when the watchdog trips
+P_CEILING = 7            # linear peak ceiling of the speaker signal
+P_RELEASE = 8            # limiter gain recovery coefficient per sample (0..1)
+P_RISE = 9               # linear power factor over the uncontrolled level that counts as divergence
+P_HOLD = 10              # samples the rise (or heavy limiting) must last before a trip
+P_MAX_NORM = 11          # L2 norm of the weights above which the filter is reset
+P_BACKOFF = 12           # step-size factor applied after each trip
+P_MIN_STEP = 13          # floor of the backed-off step size
+P_BASELINE = 14          # samples muted at start to measure the uncontrolled level
+P_POWER_COEF = 15        # one-pole smoothing coefficient of the power trackers
+P_STOP = 16              # 1.0 = fade out and stay silent
+P_ADAPT = 17             # 1.0 = adapt the weights, 0.0 = freeze them
+P_FLOOR = 18             # power floor (full scale = 1) under which the watchdog ignores the error level
+N_PARAMS = 19
+
+# status: scalar state, written by the kernel
+S_MODE = 0               # MODE_* below
+S_USER_GAIN = 1          # current user gain (ramps towards P_USER_TARGET)
+S_SAFETY_GAIN = 2        # current safety gain (fades)
+S_LIMITER_GAIN = 3       # current limiter gain (1 = not limiting)
+S_XF_POWER = 4           # sum of squares of the filtered reference over the filter length
+S_ERROR_POWER = 5        # smoothed error-mic power
+S_REFERENCE_POWER = 6    # smoothed reference-mic power
+S_BASELINE_ERROR = 7     # sum of squared error during the baseline
+S_BASELINE_REFERENCE = 8 # sum of squared reference during the baseline
+S_BASELINE_COUNT = 9     # samples measured so far
+S_RATIO = 10             # uncontrolled error power / reference power (from the baseline)
+S_HOLD = 11              # samples the divergence symptom has lasted
+S_STEP = 12              # step size in force (P_STEP unless backed off)
+S_TRIPS = 13             # watchdog trips so far
+S_SAMPLES = 14           # samples processed
+S_MISSING_COUNTDOWN = 15 # samples until the played-vs-computed difference history is all zero
+S_NONFINITE_INPUTS = 16  # input samples replaced because they were NaN/Inf
+S_LIMITED_SAMPLES = 17   # samples on which the limiter reduced the gain
+S_WEIGHT_NORM = 18       # L2 norm of the weights at the end of the last block
+S_PEAK_OUT = 19          # largest |speaker sample| so far
+S_EVENTS = 20            # events written so far (the ring index is this modulo its capacity)
+S_LIMIT_HOLD = 21        # samples of heavy limiting in a row
+S_CONTROL_SAMPLES = 22   # samples with the anti-noise on (safety gain > 0)
+N_STATUS = 23
+
+# cursors: positions in the double-length circular buffers
+C_REFERENCE = 0
+C_FILTERED = 1
+C_OUTPUT = 2
+C_MISSING = 3
+N_CURSORS = 4
+
+# modes
+MODE_BASELINE = 0.0      # muted, measuring the uncontrolled level
+MODE_RUN = 1.0           # controlling (fading in if the safety gain is below 1)
+MODE_TRIP = 2.0          # fading out fast after a watchdog trip, weights frozen
+MODE_STOP = 3.0          # fading out on request
+
+# event codes (events[i] = sample index, code, value, step size after)
+EVENT_ERROR_RISE = 1     # value: error power over the uncontrolled level, dB
+EVENT_WEIGHT_NORM = 2    # value: weight norm
+EVENT_NONFINITE = 3      # value: 0
+EVENT_LIMITING = 4       # value: limiter gain in dB
+EVENT_NAMES = {
+    EVENT_ERROR_RISE: "error_rise",
+    EVENT_WEIGHT_NORM: "weight_norm",
+    EVENT_NONFINITE: "non_finite",
+    EVENT_LIMITING: "sustained_limiting",
+}
+EVENT_FIELDS = 4

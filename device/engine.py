@@ -1,0 +1,284 @@
+"""The ANC engine: owns the controller's state and runs one block per call.
+
+Every backend (PortAudio, the JACK bench, the simulator) feeds `AncEngine.process` with
+blocks of reference and error samples and gets the speaker block back; nothing here knows
+where the samples come from. Settings change between blocks by writing into `params`;
+the kernel ramps gains so no change clicks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from device.config import Config
+from device.dsp import layout as L
+from device.dsp.fxlms import process_block
+from device.errors import UserError
+
+EVENT_CAPACITY = 256
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """Everything the kernel needs, in engine units (samples, linear gains)."""
+
+    sample_rate: int
+    block_size: int
+    taps: int
+    step_size: float
+    leakage: float
+    regularization: float
+    output_ceiling: float
+    limiter_release_ms: float
+    fade_ms: float
+    ramp_ms: float
+    baseline_ms: float
+    watchdog_rise_db: float
+    watchdog_hold_ms: float
+    max_weight_norm: float
+    step_backoff: float
+    min_step_size: float
+    enabled: bool
+    intensity: float
+    trip_fade_ms: float = 5.0
+    power_time_constant_ms: float = 20.0
+    watchdog_floor_dbfs: float = -90.0
+
+    @classmethod
+    def from_config(cls, cfg: Config, sample_rate: int | None = None, block_size: int | None = None) -> "ControllerSettings":
+        return cls(
+            sample_rate=sample_rate or cfg.audio.sample_rate,
+            block_size=block_size or cfg.audio.block_size,
+            taps=cfg.controller.taps,
+            step_size=cfg.controller.step_size,
+            leakage=cfg.controller.leakage,
+            regularization=cfg.controller.regularization,
+            output_ceiling=10.0 ** (cfg.safety.output_ceiling_dbfs / 20.0),
+            limiter_release_ms=cfg.safety.limiter_release_ms,
+            fade_ms=cfg.safety.fade_ms,
+            ramp_ms=cfg.anc.ramp_ms,
+            baseline_ms=cfg.safety.baseline_ms,
+            watchdog_rise_db=cfg.safety.watchdog_rise_db,
+            watchdog_hold_ms=cfg.safety.watchdog_hold_ms,
+            max_weight_norm=cfg.safety.max_weight_norm,
+            step_backoff=cfg.safety.step_backoff,
+            min_step_size=cfg.safety.min_step_size,
+            enabled=cfg.anc.enabled,
+            intensity=cfg.anc.intensity,
+        )
+
+
+@dataclass(frozen=True)
+class SafetyEvent:
+    sample_index: int
+    time_s: float
+    kind: str
+    value: float
+    step_size_after: float
+
+    def to_dict(self) -> dict:
+        return {
+            "time_s": round(self.time_s, 4),
+            "kind": self.kind,
+            "value": round(self.value, 3),
+            "step_size_after": self.step_size_after,
+        }
+
+
+def _samples(ms: float, sample_rate: int) -> float:
+    return max(1.0, ms * 1e-3 * sample_rate)
+
+
+class AncEngine:
+    """Normalized leaky FxLMS controller with output safety.
+
+    Starts muted, measures the uncontrolled error level for `baseline_ms`, then fades in.
+    `process` is real-time safe: no allocation, one nogil numba call.
+    """
+
+    def __init__(
+        self,
+        settings: ControllerSettings,
+        secondary_path: np.ndarray,
+        feedback_path: np.ndarray | None = None,
+    ):
+        secondary_path = np.ascontiguousarray(secondary_path, dtype=np.float64)
+        if secondary_path.ndim != 1 or secondary_path.size < 2:
+            raise UserError(f"secondary path estimate: expected a 1-D filter of at least 2 taps, got shape {secondary_path.shape}")
+        if not np.all(np.isfinite(secondary_path)) or not np.any(secondary_path):
+            raise UserError("secondary path estimate: contains NaN/Inf or is all zeros; run identification again")
+        self.settings = settings
+        self.sample_rate = settings.sample_rate
+        self.block_size = settings.block_size
+        taps = settings.taps
+        self.secondary_path = secondary_path
+        if feedback_path is None:
+            self.feedback_path = np.zeros(0)
+        else:
+            self.feedback_path = np.ascontiguousarray(feedback_path, dtype=np.float64)
+            if not np.all(np.isfinite(self.feedback_path)):
+                raise UserError("feedback path estimate: contains NaN/Inf; run identification again")
+        path_taps = secondary_path.size
+        self.weights = np.zeros(taps)
+        self.reference_buffer = np.zeros(2 * max(taps, path_taps))
+        self.filtered_buffer = np.zeros(2 * (taps + 1))
+        self.output_buffer = np.zeros(2 * max(self.feedback_path.size, 1))
+        self.missing_buffer = np.zeros(2 * path_taps)
+        self.params = np.zeros(L.N_PARAMS)
+        self.status = np.zeros(L.N_STATUS)
+        self.cursors = np.zeros(L.N_CURSORS, dtype=np.int64)
+        self.events = np.zeros((EVENT_CAPACITY, L.EVENT_FIELDS))
+        self._events_read = 0
+        self._enabled = settings.enabled
+        self._intensity = settings.intensity
+        self._configure(settings)
+        self.reset()
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Config,
+        secondary_path: np.ndarray,
+        feedback_path: np.ndarray | None = None,
+        sample_rate: int | None = None,
+        block_size: int | None = None,
+    ) -> "AncEngine":
+        settings = ControllerSettings.from_config(cfg, sample_rate, block_size)
+        if not cfg.controller.feedback_neutralization:
+            feedback_path = None
+        return cls(settings, secondary_path, feedback_path)
+
+    def _configure(self, s: ControllerSettings) -> None:
+        fs = s.sample_rate
+        p = self.params
+        p[L.P_STEP] = s.step_size
+        p[L.P_LEAKAGE] = s.leakage
+        p[L.P_REGULARIZATION] = s.regularization
+        p[L.P_USER_TARGET] = s.intensity if s.enabled else 0.0
+        p[L.P_USER_RATE] = 1.0 / _samples(s.ramp_ms, fs)
+        p[L.P_FADE_RATE] = 1.0 / _samples(s.fade_ms, fs)
+        p[L.P_TRIP_RATE] = 1.0 / _samples(s.trip_fade_ms, fs)
+        p[L.P_CEILING] = s.output_ceiling
+        p[L.P_RELEASE] = 1.0 - math.exp(-1.0 / _samples(s.limiter_release_ms, fs))
+        p[L.P_RISE] = 10.0 ** (s.watchdog_rise_db / 10.0)
+        p[L.P_HOLD] = _samples(s.watchdog_hold_ms, fs)
+        p[L.P_MAX_NORM] = s.max_weight_norm
+        p[L.P_BACKOFF] = s.step_backoff
+        p[L.P_MIN_STEP] = s.min_step_size
+        p[L.P_BASELINE] = _samples(s.baseline_ms, fs)
+        p[L.P_POWER_COEF] = 1.0 - math.exp(-1.0 / _samples(s.power_time_constant_ms, fs))
+        p[L.P_STOP] = 0.0
+        p[L.P_ADAPT] = 1.0
+        p[L.P_FLOOR] = 10.0 ** (s.watchdog_floor_dbfs / 10.0)
+
+    def reset(self) -> None:
+        """Back to the start: weights zero, muted, measuring the baseline again."""
+        for array in (self.weights, self.reference_buffer, self.filtered_buffer, self.output_buffer,
+                      self.missing_buffer, self.status, self.events):
+            array[...] = 0.0
+        self.cursors[...] = 0
+        self.status[L.S_MODE] = L.MODE_BASELINE
+        self.status[L.S_LIMITER_GAIN] = 1.0
+        self.status[L.S_STEP] = 1.0
+        self.status[L.S_USER_GAIN] = self.params[L.P_USER_TARGET]
+        self.params[L.P_STOP] = 0.0
+        self._events_read = 0
+
+    # -- the real-time call --------------------------------------------------------------
+    def process(self, reference: np.ndarray, error: np.ndarray, out: np.ndarray) -> None:
+        """One block: contiguous 1-D float32/float64 arrays of equal length; `out` is written."""
+        process_block(
+            reference, error, out, self.weights, self.secondary_path, self.feedback_path,
+            self.reference_buffer, self.filtered_buffer, self.output_buffer, self.missing_buffer,
+            self.params, self.status, self.cursors, self.events,
+        )
+
+    def warm_up(self) -> None:
+        """Compile (or load from the numba cache) the kernel for float32 and float64 blocks,
+        then restore the initial state, so the first real callback runs at full speed."""
+        saved = [a.copy() for a in (self.weights, self.status, self.cursors)]
+        for dtype in (np.float32, np.float64):
+            block = np.zeros(self.block_size, dtype=dtype)
+            self.process(block, block.copy(), np.zeros(self.block_size, dtype=dtype))
+        self.weights[...], self.status[...], self.cursors[...] = saved
+        for array in (self.reference_buffer, self.filtered_buffer, self.output_buffer, self.missing_buffer):
+            array[...] = 0.0
+
+    # -- settings, applied at the next block ---------------------------------------------
+    def set_enabled(self, enabled: bool) -> None:
+        self._enabled = bool(enabled)
+        self.params[L.P_USER_TARGET] = self._intensity if self._enabled else 0.0
+
+    def set_intensity(self, intensity: float) -> None:
+        if not 0.0 <= intensity <= 1.0 or not math.isfinite(intensity):
+            raise UserError(f"anc_intensity: {intensity} is out of range [0, 1]")
+        self._intensity = float(intensity)
+        self.params[L.P_USER_TARGET] = self._intensity if self._enabled else 0.0
+
+    def apply_preset(self, step_size: float, leakage: float, intensity: float) -> None:
+        """Switch controller settings (a noise-class preset): step and leakage take effect at
+        the next block (the weights carry on), intensity ramps."""
+        self.params[L.P_STEP] = step_size
+        self.params[L.P_LEAKAGE] = leakage
+        self.set_intensity(intensity)
+
+    def set_adaptation(self, adapt: bool) -> None:
+        self.params[L.P_ADAPT] = 1.0 if adapt else 0.0
+
+    def fade_out(self) -> None:
+        """Fade to silence over `fade_ms`; `is_silent` turns True when done."""
+        self.params[L.P_STOP] = 1.0
+
+    # -- read-outs (from the worker, never the callback) ---------------------------------
+    @property
+    def is_silent(self) -> bool:
+        return self.status[L.S_MODE] == L.MODE_STOP and self.status[L.S_SAFETY_GAIN] <= 0.0
+
+    @property
+    def mode(self) -> str:
+        return {L.MODE_BASELINE: "baseline", L.MODE_RUN: "run", L.MODE_TRIP: "trip", L.MODE_STOP: "stop"}[
+            float(self.status[L.S_MODE])
+        ]
+
+    @property
+    def step_size(self) -> float:
+        p = self.params
+        return max(p[L.P_STEP] * self.status[L.S_STEP], min(p[L.P_MIN_STEP], p[L.P_STEP]))
+
+    def snapshot(self) -> dict:
+        s = self.status
+        return {
+            "mode": self.mode,
+            "samples": int(s[L.S_SAMPLES]),
+            "step_size": self.step_size,
+            "leakage": float(self.params[L.P_LEAKAGE]),
+            "user_gain": float(s[L.S_USER_GAIN]),
+            "safety_gain": float(s[L.S_SAFETY_GAIN]),
+            "limiter_gain_db": 20.0 * math.log10(max(s[L.S_LIMITER_GAIN], 1e-12)),
+            "weight_norm": float(s[L.S_WEIGHT_NORM]),
+            "watchdog_trips": int(s[L.S_TRIPS]),
+            "nonfinite_inputs": int(s[L.S_NONFINITE_INPUTS]),
+            "limited_samples": int(s[L.S_LIMITED_SAMPLES]),
+            "peak_output": float(s[L.S_PEAK_OUT]),
+            "uncontrolled_ratio_db": 10.0 * math.log10(s[L.S_RATIO]) if s[L.S_RATIO] > 0 else None,
+        }
+
+    def drain_events(self) -> list[SafetyEvent]:
+        """Safety events written since the last call (oldest first; the ring keeps the last 256)."""
+        written = int(self.status[L.S_EVENTS])
+        start = max(self._events_read, written - EVENT_CAPACITY)
+        drained = []
+        for index in range(start, written):
+            sample, code, value, step = self.events[index % EVENT_CAPACITY]
+            drained.append(SafetyEvent(
+                sample_index=int(sample),
+                time_s=sample / self.sample_rate,
+                kind=L.EVENT_NAMES.get(int(code), f"code_{int(code)}"),
+                value=float(value),
+                step_size_after=float(step * self.settings.step_backoff),
+            ))
+        self._events_read = written
+        return drained
