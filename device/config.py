@@ -64,6 +64,7 @@ SCHEMA: dict[str, Any] = {
         "step_size": Key("float", "normalized step (mu)", 0.0, 2.0, exclusive_minimum=True),
         "leakage": Key("float", "per sample", 0.0, 0.1),
         "regularization": Key("float", "power (full scale = 1)", 0.0, 1.0, exclusive_minimum=True),
+        "highpass_hz": Key("float", "Hz", 1.0, 1000.0),
         "secondary_path_taps": Key("int", "samples", 1, 4096),
         "feedback_neutralization": Key("bool"),
         "feedback_path_taps": Key("int", "samples", 1, 4096),

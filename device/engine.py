@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.signal
 
 from device.config import Config
 from device.dsp import layout as L
@@ -46,6 +47,7 @@ class ControllerSettings:
     trip_fade_ms: float = 5.0
     power_time_constant_ms: float = 20.0
     watchdog_floor_dbfs: float = -90.0
+    highpass_hz: float = 20.0
 
     @classmethod
     def from_config(cls, cfg: Config, sample_rate: int | None = None, block_size: int | None = None) -> "ControllerSettings":
@@ -68,6 +70,7 @@ class ControllerSettings:
             min_step_size=cfg.safety.min_step_size,
             enabled=cfg.anc.enabled,
             intensity=cfg.anc.intensity,
+            highpass_hz=cfg.controller.highpass_hz,
         )
 
 
@@ -173,6 +176,9 @@ class AncEngine:
         p[L.P_STOP] = 0.0
         p[L.P_ADAPT] = 1.0
         p[L.P_FLOOR] = 10.0 ** (s.watchdog_floor_dbfs / 10.0)
+        b, a = scipy.signal.butter(2, s.highpass_hz, btype="highpass", fs=fs)
+        p[L.P_HP_B0], p[L.P_HP_B1], p[L.P_HP_B2] = b
+        p[L.P_HP_A1], p[L.P_HP_A2] = a[1], a[2]
 
     def reset(self) -> None:
         """Back to the start: weights zero, muted, measuring the baseline again."""

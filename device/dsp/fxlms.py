@@ -5,7 +5,8 @@ takes a block of reference and error microphone samples and writes a block of an
 sample by sample, with all state in preallocated arrays (see `device.dsp.layout`).
 
 Per sample n:
-  1. reference r(n) (minus the estimated speaker leak when a feedback path is given)
+  1. reference r(n), high-passed below the speaker's range, minus the estimated speaker
+     leak when a feedback path is given
   2. filtered reference x'(n) = s_hat * r, and its power over the filter length
   3. virtual error e'(n) = e(n) + s_hat * (y_raw - y_played): the error had the full
      computed output been played. It keeps fades, intensity < 1 and the limiter from
@@ -52,6 +53,11 @@ from device.dsp.layout import (
     P_FADE_RATE,
     P_FLOOR,
     P_HOLD,
+    P_HP_B2,
+    P_HP_B1,
+    P_HP_B0,
+    P_HP_A2,
+    P_HP_A1,
     P_LEAKAGE,
     P_MAX_NORM,
     P_MIN_STEP,
@@ -71,6 +77,10 @@ from device.dsp.layout import (
     S_ERROR_POWER,
     S_EVENTS,
     S_HOLD,
+    S_HP_Y2,
+    S_HP_Y1,
+    S_HP_X2,
+    S_HP_X1,
     S_LIMIT_HOLD,
     S_LIMITED_SAMPLES,
     S_LIMITER_GAIN,
@@ -206,6 +216,15 @@ def process_block(
     limit_hold = status[S_LIMIT_HOLD]
     step = max(params[P_STEP] * status[S_STEP], min(params[P_MIN_STEP], params[P_STEP]))
     peak = status[S_PEAK_OUT]
+    hp_b0 = params[P_HP_B0]
+    hp_b1 = params[P_HP_B1]
+    hp_b2 = params[P_HP_B2]
+    hp_a1 = params[P_HP_A1]
+    hp_a2 = params[P_HP_A2]
+    hp_x1 = status[S_HP_X1]
+    hp_x2 = status[S_HP_X2]
+    hp_y1 = status[S_HP_Y1]
+    hp_y2 = status[S_HP_Y2]
 
     # Recompute the filtered-reference power once a block so the running sum cannot drift.
     power = 0.0
@@ -224,6 +243,14 @@ def process_block(
                 e = 0.0
 
         raw_reference = r
+        # High-pass the reference: content the speaker cannot reproduce (DC, rumble below
+        # its resonance) would only drive the weights where the secondary path is ~0.
+        filtered_input = hp_b0 * r + hp_b1 * hp_x1 + hp_b2 * hp_x2 - hp_a1 * hp_y1 - hp_a2 * hp_y2
+        hp_x2 = hp_x1
+        hp_x1 = r
+        hp_y2 = hp_y1
+        hp_y1 = filtered_input
+        r = filtered_input
         if feedback_taps > 1:
             # feedback_path[j] maps the output played j samples ago; j = 0 is not played yet.
             r -= _dot(feedback_path, output_buffer, position_output, 1, feedback_taps - 1)
@@ -375,3 +402,11 @@ def process_block(
     status[S_LIMIT_HOLD] = limit_hold
     status[S_WEIGHT_NORM] = norm
     status[S_PEAK_OUT] = peak
+    if abs(hp_y1) < DENORMAL_FLOOR:
+        hp_y1 = 0.0
+    if abs(hp_y2) < DENORMAL_FLOOR:
+        hp_y2 = 0.0
+    status[S_HP_X1] = hp_x1
+    status[S_HP_X2] = hp_x2
+    status[S_HP_Y1] = hp_y1
+    status[S_HP_Y2] = hp_y2

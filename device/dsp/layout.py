@@ -26,7 +26,12 @@ P_POWER_COEF = 15        # one-pole smoothing coefficient of the power trackers
 P_STOP = 16              # 1.0 = fade out and stay silent
 P_ADAPT = 17             # 1.0 = adapt the weights, 0.0 = freeze them
 P_FLOOR = 18             # power floor (full scale = 1) under which the watchdog ignores the error level
-N_PARAMS = 19
+P_HP_B0 = 19             # reference high-pass biquad (b0, b1, b2, a1, a2; a0 = 1)
+P_HP_B1 = 20
+P_HP_B2 = 21
+P_HP_A1 = 22
+P_HP_A2 = 23
+N_PARAMS = 24
 
 # status: scalar state, written by the kernel
 S_MODE = 0               # MODE_* below
@@ -52,7 +57,11 @@ S_PEAK_OUT = 19          # largest |speaker sample| so far
 S_EVENTS = 20            # events written so far (the ring index is this modulo its capacity)
 S_LIMIT_HOLD = 21        # samples of heavy limiting in a row
 S_CONTROL_SAMPLES = 22   # samples with the anti-noise on (safety gain > 0)
-N_STATUS = 23
+S_HP_X1 = 23             # reference high-pass state: last two inputs and outputs
+S_HP_X2 = 24
+S_HP_Y1 = 25
+S_HP_Y2 = 26
+N_STATUS = 27
 
 # cursors: positions in the double-length circular buffers
 C_REFERENCE = 0

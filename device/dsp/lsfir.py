@@ -1,0 +1,70 @@
+"""Least-squares FIR fitting by the covariance method.
+
+Finds the causal FIR `h` of `taps` coefficients minimising sum_n (d[n] - (h * x)[n])^2 over a
+window of n, with the data matrix X[n, i] = x[n - i] built from the actual samples (no
+windowing, no assumption of stationarity). The Toeplitz/autocorrelation shortcut assumes
+the signal is zero outside the window and is far off on tonal signals; this one is exact.
+
+Used for secondary-path identification (x = probe played, d = microphone) and for the causal
+optimum of a controller (x = filtered reference, d = -disturbance).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+import scipy.signal
+
+
+def normal_equations(x: np.ndarray, d: np.ndarray, taps: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """R = X^T X and p = X^T d for rows n in [start, stop); x[m] = 0 for m < 0."""
+    x = np.asarray(x, dtype=np.float64)
+    d = np.asarray(d, dtype=np.float64)
+    if not 0 <= start < stop <= min(x.size, d.size):
+        raise ValueError(f"window [{start}, {stop}) outside signals of length {x.size}, {d.size}")
+    pad = taps
+    xp = np.concatenate([np.zeros(pad), x])  # xp[m + pad] = x[m]
+    a, b = start + pad, stop + pad
+    window = xp[a:b]
+    first_row = np.empty(taps)
+    p = np.empty(taps)
+    dw = d[start:stop]
+    for lag in range(taps):
+        lagged = xp[a - lag:b - lag]
+        first_row[lag] = window @ lagged
+        p[lag] = dw @ lagged
+    # R[i+1, j+1] = R[i, j] + x[a-1-i] x[a-1-j] - x[b-1-i] x[b-1-j]  (shift the window by one)
+    R = np.empty((taps, taps))
+    head = xp[a - taps:a][::-1]      # head[m] = xp[a-1-m]
+    tail = xp[b - taps:b][::-1]      # tail[m] = xp[b-1-m]
+    for lag in range(taps):
+        count = taps - lag
+        increments = head[:count - 1] * head[lag:lag + count - 1] - tail[:count - 1] * tail[lag:lag + count - 1]
+        diagonal = first_row[lag] + np.concatenate([[0.0], np.cumsum(increments)])
+        index = np.arange(count)
+        R[index, index + lag] = diagonal
+        R[index + lag, index] = diagonal
+    return R, p
+
+
+def solve_fir(R: np.ndarray, p: np.ndarray, relative_ridge: float = 1e-9) -> np.ndarray:
+    """Solve R h = p with a tiny ridge so a rank-deficient R (a pure tone) stays solvable."""
+    taps = R.shape[0]
+    ridge = relative_ridge * max(np.trace(R) / taps, 1e-300)
+    try:
+        return scipy.linalg.solve(R + ridge * np.eye(taps), p, assume_a="pos")
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+        return scipy.linalg.lstsq(R + ridge * np.eye(taps), p)[0]
+
+
+def fit_fir(x: np.ndarray, d: np.ndarray, taps: int, start: int | None = None, stop: int | None = None) -> np.ndarray:
+    """The FIR h minimising sum over [start, stop) of (d - h * x)^2."""
+    start = taps - 1 if start is None else start
+    stop = min(len(x), len(d)) if stop is None else stop
+    R, p = normal_equations(x, d, taps, start, stop)
+    return solve_fir(R, p)
+
+
+def apply_fir(h: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Causal filtering of x by h, same length as x."""
+    return scipy.signal.lfilter(h, [1.0], x)

@@ -1,0 +1,149 @@
+"""Plain NumPy reference of the FxLMS kernel, written for reading, not speed.
+
+Same algorithm, same settings (`device.dsp.layout` params) and the same safety logic as
+`device.dsp.fxlms.process_block`, but with textbook shift-register histories and one
+`numpy.dot` per filter. The tests check the numba kernel against it to tight tolerance;
+the benchmark reports its speed beside the kernel's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from device.dsp import layout as L
+
+MIN_ADAPT_GAIN = 0.05
+HEAVY_LIMITING = 0.5
+
+
+class ReferenceFxlms:
+    def __init__(self, taps: int, secondary_path: np.ndarray, feedback_path: np.ndarray | None, params: np.ndarray):
+        self.params = params  # shared with the caller, read at each block like the kernel does
+        self.secondary_path = np.asarray(secondary_path, dtype=np.float64)
+        self.feedback_path = None if feedback_path is None or len(feedback_path) < 2 else np.asarray(feedback_path, dtype=np.float64)
+        self.weights = np.zeros(taps)
+        self.x = np.zeros(max(taps, self.secondary_path.size))   # x[k] = reference(n - k)
+        self.xf = np.zeros(taps + 1)                              # filtered reference history
+        self.played = np.zeros(0 if self.feedback_path is None else self.feedback_path.size)
+        self.missing = np.zeros(self.secondary_path.size)
+        self.hp_in = [0.0, 0.0]
+        self.hp_out = [0.0, 0.0]
+        self.mode = L.MODE_BASELINE
+        self.user_gain = params[L.P_USER_TARGET]
+        self.safety_gain = 0.0
+        self.limiter_gain = 1.0
+        self.error_power = 0.0
+        self.reference_power = 0.0
+        self.baseline = [0.0, 0.0, 0]
+        self.ratio = 0.0
+        self.hold = 0
+        self.limit_hold = 0
+        self.step_scale = 1.0
+        self.trips = 0
+        self.events: list[tuple[int, int]] = []
+        self.samples = 0
+
+    @staticmethod
+    def _shift_in(history: np.ndarray, value: float) -> None:
+        history[1:] = history[:-1]
+        history[0] = value
+
+    def _step(self) -> float:
+        p = self.params
+        return max(p[L.P_STEP] * self.step_scale, min(p[L.P_MIN_STEP], p[L.P_STEP]))
+
+    def _reset_filter(self) -> None:
+        self.weights[:] = 0.0
+        self.xf[:] = 0.0
+        self.missing[:] = 0.0
+        if self.played.size:
+            self.played[:] = 0.0
+
+    def process(self, reference: np.ndarray, error: np.ndarray) -> np.ndarray:
+        p = self.params
+        taps = self.weights.size
+        out = np.zeros(len(reference))
+        if p[L.P_STOP] > 0.5:
+            self.mode = L.MODE_STOP
+        step = self._step()
+        b0, b1, b2, a1, a2 = p[L.P_HP_B0], p[L.P_HP_B1], p[L.P_HP_B2], p[L.P_HP_A1], p[L.P_HP_A2]
+        for n in range(len(reference)):
+            r, e = float(reference[n]), float(error[n])
+            r = r if math.isfinite(r) else 0.0
+            e = e if math.isfinite(e) else 0.0
+            raw_reference = r
+            hp = b0 * r + b1 * self.hp_in[0] + b2 * self.hp_in[1] - a1 * self.hp_out[0] - a2 * self.hp_out[1]
+            self.hp_in = [r, self.hp_in[0]]
+            self.hp_out = [hp, self.hp_out[0]]
+            r = hp
+            if self.feedback_path is not None:
+                r -= np.dot(self.feedback_path[1:], self.played[:-1])
+            self._shift_in(self.x, r)
+            filtered = np.dot(self.secondary_path, self.x[:self.secondary_path.size])
+            self._shift_in(self.xf, filtered)
+            power = np.dot(self.xf[:taps], self.xf[:taps])
+            virtual_error = e + np.dot(self.secondary_path[1:], self.missing[:-1])
+
+            if self.mode == L.MODE_RUN and p[L.P_ADAPT] > 0.5 and self.user_gain * self.safety_gain >= MIN_ADAPT_GAIN:
+                g = step * virtual_error / (p[L.P_REGULARIZATION] + power)
+                self.weights = (1.0 - p[L.P_LEAKAGE]) * self.weights - g * self.xf[:taps]
+            y_raw = np.dot(self.weights, self.x[:taps])
+
+            target = p[L.P_USER_TARGET]
+            if self.user_gain < target:
+                self.user_gain = min(target, self.user_gain + p[L.P_USER_RATE])
+            elif self.user_gain > target:
+                self.user_gain = max(target, self.user_gain - p[L.P_USER_RATE])
+            if self.mode == L.MODE_RUN:
+                self.safety_gain = min(1.0, self.safety_gain + p[L.P_FADE_RATE])
+            elif self.mode == L.MODE_TRIP:
+                self.safety_gain = max(0.0, self.safety_gain - p[L.P_TRIP_RATE])
+            else:
+                self.safety_gain = max(0.0, self.safety_gain - p[L.P_FADE_RATE])
+
+            y = y_raw * self.user_gain * self.safety_gain
+            self.limiter_gain += (1.0 - self.limiter_gain) * p[L.P_RELEASE]
+            if abs(y) * self.limiter_gain > p[L.P_CEILING]:
+                self.limiter_gain = p[L.P_CEILING] / abs(y)
+            played = y * self.limiter_gain
+            out[n] = played
+            if self.played.size:
+                self._shift_in(self.played, played)
+            self._shift_in(self.missing, y_raw - played)
+
+            self.error_power += p[L.P_POWER_COEF] * (e * e - self.error_power)
+            self.reference_power += p[L.P_POWER_COEF] * (raw_reference ** 2 - self.reference_power)
+            self.samples += 1
+            if self.mode == L.MODE_BASELINE:
+                self.baseline[0] += e * e
+                self.baseline[1] += raw_reference ** 2
+                self.baseline[2] += 1
+                if self.baseline[2] >= p[L.P_BASELINE]:
+                    self.ratio = self.baseline[0] / self.baseline[1] if self.baseline[1] > 0 else 0.0
+                    self.mode = L.MODE_RUN
+            elif self.mode == L.MODE_RUN:
+                uncontrolled = self.ratio * self.reference_power + p[L.P_FLOOR]
+                self.hold = self.hold + 1 if self.error_power > p[L.P_RISE] * uncontrolled else 0
+                self.limit_hold = self.limit_hold + 1 if self.limiter_gain < HEAVY_LIMITING else 0
+                if self.hold > p[L.P_HOLD]:
+                    self.mode, self.hold = L.MODE_TRIP, 0
+                    self.events.append((self.samples - 1, L.EVENT_ERROR_RISE))
+                elif self.limit_hold > p[L.P_HOLD]:
+                    self.mode, self.limit_hold = L.MODE_TRIP, 0
+                    self.events.append((self.samples - 1, L.EVENT_LIMITING))
+            elif self.mode == L.MODE_TRIP and self.safety_gain <= 0.0:
+                self._reset_filter()
+                self.step_scale *= p[L.P_BACKOFF]
+                step = self._step()
+                self.trips += 1
+                self.error_power = self.ratio * self.reference_power
+                self.mode = L.MODE_RUN
+
+        self.weights[np.abs(self.weights) < 1e-30] = 0.0
+        norm = float(np.linalg.norm(self.weights))
+        if norm > p[L.P_MAX_NORM] and self.mode == L.MODE_RUN:
+            self.mode = L.MODE_TRIP
+            self.events.append((self.samples, L.EVENT_WEIGHT_NORM))
+        return out

@@ -1,0 +1,327 @@
+"""The acoustic plant: paths, latency and the closed loop with the controller.
+
+    ref = reference_path * s + feedback_path * y_out + noise
+    err = primary_path   * s + secondary_path * y_out + noise
+
+where s is the noise scene and y_out the controller's output delayed by `latency_samples`
+(the digital I/O delay: at least one block, two on a duplex callback, plus converters).
+
+`run_closed_loop` processes block by block exactly as the audio callback does: the engine
+sees a block of ref/err, returns a speaker block, and that block reaches the microphones
+`latency_samples` later through the secondary and feedback paths.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import scipy.signal
+import yaml
+
+from device.errors import UserError
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+PRESETS = ("headphone", "duct")
+SPEED_OF_SOUND = 343.0
+
+
+@dataclass
+class Plant:
+    name: str
+    sample_rate: int
+    latency_samples: int
+    primary_path: np.ndarray
+    secondary_path: np.ndarray
+    reference_path: np.ndarray
+    feedback_path: np.ndarray | None
+    sensor_noise_dbfs: float | None
+    source: str
+    description: str = ""
+
+    # -- loading -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, name_or_path: str | Path, sample_rate: int | None = None) -> "Plant":
+        """A built-in preset by name, or a plant YAML file. `sample_rate`, when given, must match."""
+        text = str(name_or_path)
+        path = PRESET_DIR / f"{text}.yaml" if text in PRESETS else Path(text)
+        if not path.exists():
+            raise UserError(f"{text}: plant not found (built-in presets: {', '.join(PRESETS)}, or a YAML file)")
+        try:
+            spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise UserError(f"{path}: cannot read plant YAML ({exc.__class__.__name__})") from None
+        if not isinstance(spec, dict):
+            raise UserError(f"{path}: expected a mapping of plant keys")
+        plant = cls._from_spec(spec, path)
+        if sample_rate is not None and sample_rate != plant.sample_rate:
+            raise UserError(f"{path}: sample_rate is {plant.sample_rate} Hz but {sample_rate} Hz was asked for")
+        return plant
+
+    @classmethod
+    def _from_spec(cls, spec: dict, path: Path) -> "Plant":
+        allowed = {"name", "description", "sample_rate", "latency_samples", "reference_path", "primary_path",
+                   "secondary_path", "feedback_path", "sensor_noise_dbfs"}
+        for key in spec:
+            if key not in allowed:
+                raise UserError(f"{path}: {key}: unknown plant key (allowed: {', '.join(sorted(allowed))})")
+        for key in ("sample_rate", "latency_samples", "primary_path", "secondary_path"):
+            if key not in spec:
+                raise UserError(f"{path}: {key}: missing key")
+        rate = spec["sample_rate"]
+        if isinstance(rate, bool) or not isinstance(rate, int) or not 8000 <= rate <= 192000:
+            raise UserError(f"{path}: sample_rate: expected an integer in [8000, 192000] Hz, got {rate!r}")
+        latency = spec["latency_samples"]
+        if isinstance(latency, bool) or not isinstance(latency, int) or latency < 1:
+            raise UserError(f"{path}: latency_samples: expected a positive integer, got {latency!r}")
+        noise = spec.get("sensor_noise_dbfs")
+        if noise is not None and (isinstance(noise, bool) or not isinstance(noise, (int, float)) or not -200 <= noise <= 0):
+            raise UserError(f"{path}: sensor_noise_dbfs: expected a number in [-200, 0] dBFS, got {noise!r}")
+
+        def response(key: str, required: bool) -> np.ndarray | None:
+            value = spec.get(key)
+            if value is None:
+                if required:
+                    raise UserError(f"{path}: {key}: missing key")
+                return None
+            return _read_response(path, key, value, rate)
+
+        reference = response("reference_path", False)
+        return cls(
+            name=str(spec.get("name", path.stem)),
+            description=str(spec.get("description", "")),
+            sample_rate=rate,
+            latency_samples=latency,
+            primary_path=response("primary_path", True),
+            secondary_path=response("secondary_path", True),
+            reference_path=np.array([1.0]) if reference is None else reference,
+            feedback_path=response("feedback_path", False),
+            sensor_noise_dbfs=None if noise is None else float(noise),
+            source=str(path),
+        )
+
+    def check_block_size(self, block_size: int) -> None:
+        if self.latency_samples < block_size:
+            raise UserError(
+                f"{self.source}: latency_samples: {self.latency_samples} is less than one block "
+                f"({block_size} samples); a block-based controller cannot react faster than one block"
+            )
+
+    def with_secondary_path(self, secondary_path: np.ndarray) -> "Plant":
+        copy = Plant(**{k: getattr(self, k) for k in self.__dataclass_fields__})
+        copy.secondary_path = np.asarray(secondary_path, dtype=np.float64)
+        return copy
+
+    # -- causality -----------------------------------------------------------------------
+    def causality(self) -> "Causality":
+        """Compare when the noise reaches the error mic with when anti-noise can get there."""
+        lead = onset(self.primary_path) - onset(self.reference_path)
+        needed = self.latency_samples + onset(self.secondary_path)
+        return Causality(
+            acoustic_lead_samples=lead,
+            control_delay_samples=needed,
+            sample_rate=self.sample_rate,
+        )
+
+    def full_secondary_path(self) -> np.ndarray:
+        """The secondary path as the controller sees it: latency included."""
+        return np.concatenate([np.zeros(self.latency_samples), self.secondary_path])
+
+    def full_feedback_path(self) -> np.ndarray | None:
+        if self.feedback_path is None:
+            return None
+        return np.concatenate([np.zeros(self.latency_samples), self.feedback_path])
+
+    def sensor_noise(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        if self.sensor_noise_dbfs is None:
+            return np.zeros(n)
+        return rng.standard_normal(n) * 10.0 ** (self.sensor_noise_dbfs / 20.0)
+
+    def open_loop(self, played: np.ndarray, seed: int, ambient: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Reference and error microphone signals when `played` (stream timeline) goes to the
+        speaker with no controller: what a probe measurement records."""
+        n = played.size
+        rng = np.random.default_rng([seed, 1])
+        delayed = np.concatenate([np.zeros(self.latency_samples), played])[:n]
+        err = scipy.signal.fftconvolve(delayed, self.secondary_path)[:n] + self.sensor_noise(n, rng)
+        ref = self.sensor_noise(n, rng)
+        if self.feedback_path is not None:
+            ref = ref + scipy.signal.fftconvolve(delayed, self.feedback_path)[:n]
+        if ambient is not None:
+            err = err + scipy.signal.fftconvolve(ambient, self.primary_path)[:n]
+            ref = ref + scipy.signal.fftconvolve(ambient, self.reference_path)[:n]
+        return ref, err
+
+
+@dataclass(frozen=True)
+class Causality:
+    acoustic_lead_samples: int     # reference mic ahead of the error mic
+    control_delay_samples: int     # I/O latency + speaker-to-error-mic delay
+    sample_rate: int
+
+    @property
+    def margin_samples(self) -> int:
+        return self.acoustic_lead_samples - self.control_delay_samples
+
+    @property
+    def broadband_possible(self) -> bool:
+        return self.margin_samples >= 0
+
+    def ms(self, samples: int) -> float:
+        return samples * 1000.0 / self.sample_rate
+
+    def explain(self) -> str:
+        lead, needed = self.ms(self.acoustic_lead_samples), self.ms(self.control_delay_samples)
+        if self.broadband_possible:
+            return (f"broadband cancellation is possible: the noise reaches the error mic {lead:.2f} ms after the "
+                    f"reference mic, and the anti-noise needs {needed:.2f} ms to get there "
+                    f"({self.ms(self.margin_samples):.2f} ms to spare)")
+        return (f"broadband cancellation is impossible on this plant: the noise reaches the error mic {lead:.2f} ms "
+                f"after the reference mic, but the anti-noise needs {needed:.2f} ms (I/O latency plus speaker path); "
+                f"only tonal or otherwise predictable noise can be cancelled")
+
+    def to_dict(self) -> dict:
+        return {
+            "acoustic_lead_ms": round(self.ms(self.acoustic_lead_samples), 3),
+            "control_delay_ms": round(self.ms(self.control_delay_samples), 3),
+            "margin_ms": round(self.ms(self.margin_samples), 3),
+            "broadband_possible": self.broadband_possible,
+        }
+
+
+def onset(h: np.ndarray, fraction: float = 0.2) -> int:
+    """First sample where |h| reaches `fraction` of its peak: the arrival of the direct sound."""
+    magnitude = np.abs(np.asarray(h))
+    return int(np.argmax(magnitude >= fraction * magnitude.max()))
+
+
+def _read_response(yaml_path: Path, key: str, value, rate: int) -> np.ndarray:
+    if not isinstance(value, str):
+        raise UserError(f"{yaml_path}: {key}: expected a file name (.npy or .wav), got {value!r}")
+    path = (yaml_path.parent / value).resolve()
+    if not path.exists():
+        raise UserError(f"{yaml_path}: {key}: file {value} not found")
+    try:
+        if path.suffix == ".npy":
+            h = np.load(path, allow_pickle=False)
+        else:
+            import soundfile
+
+            h, file_rate = soundfile.read(str(path), dtype="float64", always_2d=True)
+            if file_rate != rate:
+                raise UserError(f"{yaml_path}: {key}: {value} is at {file_rate} Hz, the plant at {rate} Hz")
+            h = h[:, 0]
+    except UserError:
+        raise
+    except Exception as exc:  # numpy and libsndfile raise many kinds for a bad file
+        raise UserError(f"{yaml_path}: {key}: cannot read {value} ({exc.__class__.__name__})") from None
+    h = np.asarray(h, dtype=np.float64)
+    if h.ndim != 1 or h.size == 0:
+        raise UserError(f"{yaml_path}: {key}: expected a mono impulse response, got shape {h.shape}")
+    if not np.all(np.isfinite(h)) or not np.any(h):
+        raise UserError(f"{yaml_path}: {key}: impulse response is all zeros or has NaN/Inf")
+    return h
+
+
+@dataclass
+class ClosedLoopResult:
+    sample_rate: int
+    block_size: int
+    reference: np.ndarray          # reference mic, as the controller saw it
+    error_off: np.ndarray          # error mic without control (same sensor noise)
+    error_on: np.ndarray           # error mic with control
+    output: np.ndarray             # speaker signal
+    disturbance_reference: np.ndarray  # reference mic without the speaker's leak
+    wall_time_s: float
+    engine_time_s: float
+    block_times_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def duration_s(self) -> float:
+        return self.error_on.size / self.sample_rate
+
+
+def run_closed_loop(
+    scene: np.ndarray,
+    plant: Plant,
+    process_block: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None],
+    block_size: int,
+    seed: int,
+    secondary_path_changes: list[tuple[int, np.ndarray]] | None = None,
+    on_progress: Callable[[float], None] | None = None,
+) -> ClosedLoopResult:
+    """Run `process_block(ref, err, out, meta)` over the scene, block by block, in closed loop.
+
+    `secondary_path_changes` [(sample index, new path)] changes the real plant mid-run (the
+    controller is not told), e.g. to test the watchdog.
+    """
+    plant.check_block_size(block_size)
+    n_blocks = -(-scene.size // block_size)
+    n = n_blocks * block_size
+    s = np.zeros(n)
+    s[:scene.size] = scene
+    rng = np.random.default_rng([seed, 0])
+    reference_noise = plant.sensor_noise(n, rng)
+    error_noise = plant.sensor_noise(n, rng)
+    reference_free = scipy.signal.fftconvolve(s, plant.reference_path)[:n] + reference_noise
+    error_off = scipy.signal.fftconvolve(s, plant.primary_path)[:n] + error_noise
+
+    secondary = plant.secondary_path
+    feedback = plant.feedback_path
+    latency = plant.latency_samples
+    tail = max(secondary.size, 0 if feedback is None else feedback.size)
+    # Speaker contributions land here `latency` samples after they are played.
+    to_error = np.zeros(n + latency + block_size + tail)
+    to_reference = np.zeros_like(to_error)
+    reference_in = np.empty(n)
+    error_on = np.empty(n)
+    output = np.empty(n)
+    ref_block = np.empty(block_size)
+    err_block = np.empty(block_size)
+    out_block = np.empty(block_size)
+    meta = np.zeros(4)
+    block_times = np.empty(n_blocks)
+    changes = sorted(secondary_path_changes or [], key=lambda change: change[0])
+    progress_every = max(1, n_blocks // 100)
+    clock = time.perf_counter
+    started = clock()
+    for k in range(n_blocks):
+        a, b = k * block_size, (k + 1) * block_size
+        while changes and changes[0][0] <= a:
+            secondary = np.asarray(changes.pop(0)[1], dtype=np.float64)
+        np.add(reference_free[a:b], to_reference[a:b], out=ref_block)
+        np.add(error_off[a:b], to_error[a:b], out=err_block)
+        t0 = clock()
+        meta[0] = t0 - started
+        process_block(ref_block, err_block, out_block, meta)
+        t1 = clock()
+        meta[1] = t1 - t0
+        block_times[k] = t1 - t0
+        reference_in[a:b] = ref_block
+        error_on[a:b] = err_block
+        output[a:b] = out_block
+        start = a + latency
+        to_error[start:start + block_size + secondary.size - 1] += np.convolve(out_block, secondary)
+        if feedback is not None:
+            to_reference[start:start + block_size + feedback.size - 1] += np.convolve(out_block, feedback)
+        if on_progress is not None and k % progress_every == 0:
+            on_progress(k / n_blocks)
+    wall = clock() - started
+    if on_progress is not None:
+        on_progress(1.0)
+    keep = scene.size
+    return ClosedLoopResult(
+        sample_rate=plant.sample_rate,
+        block_size=block_size,
+        reference=reference_in[:keep],
+        error_off=error_off[:keep],
+        error_on=error_on[:keep],
+        output=output[:keep],
+        disturbance_reference=reference_free[:keep],
+        wall_time_s=wall,
+        engine_time_s=float(block_times.sum()),
+        block_times_s=block_times,
+    )

@@ -1,0 +1,187 @@
+"""Noise scenes: reading WAV files strictly, and seeded generators for every noise type.
+
+`load_scene` reads any WAV/FLAC/OGG soundfile understands (16/24/32-bit PCM or float, any
+rate, any channel count), keeps the first channel, resamples to the plant rate and refuses
+files that would make a meaningless simulation (empty, corrupt, NaN-laden, too short).
+
+`generate_scene` makes deterministic examples of the six classes the device recognises plus
+a tonal engine hum. They are plausible, not recordings: each is built from the mechanisms
+that give the real noise its character (documented per function), so the controller and
+the classifier can be exercised without shipping audio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import scipy.signal
+
+from device.errors import UserError
+
+MIN_SCENE_SECONDS = 0.5
+SCENE_TYPES = ("white", "pink", "traffic", "office", "construction", "cafe", "engine_hum")
+
+
+@dataclass(frozen=True)
+class Scene:
+    samples: np.ndarray          # float64 mono at `sample_rate`
+    sample_rate: int
+    source: str
+    source_rate: int
+    channels: int                # channels in the file; only the first is used
+    subtype: str
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples.size / self.sample_rate
+
+
+def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    if from_rate == to_rate:
+        return x
+    ratio = Fraction(to_rate, from_rate).limit_denominator(1000)
+    return scipy.signal.resample_poly(x, ratio.numerator, ratio.denominator)
+
+
+def load_scene(path: str | Path, sample_rate: int) -> Scene:
+    """Read a scene file as float64 mono at `sample_rate`, or raise UserError saying why not."""
+    import soundfile
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: scene file not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not an audio file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: file is empty")
+    try:
+        info = soundfile.info(str(path))
+        data, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError, TypeError, ValueError) as exc:
+        reason = str(exc).split(":")[-1].strip() or exc.__class__.__name__
+        raise UserError(f"{path}: not a readable audio file ({reason})") from None
+    if data.shape[0] == 0:
+        raise UserError(f"{path}: audio file has no samples")
+    mono = data[:, 0]
+    if not np.all(np.isfinite(mono)):
+        bad = int(np.count_nonzero(~np.isfinite(mono)))
+        raise UserError(f"{path}: {bad} samples are NaN or infinite")
+    if mono.size / rate < MIN_SCENE_SECONDS:
+        raise UserError(f"{path}: scene is {mono.size / rate:.3f} s long; at least {MIN_SCENE_SECONDS} s is needed")
+    if not np.any(mono):
+        raise UserError(f"{path}: scene is digital silence; there is nothing to cancel")
+    return Scene(
+        samples=resample(mono, rate, sample_rate),
+        sample_rate=sample_rate,
+        source=str(path),
+        source_rate=int(rate),
+        channels=int(info.channels),
+        subtype=str(info.subtype),
+    )
+
+
+# -- generators ------------------------------------------------------------------------------
+
+def _normalize(x: np.ndarray, rms_dbfs: float) -> np.ndarray:
+    return x * (10.0 ** (rms_dbfs / 20.0) / (np.sqrt(np.mean(x * x)) + 1e-30))
+
+
+def _pink(rng: np.random.Generator, n: int) -> np.ndarray:
+    """1/f power spectrum by shaping white noise in the frequency domain."""
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    f = np.arange(spectrum.size, dtype=np.float64)
+    f[0] = 1.0
+    return np.fft.irfft(spectrum / np.sqrt(f), n)
+
+
+def _band(rng: np.random.Generator, n: int, fs: int, low: float, high: float, order: int = 4) -> np.ndarray:
+    sos = scipy.signal.butter(order, [low, high], btype="bandpass", fs=fs, output="sos")
+    return scipy.signal.sosfilt(sos, rng.standard_normal(n))
+
+
+def _envelope(rng: np.random.Generator, n: int, fs: int, rate_hz: float, depth: float) -> np.ndarray:
+    """Slow random amplitude modulation (syllables, passing vehicles)."""
+    sos = scipy.signal.butter(2, rate_hz, fs=fs, output="sos")
+    env = scipy.signal.sosfilt(sos, rng.standard_normal(n))
+    env /= np.max(np.abs(env)) + 1e-12
+    return np.clip(1.0 + depth * env, 0.0, None)
+
+
+def _engine(n: int, fs: int, fundamental: float, harmonics: list[float], drift_hz: float, rng) -> np.ndarray:
+    """Harmonic series with a slowly drifting fundamental (an engine or fan under load)."""
+    wander = np.cumsum(scipy.signal.sosfilt(scipy.signal.butter(1, 0.5, fs=fs, output="sos"), rng.standard_normal(n)))
+    wander *= drift_hz / (np.max(np.abs(wander)) + 1e-12)
+    phase = 2 * np.pi * np.cumsum(fundamental + wander) / fs
+    return sum(a * np.sin((k + 1) * phase + rng.uniform(0, 2 * np.pi)) for k, a in enumerate(harmonics))
+
+
+def _clicks(rng, n: int, fs: int, rate_hz: float, freq_range: tuple[float, float], decay_ms: float) -> np.ndarray:
+    """Short decaying resonances at random times (keys, cutlery, tools)."""
+    out = np.zeros(n)
+    count = rng.poisson(rate_hz * n / fs)
+    length = int(fs * decay_ms * 5e-3)
+    t = np.arange(length) / fs
+    for start in rng.integers(0, max(1, n - length), size=count):
+        f = rng.uniform(*freq_range)
+        out[start:start + length] += rng.uniform(0.3, 1.0) * np.sin(2 * np.pi * f * t) * np.exp(-t / (decay_ms * 1e-3))
+    return out
+
+
+def generate_scene(kind: str, duration_s: float, sample_rate: int = 48000, seed: int = 0, level_dbfs: float = -20.0) -> np.ndarray:
+    """A deterministic example of `kind` (see SCENE_TYPES), float64 mono at `level_dbfs` RMS."""
+    if kind not in SCENE_TYPES:
+        raise UserError(f"scene type {kind!r}: expected one of {', '.join(SCENE_TYPES)}")
+    rng = np.random.default_rng([seed, SCENE_TYPES.index(kind)])
+    n = int(round(duration_s * sample_rate))
+    fs = sample_rate
+    if kind == "white":
+        x = rng.standard_normal(n)
+    elif kind == "pink":
+        x = _pink(rng, n)
+    elif kind == "traffic":
+        # Tyre and engine rumble below a few hundred Hz, swelling as vehicles pass, with
+        # the engine orders of the nearest vehicle drifting in pitch.
+        rumble = scipy.signal.sosfilt(scipy.signal.butter(2, 400, fs=fs, output="sos"), _pink(rng, n))
+        passing = _envelope(rng, n, fs, 0.3, 0.8)
+        engine = _engine(n, fs, 35.0, [1.0, 0.6, 0.4, 0.2], 8.0, rng)
+        x = _normalize(rumble * passing, 0) + 0.3 * _normalize(engine * passing, 0) + 0.05 * _normalize(rng.standard_normal(n), 0)
+    elif kind == "office":
+        # Ventilation (fan blade tone + broadband air), keyboard clicks, distant voices.
+        hvac = _normalize(_engine(n, fs, 120.0, [1.0, 0.3], 0.5, rng), 0) * 0.3 + _normalize(_band(rng, n, fs, 60, 2000), 0)
+        voices = _normalize(_band(rng, n, fs, 200, 3000) * _envelope(rng, n, fs, 4.0, 1.0), 0)
+        keys = _normalize(_clicks(rng, n, fs, 6.0, (2000, 5000), 4.0) + 1e-9, 0)
+        x = hvac + 0.5 * voices + 0.3 * keys
+    elif kind == "construction":
+        # A diesel engine with strong orders, a jackhammer hitting ~12 times a second, and
+        # grinding broadband noise.
+        engine = _normalize(_engine(n, fs, 48.0, [1.0, 0.8, 0.6, 0.5, 0.3, 0.2], 2.0, rng), 0)
+        t = np.arange(n) / fs
+        hits = (np.sin(2 * np.pi * 12.0 * t) > 0.85).astype(float) * _band(rng, n, fs, 200, 6000)
+        grind = _normalize(_band(rng, n, fs, 1000, 7000), 0) * _envelope(rng, n, fs, 1.0, 0.9)
+        x = engine + 0.8 * _normalize(hits, 0) + 0.4 * grind
+    elif kind == "cafe":
+        # Many overlapping voices (babble), clinking crockery, a coffee machine hiss now and then.
+        babble = sum(_band(rng, n, fs, 150, 4000) * _envelope(rng, n, fs, 4.0, 1.0) for _ in range(6))
+        clinks = _clicks(rng, n, fs, 1.5, (2500, 6000), 40.0)
+        hiss = _band(rng, n, fs, 2000, 7000) * (_envelope(rng, n, fs, 0.2, 1.0) > 1.5)
+        x = _normalize(babble, 0) + 0.4 * _normalize(clinks + 1e-9, 0) + 0.2 * _normalize(hiss + 1e-9, 0)
+    else:  # engine_hum
+        # A tonal scene: a machine hum with four harmonics drifting slowly, over a faint
+        # pink background 40 dB down.
+        hum = _normalize(_engine(n, fs, 95.0, [1.0, 0.5, 0.35, 0.2], 1.0, rng), 0)
+        x = hum + 0.01 * _normalize(_pink(rng, n), 0)
+    # Microphones and their preamps roll off below ~20 Hz; so do recordings.
+    x = scipy.signal.sosfilt(scipy.signal.butter(2, 20.0, btype="highpass", fs=fs, output="sos"), x)
+    return _normalize(x, level_dbfs)
+
+
+def write_scene(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
+    import soundfile
+
+    peak = np.max(np.abs(samples))
+    if peak >= 1.0:
+        samples = samples / peak * 0.99
+    soundfile.write(str(path), samples, sample_rate, subtype="PCM_16")
