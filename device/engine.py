@@ -80,14 +80,14 @@ class SafetyEvent:
     time_s: float
     kind: str
     value: float
-    step_size_after: float
+    step_size: float          # step size in force when the event happened
 
     def to_dict(self) -> dict:
         return {
             "time_s": round(self.time_s, 4),
             "kind": self.kind,
             "value": round(self.value, 3),
-            "step_size_after": self.step_size_after,
+            "step_size": self.step_size,
         }
 
 
@@ -128,8 +128,7 @@ class AncEngine:
         self.weights = np.zeros(taps)
         self.reference_buffer = np.zeros(2 * max(taps, path_taps))
         self.filtered_buffer = np.zeros(2 * (taps + 1))
-        self.output_buffer = np.zeros(2 * max(self.feedback_path.size, 1))
-        self.missing_buffer = np.zeros(2 * path_taps)
+        self.output_buffer = np.zeros(2 * max(self.feedback_path.size, path_taps))
         self.params = np.zeros(L.N_PARAMS)
         self.status = np.zeros(L.N_STATUS)
         self.cursors = np.zeros(L.N_CURSORS, dtype=np.int64)
@@ -183,7 +182,7 @@ class AncEngine:
     def reset(self) -> None:
         """Back to the start: weights zero, muted, measuring the baseline again."""
         for array in (self.weights, self.reference_buffer, self.filtered_buffer, self.output_buffer,
-                      self.missing_buffer, self.status, self.events):
+                      self.status, self.events):
             array[...] = 0.0
         self.cursors[...] = 0
         self.status[L.S_MODE] = L.MODE_BASELINE
@@ -198,7 +197,7 @@ class AncEngine:
         """One block: contiguous 1-D float32/float64 arrays of equal length; `out` is written."""
         process_block(
             reference, error, out, self.weights, self.secondary_path, self.feedback_path,
-            self.reference_buffer, self.filtered_buffer, self.output_buffer, self.missing_buffer,
+            self.reference_buffer, self.filtered_buffer, self.output_buffer,
             self.params, self.status, self.cursors, self.events,
         )
 
@@ -210,7 +209,7 @@ class AncEngine:
             block = np.zeros(self.block_size, dtype=dtype)
             self.process(block, block.copy(), np.zeros(self.block_size, dtype=dtype))
         self.weights[...], self.status[...], self.cursors[...] = saved
-        for array in (self.reference_buffer, self.filtered_buffer, self.output_buffer, self.missing_buffer):
+        for array in (self.reference_buffer, self.filtered_buffer, self.output_buffer):
             array[...] = 0.0
 
     # -- settings, applied at the next block ---------------------------------------------
@@ -239,6 +238,14 @@ class AncEngine:
         self.params[L.P_STOP] = 1.0
 
     # -- read-outs (from the worker, never the callback) ---------------------------------
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    @property
+    def intensity(self) -> float:
+        return self._intensity
+
     @property
     def is_silent(self) -> bool:
         return self.status[L.S_MODE] == L.MODE_STOP and self.status[L.S_SAFETY_GAIN] <= 0.0
@@ -284,7 +291,7 @@ class AncEngine:
                 time_s=sample / self.sample_rate,
                 kind=L.EVENT_NAMES.get(int(code), f"code_{int(code)}"),
                 value=float(value),
-                step_size_after=float(step * self.settings.step_backoff),
+                step_size=float(step),
             ))
         self._events_read = written
         return drained

@@ -169,9 +169,9 @@ def generate_scene(kind: str, duration_s: float, sample_rate: int = 48000, seed:
         hiss = _band(rng, n, fs, 2000, 7000) * (_envelope(rng, n, fs, 0.2, 1.0) > 1.5)
         x = _normalize(babble, 0) + 0.4 * _normalize(clinks + 1e-9, 0) + 0.2 * _normalize(hiss + 1e-9, 0)
     else:  # engine_hum
-        # A tonal scene: a machine hum with four harmonics drifting slowly, over a faint
+        # A tonal scene: a machine hum with four harmonics drifting by up to 0.3 Hz, over a faint
         # pink background 40 dB down.
-        hum = _normalize(_engine(n, fs, 95.0, [1.0, 0.5, 0.35, 0.2], 1.0, rng), 0)
+        hum = _normalize(_engine(n, fs, 95.0, [1.0, 0.5, 0.35, 0.2], 0.3, rng), 0)
         x = hum + 0.01 * _normalize(_pink(rng, n), 0)
     # Microphones and their preamps roll off below ~20 Hz; so do recordings.
     x = scipy.signal.sosfilt(scipy.signal.butter(2, 20.0, btype="highpass", fs=fs, output="sos"), x)

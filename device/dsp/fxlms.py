@@ -8,10 +8,12 @@ Per sample n:
   1. reference r(n), high-passed below the speaker's range, minus the estimated speaker
      leak when a feedback path is given
   2. filtered reference x'(n) = s_hat * r, and its power over the filter length
-  3. virtual error e'(n) = e(n) + s_hat * (y_raw - y_played): the error had the full
-     computed output been played. It keeps fades, intensity < 1 and the limiter from
-     teaching the filter to compensate for them.
-  4. update w <- (1 - leakage) w - mu e'(n) x' / (regularization + |x'|^2)
+  3. modified-FxLMS error e'(n) = d_hat(n) + w . x'(n), with d_hat = e - s_hat * y_played
+     the disturbance estimate: the error the current weights would leave. It takes the
+     loop delay out of the adaptation (plain FxLMS must keep the step below ~1/latency,
+     which makes multi-tone noise converge in seconds), and it keeps fades, intensity < 1
+     and the limiter from teaching the filter to compensate for them.
+  4. update w <- (1 - leakage) w - mu e'(n) x'(n) / (regularization + |x'|^2)
   5. output y_raw(n) = w . r, then user gain (enabled * intensity, ramped), safety gain
      (fades, watchdog) and a peak limiter with instant attack and smooth release: the
      speaker signal never exceeds the ceiling and is never hard-clipped.
@@ -35,10 +37,10 @@ import numpy as np
 
 from device.dsp.layout import (
     C_FILTERED,
-    C_MISSING,
     C_OUTPUT,
     C_REFERENCE,
     EVENT_ERROR_RISE,
+    EVENT_GAVE_UP,
     EVENT_LIMITING,
     EVENT_NONFINITE,
     EVENT_WEIGHT_NORM,
@@ -84,7 +86,6 @@ from device.dsp.layout import (
     S_LIMIT_HOLD,
     S_LIMITED_SAMPLES,
     S_LIMITER_GAIN,
-    S_MISSING_COUNTDOWN,
     S_MODE,
     S_NONFINITE_INPUTS,
     S_PEAK_OUT,
@@ -102,8 +103,8 @@ from device.dsp.layout import (
 # Allow reassociation so reductions vectorize, but keep NaN/Inf semantics: the guards
 # below must see a NaN when one appears.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
-# Adaptation pauses below this total output gain: with almost nothing played, the virtual
-# error rests on the model alone.
+# Adaptation pauses below this total output gain: with almost nothing played the watchdog
+# could not see a wrong model at work.
 MIN_ADAPT_GAIN = 0.05
 # Limiter gain under which limiting counts as heavy (6 dB of reduction).
 HEAVY_LIMITING = 0.5
@@ -142,13 +143,11 @@ def _record_event(events, status, code, value, step):
 
 
 @nb.njit(cache=True)
-def _clear_history(weights, filtered_buffer, output_buffer, missing_buffer, status):
+def _clear_history(weights, filtered_buffer, output_buffer, status):
     weights[:] = 0.0
     filtered_buffer[:] = 0.0
     output_buffer[:] = 0.0
-    missing_buffer[:] = 0.0
     status[S_XF_POWER] = 0.0
-    status[S_MISSING_COUNTDOWN] = 0.0
 
 
 @nb.njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -162,7 +161,6 @@ def process_block(
     reference_buffer,
     filtered_buffer,
     output_buffer,
-    missing_buffer,
     params,
     status,
     cursors,
@@ -172,8 +170,8 @@ def process_block(
 
     reference, error: input blocks (any float dtype); out: the speaker block, written.
     weights (N), secondary_path (L), feedback_path (F, may be empty): filters.
-    reference_buffer (2*max(N, L)), filtered_buffer (2*(N+1)), output_buffer (2*max(F, 1)),
-    missing_buffer (2*L): double-length histories. params/status/cursors/events: see layout.
+    reference_buffer (2*max(N, L)), filtered_buffer (2*(N+1)), output_buffer (2*max(F, L)):
+    double-length histories. params/status/cursors/events: see layout.
     """
     taps = weights.shape[0]
     path_taps = secondary_path.shape[0]
@@ -181,12 +179,10 @@ def process_block(
     reference_half = reference_buffer.shape[0] // 2
     filtered_half = filtered_buffer.shape[0] // 2
     output_half = output_buffer.shape[0] // 2
-    missing_half = missing_buffer.shape[0] // 2
 
     position_reference = cursors[C_REFERENCE]
     position_filtered = cursors[C_FILTERED]
     position_output = cursors[C_OUTPUT]
-    position_missing = cursors[C_MISSING]
 
     leak = 1.0 - params[P_LEAKAGE]
     regularization = params[P_REGULARIZATION]
@@ -211,7 +207,6 @@ def process_block(
     power = status[S_XF_POWER]
     error_power = status[S_ERROR_POWER]
     reference_power = status[S_REFERENCE_POWER]
-    missing_countdown = status[S_MISSING_COUNTDOWN]
     hold = status[S_HOLD]
     limit_hold = status[S_LIMIT_HOLD]
     step = max(params[P_STEP] * status[S_STEP], min(params[P_MIN_STEP], params[P_STEP]))
@@ -263,16 +258,13 @@ def process_block(
         if power < 0.0:
             power = 0.0
 
-        virtual_error = e
-        if missing_countdown > 0.0:
-            # secondary_path[j] maps the output played j samples ago; j = 0 is not played yet.
-            virtual_error += _dot(secondary_path, missing_buffer, position_missing, 1, path_taps - 1)
-            missing_countdown -= 1.0
-
         total_gain = user_gain * safety_gain
         y_raw = 0.0
         if mode == MODE_RUN and adapt_allowed and total_gain >= MIN_ADAPT_GAIN:
-            g = step * virtual_error / (regularization + power)
+            # secondary_path[j] maps the output played j samples ago; j = 0 is not played yet.
+            disturbance = e - _dot(secondary_path, output_buffer, position_output, 1, path_taps - 1)
+            modified_error = disturbance + _dot(weights, filtered_buffer, position_filtered, 0, taps)
+            g = step * modified_error / (regularization + power)
             for k in range(taps):
                 updated = leak * weights[k] - g * filtered_buffer[position_filtered + k]
                 weights[k] = updated
@@ -309,10 +301,6 @@ def process_block(
             status[S_CONTROL_SAMPLES] += 1.0
 
         position_output = _push(output_buffer, output_half, position_output, played)
-        missing = y_raw - played
-        position_missing = _push(missing_buffer, missing_half, position_missing, missing)
-        if missing != 0.0:
-            missing_countdown = path_taps
 
         error_power += power_coef * (e * e - error_power)
         reference_power += power_coef * (raw_reference * raw_reference - reference_power)
@@ -347,15 +335,19 @@ def process_block(
                 _record_event(events, status, EVENT_LIMITING, 20.0 * math.log10(max(limiter_gain, 1e-12)), step)
                 limit_hold = 0.0
         elif mode == MODE_TRIP and safety_gain <= 0.0:
-            # Silent now: reset and come back slower.
-            _clear_history(weights, filtered_buffer, output_buffer, missing_buffer, status)
+            # Silent now: reset and come back slower; if the step is already at its floor,
+            # the plant has changed under the model and only a new identification helps.
+            _clear_history(weights, filtered_buffer, output_buffer, status)
             power = 0.0
-            missing_countdown = 0.0
-            status[S_STEP] = status[S_STEP] * params[P_BACKOFF]
-            step = max(params[P_STEP] * status[S_STEP], min(params[P_MIN_STEP], params[P_STEP]))
             status[S_TRIPS] += 1.0
             error_power = status[S_RATIO] * reference_power
-            mode = MODE_RUN
+            if params[P_STEP] * status[S_STEP] <= params[P_MIN_STEP]:
+                _record_event(events, status, EVENT_GAVE_UP, status[S_TRIPS], step)
+                mode = MODE_STOP
+            else:
+                status[S_STEP] = status[S_STEP] * params[P_BACKOFF]
+                step = max(params[P_STEP] * status[S_STEP], min(params[P_MIN_STEP], params[P_STEP]))
+                mode = MODE_RUN
 
     # Block-level checks: weights blowing up or turned non-finite.
     norm_squared = 0.0
@@ -367,9 +359,8 @@ def process_block(
         norm_squared += value * value
     norm = math.sqrt(norm_squared)
     if not math.isfinite(norm):
-        _clear_history(weights, filtered_buffer, output_buffer, missing_buffer, status)
+        _clear_history(weights, filtered_buffer, output_buffer, status)
         power = 0.0
-        missing_countdown = 0.0
         safety_gain = 0.0
         status[S_STEP] = status[S_STEP] * params[P_BACKOFF]
         status[S_TRIPS] += 1.0
@@ -389,7 +380,6 @@ def process_block(
     cursors[C_REFERENCE] = position_reference
     cursors[C_FILTERED] = position_filtered
     cursors[C_OUTPUT] = position_output
-    cursors[C_MISSING] = position_missing
     status[S_MODE] = mode
     status[S_USER_GAIN] = user_gain
     status[S_SAFETY_GAIN] = safety_gain
@@ -397,7 +387,6 @@ def process_block(
     status[S_XF_POWER] = power
     status[S_ERROR_POWER] = error_power
     status[S_REFERENCE_POWER] = reference_power
-    status[S_MISSING_COUNTDOWN] = missing_countdown
     status[S_HOLD] = hold
     status[S_LIMIT_HOLD] = limit_hold
     status[S_WEIGHT_NORM] = norm

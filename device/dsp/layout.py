@@ -49,7 +49,7 @@ S_HOLD = 11              # samples the divergence symptom has lasted
 S_STEP = 12              # step size in force (P_STEP unless backed off)
 S_TRIPS = 13             # watchdog trips so far
 S_SAMPLES = 14           # samples processed
-S_MISSING_COUNTDOWN = 15 # samples until the played-vs-computed difference history is all zero
+S_UNUSED = 15            # spare
 S_NONFINITE_INPUTS = 16  # input samples replaced because they were NaN/Inf
 S_LIMITED_SAMPLES = 17   # samples on which the limiter reduced the gain
 S_WEIGHT_NORM = 18       # L2 norm of the weights at the end of the last block
@@ -67,8 +67,7 @@ N_STATUS = 27
 C_REFERENCE = 0
 C_FILTERED = 1
 C_OUTPUT = 2
-C_MISSING = 3
-N_CURSORS = 4
+N_CURSORS = 3
 
 # modes
 MODE_BASELINE = 0.0      # muted, measuring the uncontrolled level
@@ -81,10 +80,12 @@ EVENT_ERROR_RISE = 1     # value: error power over the uncontrolled level, dB
 EVENT_WEIGHT_NORM = 2    # value: weight norm
 EVENT_NONFINITE = 3      # value: 0
 EVENT_LIMITING = 4       # value: limiter gain in dB
+EVENT_GAVE_UP = 5        # tripped again at the minimum step: the secondary path no longer matches
 EVENT_NAMES = {
     EVENT_ERROR_RISE: "error_rise",
     EVENT_WEIGHT_NORM: "weight_norm",
     EVENT_NONFINITE: "non_finite",
     EVENT_LIMITING: "sustained_limiting",
+    EVENT_GAVE_UP: "stopped_reidentify",
 }
 EVENT_FIELDS = 4

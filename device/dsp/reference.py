@@ -26,8 +26,7 @@ class ReferenceFxlms:
         self.weights = np.zeros(taps)
         self.x = np.zeros(max(taps, self.secondary_path.size))   # x[k] = reference(n - k)
         self.xf = np.zeros(taps + 1)                              # filtered reference history
-        self.played = np.zeros(0 if self.feedback_path is None else self.feedback_path.size)
-        self.missing = np.zeros(self.secondary_path.size)
+        self.played = np.zeros(max(0 if self.feedback_path is None else self.feedback_path.size, self.secondary_path.size))
         self.hp_in = [0.0, 0.0]
         self.hp_out = [0.0, 0.0]
         self.mode = L.MODE_BASELINE
@@ -57,9 +56,7 @@ class ReferenceFxlms:
     def _reset_filter(self) -> None:
         self.weights[:] = 0.0
         self.xf[:] = 0.0
-        self.missing[:] = 0.0
-        if self.played.size:
-            self.played[:] = 0.0
+        self.played[:] = 0.0
 
     def process(self, reference: np.ndarray, error: np.ndarray) -> np.ndarray:
         p = self.params
@@ -79,15 +76,15 @@ class ReferenceFxlms:
             self.hp_out = [hp, self.hp_out[0]]
             r = hp
             if self.feedback_path is not None:
-                r -= np.dot(self.feedback_path[1:], self.played[:-1])
+                r -= np.dot(self.feedback_path[1:], self.played[:self.feedback_path.size - 1])
             self._shift_in(self.x, r)
             filtered = np.dot(self.secondary_path, self.x[:self.secondary_path.size])
             self._shift_in(self.xf, filtered)
             power = np.dot(self.xf[:taps], self.xf[:taps])
-            virtual_error = e + np.dot(self.secondary_path[1:], self.missing[:-1])
-
             if self.mode == L.MODE_RUN and p[L.P_ADAPT] > 0.5 and self.user_gain * self.safety_gain >= MIN_ADAPT_GAIN:
-                g = step * virtual_error / (p[L.P_REGULARIZATION] + power)
+                disturbance = e - np.dot(self.secondary_path[1:], self.played[:self.secondary_path.size - 1])
+                modified_error = disturbance + np.dot(self.weights, self.xf[:taps])
+                g = step * modified_error / (p[L.P_REGULARIZATION] + power)
                 self.weights = (1.0 - p[L.P_LEAKAGE]) * self.weights - g * self.xf[:taps]
             y_raw = np.dot(self.weights, self.x[:taps])
 
@@ -109,9 +106,7 @@ class ReferenceFxlms:
                 self.limiter_gain = p[L.P_CEILING] / abs(y)
             played = y * self.limiter_gain
             out[n] = played
-            if self.played.size:
-                self._shift_in(self.played, played)
-            self._shift_in(self.missing, y_raw - played)
+            self._shift_in(self.played, played)
 
             self.error_power += p[L.P_POWER_COEF] * (e * e - self.error_power)
             self.reference_power += p[L.P_POWER_COEF] * (raw_reference ** 2 - self.reference_power)
@@ -135,11 +130,15 @@ class ReferenceFxlms:
                     self.events.append((self.samples - 1, L.EVENT_LIMITING))
             elif self.mode == L.MODE_TRIP and self.safety_gain <= 0.0:
                 self._reset_filter()
-                self.step_scale *= p[L.P_BACKOFF]
-                step = self._step()
                 self.trips += 1
                 self.error_power = self.ratio * self.reference_power
-                self.mode = L.MODE_RUN
+                if p[L.P_STEP] * self.step_scale <= p[L.P_MIN_STEP]:
+                    self.events.append((self.samples - 1, L.EVENT_GAVE_UP))
+                    self.mode = L.MODE_STOP
+                else:
+                    self.step_scale *= p[L.P_BACKOFF]
+                    step = self._step()
+                    self.mode = L.MODE_RUN
 
         self.weights[np.abs(self.weights) < 1e-30] = 0.0
         norm = float(np.linalg.norm(self.weights))

@@ -1,0 +1,54 @@
+"""Single-producer single-consumer ring of audio blocks, preallocated.
+
+The audio callback pushes (reference, error, speaker, meta) blocks; the worker thread drains
+them. The producer never waits and never allocates: when the worker falls behind and the
+ring is full, the block is dropped and counted. Counters are plain integers updated under
+the GIL after the copies, which orders them after the data for the consumer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+META_FIELDS = 4  # callback start time (s), callback duration (s), status flags, spare
+
+
+class BlockRing:
+    def __init__(self, capacity_blocks: int, block_size: int):
+        if capacity_blocks < 2:
+            raise ValueError("capacity_blocks must be at least 2")
+        self.capacity = capacity_blocks
+        self.block_size = block_size
+        self.reference = np.zeros((capacity_blocks, block_size))
+        self.error = np.zeros((capacity_blocks, block_size))
+        self.output = np.zeros((capacity_blocks, block_size))
+        self.meta = np.zeros((capacity_blocks, META_FIELDS))
+        self.written = 0
+        self.read = 0
+        self.dropped = 0
+
+    # producer side (audio callback)
+    def push(self, reference: np.ndarray, error: np.ndarray, output: np.ndarray, meta: np.ndarray) -> None:
+        if self.written - self.read >= self.capacity:
+            self.dropped += 1
+            return
+        slot = self.written % self.capacity
+        self.reference[slot] = reference
+        self.error[slot] = error
+        self.output[slot] = output
+        self.meta[slot] = meta
+        self.written += 1
+
+    # consumer side (worker)
+    def available(self) -> int:
+        return self.written - self.read
+
+    def take(self, max_blocks: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Copy out the oldest available blocks (flattened samples, and meta rows) and free them."""
+        count = self.available()
+        if max_blocks is not None:
+            count = min(count, max_blocks)
+        slots = (self.read + np.arange(count)) % self.capacity
+        taken = (self.reference[slots].ravel(), self.error[slots].ravel(), self.output[slots].ravel(), self.meta[slots])
+        self.read += count
+        return taken

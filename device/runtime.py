@@ -1,0 +1,100 @@
+"""A controller session: engine + block ring + worker, the same for every backend.
+
+Backends (PortAudio, the JACK bench, the simulator) call `process_block` for each block,
+from the audio callback or a simulation loop; it runs the engine and hands the block to the
+worker through the ring, and nothing else. The worker runs on its own thread
+(`start_worker`) on a device and synchronously (`poll`) in the simulator.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from device.config import Config
+from device.engine import AncEngine
+from device.errors import UserError
+from device.ringbuffer import BlockRing
+from device.worker import Worker, new_session_id
+
+log = logging.getLogger(__name__)
+
+RING_SECONDS = 2.0
+
+
+def load_classifier(cfg: Config) -> tuple[Any | None, str | None]:
+    """The configured classifier, or (None, reason): the controller runs without it."""
+    if not cfg.classifier.enabled:
+        return None, "disabled in the configuration"
+    try:
+        from device.classifier import NoiseClassifier
+    except ImportError as exc:  # onnxruntime missing on this install
+        return None, f"classifier unavailable ({exc})"
+    try:
+        return NoiseClassifier(cfg.classifier.model), None
+    except UserError as exc:
+        log.error("classifier refused, running without classification: %s", exc)
+        return None, str(exc)
+
+
+def record_factory(cfg: Config, session_id: str) -> Any | None:
+    try:
+        from device.records import RecordFactory
+    except ImportError:
+        return None
+    return RecordFactory(cfg.runtime.device_id or socket.gethostname(), session_id)
+
+
+class Session:
+    def __init__(
+        self,
+        cfg: Config,
+        engine: AncEngine,
+        classifier: Any | None = None,
+        spool: Any | None = None,
+        session_id: str | None = None,
+        classifier_error: str | None = None,
+    ):
+        self.cfg = cfg
+        self.engine = engine
+        self.session_id = session_id or new_session_id()
+        blocks = max(4, int(RING_SECONDS * engine.sample_rate / engine.block_size))
+        self.ring = BlockRing(blocks, engine.block_size)
+        self.records = record_factory(cfg, self.session_id) if spool is not None else None
+        self.worker = Worker(cfg, self.ring, engine, classifier=classifier, records=self.records, sink=spool)
+        self.worker.report.classifier_error = classifier_error
+        self.start_time = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def process_block(self, reference: np.ndarray, error: np.ndarray, out: np.ndarray, meta: np.ndarray) -> None:
+        """Audio-callback safe: one nogil numba call and a few preallocated copies."""
+        self.engine.process(reference, error, out)
+        self.ring.push(reference, error, out, meta)
+
+    def poll(self) -> int:
+        return self.worker.poll()
+
+    def start_worker(self, period_s: float = 0.02) -> None:
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.worker.poll()
+                except Exception:  # keep the worker alive; the audio path does not depend on it
+                    log.exception("worker iteration failed")
+                self._stop.wait(period_s)
+
+        self._thread = threading.Thread(target=loop, name="anc-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, status: str = "completed") -> dict:
+        """Stop the worker thread (if any), drain, and return the session summary."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        return self.worker.finish(status=status, start_time=self.start_time)

@@ -1,0 +1,331 @@
+"""The worker: everything the audio callback must not do.
+
+It drains the block ring and, in audio time:
+  * estimates the cancellation the device achieves, from what it can observe: the
+    disturbance estimate d = err - s_hat * speaker against the error itself;
+  * summarises callback timing (duration, start jitter, xrun flags) per metrics interval;
+  * decimates the reference mic to 16 kHz and classifies the last window every hop, with a
+    confidence threshold and hysteresis, switching the controller preset when the class
+    changes;
+  * emits processing-metric, noise-detection and session records to a sink (the spool).
+
+It runs on a thread on the device and synchronously in the simulator (`poll`), so both give
+the same records from the same blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import scipy.signal
+
+from device.config import Config
+from device.engine import AncEngine, SafetyEvent
+from device.ringbuffer import BlockRing
+
+log = logging.getLogger(__name__)
+
+
+class RecordSink(Protocol):
+    def append(self, records: list) -> Any: ...
+
+
+@dataclass
+class ClassChange:
+    time_s: float
+    noise_type: str
+    confidence: float
+
+
+@dataclass
+class IntervalMetrics:
+    time_s: float                 # end of the interval, audio time
+    estimated_cancellation_db: float | None
+    error_rms_dbfs: float
+    output_rms_dbfs: float
+    callback_p50_ms: float
+    callback_p99_ms: float
+    callback_max_ms: float
+    jitter_p99_ms: float
+    xruns: int
+    cpu_utilization: float        # share of the interval spent in the engine
+    step_size: float
+    weight_norm: float
+    mode: str
+    noise_type: str | None
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+def _db(power_ratio: float) -> float:
+    return 10.0 * math.log10(max(power_ratio, 1e-30))
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as handle:
+            pages = int(handle.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return float("nan")
+
+
+@dataclass
+class WorkerReport:
+    metrics: list[IntervalMetrics] = field(default_factory=list)
+    detections: list[dict] = field(default_factory=list)
+    class_changes: list[ClassChange] = field(default_factory=list)
+    safety_events: list[SafetyEvent] = field(default_factory=list)
+    records_written: int = 0
+    classifier_error: str | None = None
+
+
+class Worker:
+    def __init__(
+        self,
+        cfg: Config,
+        ring: BlockRing,
+        engine: AncEngine,
+        classifier: Any | None = None,
+        records: Any | None = None,
+        sink: RecordSink | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ):
+        self.cfg = cfg
+        self.ring = ring
+        self.engine = engine
+        self.sample_rate = engine.sample_rate
+        self.block_size = engine.block_size
+        self.records = records
+        self.sink = sink
+        self.wall_clock = wall_clock
+        self.report = WorkerReport()
+        self.samples = 0
+        self.interval_samples = max(self.block_size, int(cfg.runtime.metrics_interval_s * self.sample_rate))
+        self._secondary = engine.secondary_path.copy()
+        self._secondary_state = np.zeros(self._secondary.size - 1)
+        self._reset_interval()
+        self._session_error = 0.0
+        self._session_disturbance = 0.0
+        self._pending: list = []
+        self._last_start: float | None = None
+        self.current_class: str | None = None
+
+        self.classifier = classifier
+        if classifier is not None:
+            from device.classifier import ClassTracker
+            from device.features import SAMPLE_RATE, StreamDecimator
+
+            self._decimator = StreamDecimator(self.sample_rate, SAMPLE_RATE)
+            self._window = np.zeros(int(round(cfg.classifier.window_s * SAMPLE_RATE)))
+            self._window_fill = 0
+            self._hop = int(round(cfg.classifier.hop_s * SAMPLE_RATE))
+            self._since_hop = 0
+            self._classifier_rate = SAMPLE_RATE
+            self._tracker = ClassTracker(cfg.classifier.confidence_threshold, cfg.classifier.hysteresis_windows)
+
+    def _reset_interval(self) -> None:
+        self._interval_error = 0.0
+        self._interval_disturbance = 0.0
+        self._interval_output = 0.0
+        self._interval_samples = 0
+        self._durations: list[np.ndarray] = []
+        self._jitter: list[np.ndarray] = []
+        self._xruns = 0
+
+    # -- main entry -------------------------------------------------------------------------
+    def poll(self) -> int:
+        """Process every block waiting in the ring; returns how many there were."""
+        available = self.ring.available()
+        if available == 0:
+            return 0
+        reference, error, output, meta = self.ring.take(available)
+        position = 0
+        # Cut the chunk at metrics-interval boundaries so each interval is exact.
+        while position < error.size:
+            room = self.interval_samples - self._interval_samples
+            stop = min(error.size, position + room)
+            first_block, last_block = position // self.block_size, -(-stop // self.block_size)
+            self._observe(reference[position:stop], error[position:stop], output[position:stop],
+                          meta[first_block:last_block] if position % self.block_size == 0 else meta[0:0])
+            position = stop
+            if self._interval_samples >= self.interval_samples:
+                self._close_interval()
+        self._flush()
+        return available
+
+    def _observe(self, reference: np.ndarray, error: np.ndarray, output: np.ndarray, meta: np.ndarray) -> None:
+        speaker_at_error, self._secondary_state = scipy.signal.lfilter(
+            self._secondary, [1.0], output, zi=self._secondary_state)
+        disturbance = error - speaker_at_error
+        e2, d2 = float(np.dot(error, error)), float(np.dot(disturbance, disturbance))
+        self._interval_error += e2
+        self._interval_disturbance += d2
+        self._interval_output += float(np.dot(output, output))
+        self._interval_samples += error.size
+        if self.engine.mode == "run":
+            self._session_error += e2
+            self._session_disturbance += d2
+        if meta.size:
+            self._durations.append(meta[:, 1].copy())
+            starts = meta[:, 0]
+            previous = np.concatenate([[self._last_start], starts[:-1]]) if self._last_start is not None else None
+            if previous is not None:
+                period = self.block_size / self.sample_rate
+                self._jitter.append(np.abs(starts - previous - period))
+            self._last_start = float(starts[-1])
+            self._xruns += int(np.count_nonzero(meta[:, 2]))
+        self.samples += error.size
+        if self.classifier is not None:
+            self._classify(reference)
+
+    # -- classification -----------------------------------------------------------------------
+    def _classify(self, reference: np.ndarray) -> None:
+        decimated = self._decimator.process(reference)
+        size = self._window.size
+        if decimated.size >= size:
+            self._window[:] = decimated[-size:]
+        else:
+            self._window[:-decimated.size] = self._window[decimated.size:]
+            self._window[-decimated.size:] = decimated
+        self._window_fill = min(size, self._window_fill + decimated.size)
+        self._since_hop += decimated.size
+        if self._window_fill < size or self._since_hop < self._hop:
+            return
+        self._since_hop = 0
+        from device.features import power_and_peak
+
+        detection = self.classifier.classify(self._window)
+        power_db, peak_hz = power_and_peak(self._window, self._classifier_rate)
+        time_s = self.samples / self.sample_rate
+        entry = {
+            "time_s": round(time_s, 3),
+            "noise_type": detection.noise_type,
+            "confidence": round(float(detection.confidence), 4),
+            "probabilities": {k: round(float(v), 4) for k, v in detection.probabilities.items()},
+            "avg_power_db": round(float(power_db), 2),
+            "peak_frequency_hz": round(float(peak_hz), 1),
+        }
+        self.report.detections.append(entry)
+        if self.records is not None:
+            self._pending.append(self.records.noise_detection(
+                timestamp=self._timestamp(), noise_type=detection.noise_type,
+                confidence=entry["confidence"], probabilities=entry["probabilities"],
+                avg_power_db=entry["avg_power_db"], peak_frequency_hz=entry["peak_frequency_hz"]))
+        switched = self._tracker.update(detection)
+        if switched is not None:
+            self.current_class = switched
+            self.report.class_changes.append(ClassChange(time_s, switched, float(detection.confidence)))
+            preset = self.cfg.presets[switched]
+            self.engine.apply_preset(preset.step_size, preset.leakage, preset.intensity)
+            log.info("noise class %s (confidence %.2f): preset step %.4g, leakage %.3g, intensity %.2f",
+                     switched, detection.confidence, preset.step_size, preset.leakage, preset.intensity)
+
+    # -- metrics --------------------------------------------------------------------------------
+    def _close_interval(self) -> None:
+        n = max(self._interval_samples, 1)
+        durations = np.concatenate(self._durations) if self._durations else np.zeros(1)
+        jitter = np.concatenate(self._jitter) if self._jitter else np.zeros(1)
+        events = self.engine.drain_events()
+        self.report.safety_events.extend(events)
+        snapshot = self.engine.snapshot()
+        cancellation = None
+        if self._interval_error > 0 and snapshot["mode"] == "run":
+            cancellation = _db(self._interval_disturbance / self._interval_error)
+        interval_s = n / self.sample_rate
+        metrics = IntervalMetrics(
+            time_s=self.samples / self.sample_rate,
+            estimated_cancellation_db=cancellation,
+            error_rms_dbfs=_db(self._interval_error / n),
+            output_rms_dbfs=_db(self._interval_output / n),
+            callback_p50_ms=float(np.percentile(durations, 50) * 1e3),
+            callback_p99_ms=float(np.percentile(durations, 99) * 1e3),
+            callback_max_ms=float(durations.max() * 1e3),
+            jitter_p99_ms=float(np.percentile(jitter, 99) * 1e3),
+            xruns=self._xruns,
+            cpu_utilization=float(durations.sum() / interval_s) if self._durations else 0.0,
+            step_size=float(snapshot["step_size"]),
+            weight_norm=float(snapshot["weight_norm"]),
+            mode=snapshot["mode"],
+            noise_type=self.current_class,
+        )
+        self.report.metrics.append(metrics)
+        if self.records is not None:
+            self._pending.append(self.records.processing_metric(
+                timestamp=self._timestamp(),
+                latency_ms=round(metrics.callback_p99_ms, 4),
+                cpu_utilization=round(metrics.cpu_utilization, 4),
+                memory_mb=round(_rss_mb(), 1),
+                cancellation_db=None if cancellation is None else round(cancellation, 2),
+                algorithm="fxlms",
+                extras={
+                    "callback_p50_ms": round(metrics.callback_p50_ms, 4),
+                    "callback_max_ms": round(metrics.callback_max_ms, 4),
+                    "jitter_p99_ms": round(metrics.jitter_p99_ms, 4),
+                    "xruns": metrics.xruns,
+                    "dropped_blocks": self.ring.dropped,
+                    "step_size": metrics.step_size,
+                    "weight_norm": round(metrics.weight_norm, 4),
+                    "mode": metrics.mode,
+                    "noise_type": metrics.noise_type,
+                    "safety_events": [event.to_dict() for event in events],
+                },
+            ))
+        self._reset_interval()
+
+    def _timestamp(self) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.wall_clock())) + "Z"
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        if self.sink is not None:
+            try:
+                self.sink.append(batch)
+                self.report.records_written += len(batch)
+            except Exception as exc:  # the spool is an edge: never let it stop the audio worker
+                log.error("spool write failed, %d records kept in memory for the next try: %s", len(batch), exc)
+                self._pending = batch + self._pending
+
+    # -- end of session ---------------------------------------------------------------------------
+    @property
+    def session_cancellation_db(self) -> float | None:
+        if self._session_error <= 0:
+            return None
+        return _db(self._session_disturbance / self._session_error)
+
+    def finish(self, status: str = "completed", start_time: str | None = None) -> dict:
+        """Drain what is left, close the partial interval, write the session record."""
+        self.poll()
+        if self._interval_samples > 0:
+            self._close_interval()
+        self.report.safety_events.extend(self.engine.drain_events())
+        snapshot = self.engine.snapshot()
+        session = {
+            "start_time": start_time,
+            "end_time": self._timestamp(),
+            "sample_rate": self.sample_rate,
+            "anc_enabled": bool(self.engine.enabled),
+            "anc_intensity": float(self.engine.intensity),
+            "total_samples": int(self.samples),
+            "avg_cancellation_db": None if self.session_cancellation_db is None else round(self.session_cancellation_db, 2),
+            "status": status,
+        }
+        if self.records is not None:
+            self._pending.append(self.records.session(**session))
+            self._flush()
+        session["watchdog_trips"] = snapshot["watchdog_trips"]
+        return session
+
+
+def new_session_id() -> str:
+    return uuid.uuid4().hex
