@@ -124,10 +124,15 @@ def _push(buffer, half, position, value):
 
 @nb.njit(cache=True, fastmath=FASTMATH, inline="always")
 def _dot(a, b, offset, start, count):
-    """sum(a[start + k] * b[offset + k] for k in range(count))."""
+    """sum(a[start + k] * b[offset + k] for k in range(count)).
+
+    Slicing first lets LLVM see unit-stride, non-negative indexing and emit packed loads;
+    indexing with `offset + k` directly compiles to gathers (negative-index wraparound)."""
+    x = a[start:start + count]
+    y = b[offset:offset + count]
     acc = 0.0
     for k in range(count):
-        acc += a[start + k] * b[offset + k]
+        acc += x[k] * y[k]
     return acc
 
 
@@ -222,10 +227,7 @@ def process_block(
     hp_y2 = status[S_HP_Y2]
 
     # Recompute the filtered-reference power once a block so the running sum cannot drift.
-    power = 0.0
-    for k in range(taps):
-        value = filtered_buffer[position_filtered + k]
-        power += value * value
+    power = _dot(filtered_buffer, filtered_buffer, position_filtered, position_filtered, taps)
 
     for n in range(reference.shape[0]):
         r = float(reference[n])
@@ -265,10 +267,12 @@ def process_block(
             disturbance = e - _dot(secondary_path, output_buffer, position_output, 1, path_taps - 1)
             modified_error = disturbance + _dot(weights, filtered_buffer, position_filtered, 0, taps)
             g = step * modified_error / (regularization + power)
+            filtered_window = filtered_buffer[position_filtered:position_filtered + taps]
+            reference_window = reference_buffer[position_reference:position_reference + taps]
             for k in range(taps):
-                updated = leak * weights[k] - g * filtered_buffer[position_filtered + k]
+                updated = leak * weights[k] - g * filtered_window[k]
                 weights[k] = updated
-                y_raw += updated * reference_buffer[position_reference + k]
+                y_raw += updated * reference_window[k]
         else:
             y_raw = _dot(weights, reference_buffer, position_reference, 0, taps)
 

@@ -1,0 +1,114 @@
+"""Throughput of the FxLMS kernel: numba versus the NumPy reference.
+
+Prints one JSON line per implementation: impl, dtype, taps, secondary_path_taps,
+block_size, samples_per_s, real_time_factor (at 48 kHz), per-block call overhead.
+
+    python bench/kernel.py [--seconds 10] [--taps 256] [--path-taps 128] [--block 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from device.config import load_config  # noqa: E402
+from device.dsp.reference import ReferenceFxlms  # noqa: E402
+from device.engine import AncEngine  # noqa: E402
+
+SAMPLE_RATE = 48000
+
+
+def make_engine(taps: int, path_taps: int, block: int) -> AncEngine:
+    cfg = load_config().replace("controller", taps=taps, secondary_path_taps=path_taps)
+    rng = np.random.default_rng(0)
+    path = rng.standard_normal(path_taps) * np.exp(-np.arange(path_taps) / 20.0) * 0.3
+    path[:8] = 0.0
+    # A short baseline so the measurement is of the adapting controller.
+    cfg = cfg.replace("safety", baseline_ms=1.0, fade_ms=1.0)
+    return AncEngine.from_config(cfg, path, block_size=block)
+
+
+def bench_numba(seconds: float, taps: int, path_taps: int, block: int, dtype) -> dict:
+    engine = make_engine(taps, path_taps, block)
+    engine.warm_up()
+    rng = np.random.default_rng(1)
+    n_blocks = int(seconds * SAMPLE_RATE) // block
+    reference = (rng.standard_normal((n_blocks, block)) * 0.1).astype(dtype)
+    error = (rng.standard_normal((n_blocks, block)) * 0.05).astype(dtype)
+    out = np.zeros(block, dtype=dtype)
+    process = engine.process
+    best = float("inf")
+    for _ in range(3):
+        engine.reset()
+        start = time.perf_counter()
+        for k in range(n_blocks):
+            process(reference[k], error[k], out)
+        best = min(best, time.perf_counter() - start)
+    assert engine.mode == "run", engine.snapshot()
+    samples = n_blocks * block
+    # Per-call overhead: the same calls on empty blocks.
+    empty = np.zeros(0, dtype=dtype)
+    calls = 20000
+    start = time.perf_counter()
+    for _ in range(calls):
+        process(empty, empty, empty)
+    overhead = (time.perf_counter() - start) / calls
+    return {
+        "impl": "numba",
+        "dtype": np.dtype(dtype).name,
+        "taps": taps,
+        "secondary_path_taps": path_taps,
+        "block_size": block,
+        "samples_per_s": round(samples / best),
+        "real_time_factor": round(samples / best / SAMPLE_RATE, 1),
+        "call_overhead_us": round(overhead * 1e6, 2),
+        "call_overhead_pct_of_block": round(100 * overhead / (block / SAMPLE_RATE), 3),
+    }
+
+
+def bench_reference(seconds: float, taps: int, path_taps: int, block: int) -> dict:
+    engine = make_engine(taps, path_taps, block)
+    reference_impl = ReferenceFxlms(taps, engine.secondary_path, None, engine.params.copy())
+    rng = np.random.default_rng(1)
+    n_blocks = max(1, int(seconds * SAMPLE_RATE) // block)
+    reference = rng.standard_normal((n_blocks, block)) * 0.1
+    error = rng.standard_normal((n_blocks, block)) * 0.05
+    start = time.perf_counter()
+    for k in range(n_blocks):
+        reference_impl.process(reference[k], error[k])
+    elapsed = time.perf_counter() - start
+    samples = n_blocks * block
+    return {
+        "impl": "numpy-reference",
+        "dtype": "float64",
+        "taps": taps,
+        "secondary_path_taps": path_taps,
+        "block_size": block,
+        "samples_per_s": round(samples / elapsed),
+        "real_time_factor": round(samples / elapsed / SAMPLE_RATE, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="audio seconds per numba run")
+    parser.add_argument("--taps", type=int, default=256)
+    parser.add_argument("--path-taps", type=int, default=128)
+    parser.add_argument("--block", type=int, default=32)
+    args = parser.parse_args()
+    print(json.dumps({"machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version()}))
+    for dtype in (np.float64, np.float32):
+        print(json.dumps(bench_numba(args.seconds, args.taps, args.path_taps, args.block, dtype)), flush=True)
+    print(json.dumps(bench_reference(min(args.seconds, 0.2), args.taps, args.path_taps, args.block)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
