@@ -148,7 +148,8 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
         "diverged": session_summary["watchdog_trips"] > 0,
         "output_peak_dbfs": round(20 * np.log10(max(peak, 1e-12)), 2),
         "output_ceiling_dbfs": ceiling_dbfs,
-        "estimated_cancellation_db": session_summary["avg_cancellation_db"],
+        "estimated_cancellation_db": _device_estimate(worker.metrics, window.start / fs),
+        "session_avg_cancellation_db": session_summary["avg_cancellation_db"],
         "noise_classes": classes,
         "dominant_class": dominant,
         "classifier": "on" if worker.classifier_error is None else f"off: {worker.classifier_error}",
@@ -157,6 +158,13 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
     }
     metrics = per_second_metrics(result, session)
     return Simulation(scene, plant, cfg, result, secondary, feedback, optimum.error, summary, metrics, session)
+
+
+def _device_estimate(metrics, steady_start_s: float) -> float | None:
+    """The device's own cancellation estimate over the steady state (mean of its intervals)."""
+    values = [m.estimated_cancellation_db for m in metrics
+              if m.estimated_cancellation_db is not None and m.time_s > steady_start_s + 1e-9]
+    return None if not values else round(float(np.mean(values)), 2)
 
 
 def per_second_metrics(result: ClosedLoopResult, session: Session) -> list[dict]:
@@ -270,7 +278,8 @@ def format_summary(summary: dict) -> str:
         f"(controller is {summary['gap_to_optimum_db']:.1f} dB from it)",
         f"convergence  " + ("no meaningful cancellation to converge to" if summary["convergence_s"] is None
                             else f"{summary['convergence_s']:.2f} s to within 3 dB of the steady state"),
-        f"device view  {db(summary['estimated_cancellation_db'])} estimated by the device from its own microphones",
+        f"device view  {db(summary['estimated_cancellation_db'])} over the steady state, as the device estimates it from "
+        f"its own microphones and secondary-path model",
         f"speed        {summary['real_time_factor']:.1f}x real time (controller alone {summary['engine_real_time_factor']:.0f}x)",
         f"output       peak {summary['output_peak_dbfs']:.1f} dBFS, ceiling {summary['output_ceiling_dbfs']:.1f} dBFS",
     ]

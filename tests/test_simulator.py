@@ -29,6 +29,8 @@ def test_tonal_scene_on_headphone_reaches_25_db_within_6_db_of_the_optimum(cfg, 
     assert summary["wiener_bound_db"] - summary["attenuation_db"] <= 6.0, summary
     assert summary["attenuation_band_db"] >= 25.0
     assert summary["safety_events"] == [] and not summary["diverged"]
+    # The device's own estimate (error mic against its secondary-path model) agrees with the truth.
+    assert abs(summary["estimated_cancellation_db"] - summary["attenuation_db"]) < 3.0
     assert summary["convergence_s"] is not None and summary["convergence_s"] < summary["steady_state_s"][0]
     # The anti-noise stays far below the ceiling when all is well.
     assert summary["output_peak_dbfs"] < cfg.safety.output_ceiling_dbfs - 3
