@@ -136,6 +136,8 @@ class AncEngine:
         self._events_read = 0
         self._enabled = settings.enabled
         self._intensity = settings.intensity
+        self.base_step_size = settings.step_size
+        self.step_factor = 1.0
         self._configure(settings)
         self.reset()
 
@@ -226,9 +228,15 @@ class AncEngine:
     def apply_preset(self, step_size: float, leakage: float, intensity: float) -> None:
         """Switch controller settings (a noise-class preset): step and leakage take effect at
         the next block (the weights carry on), intensity ramps."""
-        self.params[L.P_STEP] = step_size
+        self.base_step_size = float(step_size)
+        self.params[L.P_STEP] = step_size * self.step_factor
         self.params[L.P_LEAKAGE] = leakage
         self.set_intensity(intensity)
+
+    def set_step_factor(self, factor: float) -> None:
+        """Scale the preset's step size (the worker's no-harm guard); 1.0 = as configured."""
+        self.step_factor = float(factor)
+        self.params[L.P_STEP] = self.base_step_size * self.step_factor
 
     def set_adaptation(self, adapt: bool) -> None:
         self.params[L.P_ADAPT] = 1.0 if adapt else 0.0

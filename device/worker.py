@@ -32,6 +32,11 @@ from device.ringbuffer import BlockRing
 
 log = logging.getLogger(__name__)
 
+# The no-harm step guard (see Worker._guard_step): halve the step when the device's estimate
+# says it amplifies by more than AMPLIFY_DB, double it back when it cancels RECOVER_DB or more.
+AMPLIFY_DB = 0.5
+RECOVER_DB = 3.0
+
 
 class RecordSink(Protocol):
     def append(self, records: list) -> Any: ...
@@ -240,6 +245,7 @@ class Worker:
         cancellation = None
         if self._interval_error > 0 and snapshot["mode"] == "run":
             cancellation = _db(self._interval_disturbance / self._interval_error)
+            self._guard_step(cancellation)
         interval_s = n / self.sample_rate
         metrics = IntervalMetrics(
             time_s=self.samples / self.sample_rate,
@@ -280,6 +286,20 @@ class Worker:
                 },
             ))
         self._reset_interval()
+
+    def _guard_step(self, cancellation_db: float) -> None:
+        """Do no harm: where the noise is not predictable (broadband on a rig whose latency
+        makes it non-causal) the optimum is ~0 dB and a large step only adds misadjustment
+        noise, so the device would make things louder. Halve the step while the device's
+        own estimate says it amplifies; grow it back while it cancels well."""
+        factor = self.engine.step_factor
+        minimum = max(self.cfg.safety.min_step_size / max(self.engine.base_step_size, 1e-12), 1 / 64)
+        if cancellation_db < -AMPLIFY_DB:
+            factor = max(minimum, factor * 0.5)
+        elif cancellation_db > RECOVER_DB:
+            factor = min(1.0, factor * 2.0)
+        if factor != self.engine.step_factor:
+            self.engine.set_step_factor(factor)
 
     def _timestamp(self) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.wall_clock())) + "Z"

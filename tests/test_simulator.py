@@ -1,6 +1,7 @@
 """Closed-loop behaviour on the simulated plants, judged against the causal optimum."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,13 +53,14 @@ def test_broadband_noise_on_headphone_is_reported_as_non_causal(cfg, tmp_path):
     # Nothing predictable to cancel: the optimum itself is small, and the controller does not
     # make things much worse than no control.
     assert sim.summary["wiener_bound_db"] < 3.0
-    assert sim.summary["attenuation_db"] > -1.5
+    # The no-harm guard keeps the controller from making unpredictable noise louder.
+    assert sim.summary["attenuation_db"] > -0.5
 
 
 def test_broadband_noise_in_the_causal_duct_is_cancelled(cfg, tmp_path):
     path = tmp_path / "white.wav"
     soundfile.write(str(path), generate_scene("white", 6.0, 48000, seed=2), 48000)
-    duct_cfg = cfg.replace("controller", feedback_neutralization=True, feedback_path_taps=512)
+    duct_cfg = load_config(Path(__file__).resolve().parent.parent / "config" / "duct.yaml")
     sim = simulate(path, duct_cfg, "duct")
     assert sim.summary["causality"]["broadband_possible"] is True
     assert sim.summary["wiener_bound_db"] > 15.0
