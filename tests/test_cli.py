@@ -85,3 +85,16 @@ def test_block_size_above_plant_latency_is_refused(tmp_path):
     run = anc_device("--simulate", "simulator/scenes/pink.wav", "--config", str(config))
     assert run.returncode == 2
     assert "latency_samples: 72 is less than one block (128 samples)" in run.stderr
+
+
+def test_scene_command_writes_a_reproducible_scene(tmp_path):
+    first, second = tmp_path / "a.wav", tmp_path / "b.wav"
+    for path in (first, second):
+        run = anc_device("scene", "traffic", str(path), "--seconds", "1", "--rate", "16000", "--seed", "4")
+        assert run.returncode == 0, run.stderr
+    a, rate = soundfile.read(str(first))
+    b, _ = soundfile.read(str(second))
+    assert rate == 16000 and a.size == 16000
+    np.testing.assert_array_equal(a, b)
+    run = anc_device("scene", "traffic", str(tmp_path / "missing" / "x.wav"))
+    assert run.returncode == 2 and "does not exist" in run.stderr
