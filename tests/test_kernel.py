@@ -177,3 +177,19 @@ def test_bad_secondary_path_estimates_are_refused(cfg):
         AncEngine.from_config(cfg, np.zeros(128))
     with pytest.raises(UserError, match="NaN"):
         AncEngine.from_config(cfg, np.array([0.0, np.nan, 1.0]))
+
+
+def test_kernels_compile_into_numba_cache_dir(tmp_path):
+    """The systemd unit points NUMBA_CACHE_DIR at /var/cache/anc-device: compiled kernels must land there."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    code = ("import numpy as np; from device.config import load_config; from device.engine import AncEngine; "
+            "e = AncEngine.from_config(load_config(), np.r_[0.0, 1.0, 0.5]); e.warm_up()")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(root)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root)
+    cached = list(tmp_path.rglob("*.nbi"))
+    assert any("fxlms" in path.name for path in cached), cached
