@@ -29,6 +29,8 @@ fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing Python packages into $venv"
     "$venv/bin/python" -m pip install -q --upgrade pip
-    "$venv/bin/python" -m pip install -q -e ".[all,test]"
+    # The build backend warns that an editable install can be shadowed by same-named folders;
+    # that is the intent here (the repository is the install), so keep the output clean.
+    PYTHONWARNINGS=ignore "$venv/bin/python" -m pip install -q -e ".[all,test]"
     touch "$stamp"
 fi
