@@ -19,6 +19,7 @@ from device.errors import UserError
 
 COMMAND_MODULES = (
     "device.commands.simulate",
+    "device.commands.classify",
     "device.commands.scene",
 )
 

@@ -1,0 +1,113 @@
+"""Cost of the noise classifier per window: features, ONNX inference, both; model size; RSS.
+
+Prints JSON lines:
+  {"bench": "features", ...}   feature_vector on one window (median, p99, max in ms)
+  {"bench": "inference", ...}  one onnxruntime call on one feature vector
+  {"bench": "classify", ...}   NoiseClassifier.classify: both, as the worker calls it every hop
+  {"bench": "decimator", ...}  StreamDecimator.process on one 32-sample 48 kHz block (microseconds)
+  {"bench": "model", ...}      ONNX file size, trees, nodes; RSS added by importing onnxruntime and
+                               loading the model (MiB, from /proc/self/status)
+  {"bench": "targets", ...}    classify median < 2 ms and p99 < 5 ms here
+
+    python bench/classifier.py [--windows 2000] [--model models/noise_classifier.onnx]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from device import features  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def rss_mib() -> float:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def timings(fn, args_list, repeat_first: int = 20) -> dict:
+    for a in args_list[:repeat_first]:
+        fn(a)
+    times = np.empty(len(args_list))
+    for i, a in enumerate(args_list):
+        start = time.perf_counter()
+        fn(a)
+        times[i] = time.perf_counter() - start
+    ms = times * 1e3
+    return {"median_ms": round(float(np.median(ms)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4),
+            "max_ms": round(float(ms.max()), 4), "n": len(args_list)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--windows", type=int, default=2000)
+    parser.add_argument("--window-s", type=float, default=None, help="default: the model card's window")
+    parser.add_argument("--model", default=os.path.join(ROOT, "models", "noise_classifier.onnx"))
+    args = parser.parse_args(argv)
+
+    before = rss_mib()
+    import onnxruntime  # noqa: F401
+
+    after_import = rss_mib()
+    from device.classifier import NoiseClassifier
+
+    clf = NoiseClassifier(args.model)
+    clf.classify(np.random.default_rng(0).standard_normal(int(clf.window_s * features.SAMPLE_RATE)) * 0.1)
+    after_load = rss_mib()
+
+    window_s = args.window_s or clf.window_s
+    size = int(window_s * features.SAMPLE_RATE)
+    rng = np.random.default_rng(1)
+    stream = rng.standard_normal(size + 64 * 256) * 0.1
+    wins = [stream[(i % 64) * 256:(i % 64) * 256 + size] for i in range(args.windows)]
+    vectors = [features.feature_vector(w) for w in wins[:64]]
+    host = {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()}
+
+    feat = timings(features.feature_vector, wins)
+    print(json.dumps({"bench": "features", "window_s": window_s, **feat, **host}))
+    infer = timings(clf.classify_features, [vectors[i % 64] for i in range(args.windows)])
+    print(json.dumps({"bench": "inference", "intra_op_threads": 1, **infer}))
+    both = timings(clf.classify, wins)
+    print(json.dumps({"bench": "classify", "window_s": window_s, **both}))
+
+    dec = features.StreamDecimator(48000, features.SAMPLE_RATE)
+    blocks = [rng.standard_normal(32) for _ in range(256)]
+    dtimes = timings(dec.process, [blocks[i % 256] for i in range(20000)])
+    print(json.dumps({"bench": "decimator", "block": 32, "in_rate": 48000,
+                      "median_us": round(dtimes["median_ms"] * 1e3, 2), "p99_us": round(dtimes["p99_ms"] * 1e3, 2),
+                      "cpu_fraction_at_48k": round(dtimes["median_ms"] * 1e-3 * 48000 / 32, 5)}))
+
+    card = clf.card
+    print(json.dumps({
+        "bench": "model", "file": os.path.relpath(args.model, ROOT), "size_mb": round(os.path.getsize(args.model) / 2**20, 3),
+        "trees": card.get("model", {}).get("hyper_parameters", {}).get("n_estimators"),
+        "nodes": card.get("model", {}).get("total_nodes"),
+        "rss_import_onnxruntime_mib": round(after_import - before, 1),
+        "rss_load_model_mib": round(after_load - after_import, 1),
+        "rss_added_mib": round(after_load - before, 1),
+    }))
+    print(json.dumps({"bench": "targets", "median_under_2ms": both["median_ms"] < 2.0,
+                      "p99_under_5ms": both["p99_ms"] < 5.0}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

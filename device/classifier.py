@@ -1,0 +1,192 @@
+"""Noise classification on the device: the ONNX Random Forest, its model card, and hysteresis.
+
+`NoiseClassifier("models/noise_classifier.onnx")` loads the model and the card beside it
+(``noise_classifier.json``, written by `models/train.py`) and refuses, with one line naming the
+file and the problem, a model that is missing or corrupt, whose sha256 is not the card's, or
+whose features or classes are not what this device computes and has presets for. The runtime
+then carries on without classification (see `device.runtime.load_classifier`).
+
+`classify` runs on the worker thread, never in the audio callback: features of the window
+(`device.features.feature_vector`) plus one onnxruntime call, single-threaded so the audio
+thread keeps its core.
+
+`ClassTracker` turns the stream of per-window detections into a current class that does not
+flicker: a class must win ``hysteresis_windows`` consecutive windows, each with at least
+``confidence_threshold`` probability, before it replaces the current one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from device import features
+from device.config import NOISE_CLASSES
+from device.errors import UserError
+
+
+class ModelError(UserError):
+    """The classifier model or its card is missing, corrupt or does not fit this device."""
+
+
+@dataclass
+class Detection:
+    noise_type: str
+    confidence: float
+    probabilities: dict[str, float] = field(default_factory=dict)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_card(model_path: Path) -> dict:
+    card_path = model_path.with_suffix(".json")
+    if not card_path.exists():
+        raise ModelError(f"{card_path}: model card not found (it must sit beside {model_path.name})")
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{card_path}: model card is not valid JSON ({exc.__class__.__name__})") from None
+    if not isinstance(card, dict):
+        raise ModelError(f"{card_path}: model card must be a JSON object")
+    for key, kind in (("classes", list), ("n_features", int), ("sha256", str)):
+        if not isinstance(card.get(key), kind) or isinstance(card.get(key), bool):
+            raise ModelError(f"{card_path}: model card has no valid '{key}'")
+    classes = card["classes"]
+    if not classes or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes):
+        raise ModelError(f"{card_path}: 'classes' must be distinct non-empty names, got {classes!r}")
+    unknown = [c for c in classes if c not in NOISE_CLASSES]
+    if unknown:
+        raise ModelError(f"{card_path}: classes {', '.join(unknown)} have no controller preset "
+                         f"(known: {', '.join(NOISE_CLASSES)})")
+    return card
+
+
+class NoiseClassifier:
+    """An ONNX noise classifier verified against its model card."""
+
+    def __init__(self, model_path: str | Path):
+        path = Path(model_path)
+        self.path = path
+        if not path.exists():
+            raise ModelError(f"{path}: model file not found")
+        if path.is_dir():
+            raise ModelError(f"{path}: is a directory, not an ONNX model")
+        card = load_card(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"{path}: cannot read model ({exc.__class__.__name__})") from None
+        digest = _sha256(data)
+        if digest != card["sha256"].lower():
+            raise ModelError(f"{path}: sha256 {digest[:12]}... does not match its card ({card['sha256'][:12]}...); "
+                             "the model or the card was changed or corrupted")
+        if card["n_features"] != features.N_FEATURES:
+            raise ModelError(f"{path}: model takes {card['n_features']} features, this device computes "
+                             f"{features.N_FEATURES}")
+        spec_version = card.get("features", {}).get("version") if isinstance(card.get("features"), dict) else None
+        if spec_version is not None and spec_version != features.FEATURE_VERSION:
+            raise ModelError(f"{path}: model was trained on feature version {spec_version}, this device computes "
+                             f"version {features.FEATURE_VERSION}")
+        self.card = card
+        self.classes: tuple[str, ...] = tuple(card["classes"])
+        self.window_s = float(card.get("window_s", 1.0))
+        self.sha256 = digest
+        self._session = self._open(data)
+        self._input = np.zeros((1, features.N_FEATURES), dtype=np.float32)
+
+    def _open(self, data: bytes):
+        try:
+            import onnxruntime
+        except ImportError as exc:  # pragma: no cover - onnxruntime is a required dependency
+            raise ModelError(f"{self.path}: onnxruntime is not installed ({exc})") from None
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1   # the audio thread keeps its core
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        try:
+            session = onnxruntime.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else exc.__class__.__name__
+            raise ModelError(f"{self.path}: not a valid ONNX model ({reason})") from None
+        inputs = session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelError(f"{self.path}: model has {len(inputs)} inputs, expected 1 feature tensor")
+        self._input_name = inputs[0].name
+        width = inputs[0].shape[-1] if inputs[0].shape else None
+        if isinstance(width, int) and width != features.N_FEATURES:
+            raise ModelError(f"{self.path}: model takes {width} features, this device computes {features.N_FEATURES}")
+        names = [o.name for o in session.get_outputs()]
+        if "probabilities" not in names:
+            raise ModelError(f"{self.path}: model has no 'probabilities' output (outputs: {', '.join(names)})")
+        self._outputs = ["probabilities"]
+        try:
+            probe = session.run(self._outputs, {self._input_name: np.zeros((1, features.N_FEATURES), np.float32)})[0]
+        except Exception as exc:
+            raise ModelError(f"{self.path}: model fails on a feature vector ({str(exc).splitlines()[0][:160]})") from None
+        probe = np.asarray(probe)
+        if probe.ndim != 2 or probe.shape[1] != len(self.classes):
+            raise ModelError(f"{self.path}: model gives {probe.shape[-1] if probe.ndim else 0} class probabilities, "
+                             f"its card lists {len(self.classes)} classes")
+        return session
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """(N, n_classes) probabilities of (N, N_FEATURES) feature vectors, classes in card order."""
+        X = np.ascontiguousarray(X, dtype=np.float32).reshape(-1, features.N_FEATURES)
+        return np.asarray(self._session.run(self._outputs, {self._input_name: X})[0], dtype=np.float64)
+
+    def classify_features(self, vector: np.ndarray) -> Detection:
+        self._input[0] = vector
+        probs = self._session.run(self._outputs, {self._input_name: self._input})[0][0]
+        k = int(np.argmax(probs))
+        return Detection(self.classes[k], float(probs[k]),
+                         {name: float(p) for name, p in zip(self.classes, probs)})
+
+    def classify(self, audio_16k: np.ndarray) -> Detection:
+        """Classify one window of mono 16 kHz audio (the device uses `window_s` of the reference mic)."""
+        return self.classify_features(features.feature_vector(audio_16k, features.SAMPLE_RATE))
+
+
+class ClassTracker:
+    """Current noise class with a confidence threshold and hysteresis, so it never flickers.
+
+    A detection counts for its class only if its confidence is at least ``confidence_threshold``;
+    a class replaces the current one (or becomes the first) after ``hysteresis_windows``
+    consecutive counting wins. A detection of the current class, or one below the threshold,
+    resets the challenger's count.
+    """
+
+    def __init__(self, confidence_threshold: float, hysteresis_windows: int):
+        if not 0.0 <= confidence_threshold <= 1.0:
+            raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
+        if int(hysteresis_windows) < 1:
+            raise ValueError(f"hysteresis_windows must be at least 1, got {hysteresis_windows}")
+        self.confidence_threshold = float(confidence_threshold)
+        self.hysteresis_windows = int(hysteresis_windows)
+        self.current: str | None = None
+        self._candidate: str | None = None
+        self._count = 0
+
+    def reset(self) -> None:
+        self.current, self._candidate, self._count = None, None, 0
+
+    def update(self, detection: Detection) -> str | None:
+        """Feed one detection; returns the new current class when it switches, else None."""
+        if detection.confidence < self.confidence_threshold or detection.noise_type == self.current:
+            self._candidate, self._count = None, 0
+            return None
+        if detection.noise_type == self._candidate:
+            self._count += 1
+        else:
+            self._candidate, self._count = detection.noise_type, 1
+        if self._count >= self.hysteresis_windows:
+            self.current = detection.noise_type
+            self._candidate, self._count = None, 0
+            return self.current
+        return None

@@ -1,0 +1,333 @@
+"""Audio features of the noise classifier: ONE implementation for training and the device.
+
+`models/train.py` computes its training vectors with `feature_vector`, and the device's
+worker calls the same function on the last window of the reference microphone, so training
+and serving cannot drift apart. Pure NumPy/SciPy: no librosa at run time (the test suite
+compares `mfcc` with librosa's to a stated tolerance).
+
+Frame analysis (all at ``SAMPLE_RATE`` = 16 kHz; the 48 kHz stream is decimated first with
+`StreamDecimator`):
+
+=====================  ==================================================================
+window                 Hann (periodic), 512 samples = 32 ms
+FFT size (n_fft)       512 (31.25 Hz bins)
+hop                    256 samples = 16 ms; frames are not centred/padded (61 per 1 s)
+power spectrum         |rfft|^2
+mel filterbank         64 triangular bands, Slaney mel scale and area normalisation
+                       (librosa's defaults), fmin = 20 Hz, fmax = 8000 Hz
+log                    10*log10(max(S, 1e-10)), floored at (max over the window - 80 dB)
+MFCC                   DCT-II (orthonormal) of the log-mel frames, first 40 coefficients
+=====================  ==================================================================
+
+Window summary (`feature_vector`, ``N_FEATURES`` = 124 values, in this order):
+
+* before the analysis the window is scaled to -20 dBFS RMS, so the features describe the
+  *kind* of noise and not how loud the microphone or its gain happens to be (the level is
+  reported separately by `power_and_peak`); digital silence is left as it is;
+* ``mfcc_mean[0:40]``   mean over the frames of each coefficient;
+* ``mfcc_std[0:40]``    standard deviation over the frames (how the spectrum moves);
+* ``delta_std[0:40]``   standard deviation of the frame-to-frame difference of each
+                        coefficient (fast changes: speech syllables, clicks, engine load);
+* ``flatness_mean``, ``flatness_std``  spectral flatness (geometric / arithmetic mean of the
+                        power spectrum, 50 Hz-7.5 kHz), in dB;
+* ``level_std_db``      standard deviation of the frame level in dB (stationarity);
+* ``level_range_db``    95th minus 5th percentile of the frame level in dB (impulsiveness).
+
+`power_and_peak` gives the level and the dominant frequency of a window for the
+noise-detection record. `StreamDecimator` turns the 48 kHz microphone stream into the
+16 kHz stream the classifier works on, block by block.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from functools import lru_cache
+
+import numpy as np
+import scipy.signal
+
+SAMPLE_RATE = 16000
+N_FFT = 512
+WIN_LENGTH = 512
+HOP_LENGTH = 256
+N_MELS = 64
+N_MFCC = 40
+FMIN = 20.0
+FMAX = 8000.0
+AMIN = 1e-10            # power floor before the log (librosa's amin)
+TOP_DB = 80.0           # dynamic range kept below the loudest log-mel value of the window
+TARGET_RMS_DBFS = -20.0  # level every window is scaled to before the analysis
+SILENCE_RMS = 1e-7       # below this RMS (-140 dBFS) a window is left unscaled
+FLATNESS_BAND_HZ = (50.0, 7500.0)
+N_DELTA = N_MFCC
+FEATURE_VERSION = 1
+
+FEATURE_NAMES: tuple[str, ...] = (
+    tuple(f"mfcc_mean_{i}" for i in range(N_MFCC))
+    + tuple(f"mfcc_std_{i}" for i in range(N_MFCC))
+    + tuple(f"delta_std_{i}" for i in range(N_DELTA))
+    + ("flatness_mean_db", "flatness_std_db", "level_std_db", "level_range_db")
+)
+N_FEATURES: int = len(FEATURE_NAMES)
+MIN_SAMPLES = WIN_LENGTH + HOP_LENGTH  # at least two frames, so deltas exist
+
+
+def feature_spec() -> dict:
+    """Everything that defines the features, for the model card (and to check a model against)."""
+    return {
+        "version": FEATURE_VERSION,
+        "sample_rate": SAMPLE_RATE,
+        "n_fft": N_FFT,
+        "win_length": WIN_LENGTH,
+        "hop_length": HOP_LENGTH,
+        "window": "hann (periodic)",
+        "center": False,
+        "n_mels": N_MELS,
+        "mel_scale": "slaney",
+        "mel_norm": "slaney",
+        "fmin": FMIN,
+        "fmax": FMAX,
+        "power": 2.0,
+        "log": f"10*log10(max(S, {AMIN:g})), floored at max - {TOP_DB:g} dB",
+        "dct": "type 2, orthonormal",
+        "n_mfcc": N_MFCC,
+        "level_normalisation_dbfs": TARGET_RMS_DBFS,
+        "flatness_band_hz": list(FLATNESS_BAND_HZ),
+        "n_features": N_FEATURES,
+        "names": list(FEATURE_NAMES),
+    }
+
+
+# -- mel filterbank (Slaney, as librosa.filters.mel with htk=False, norm="slaney") -------------
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    hz = np.asarray(hz, dtype=np.float64)
+    f_sp = 200.0 / 3
+    mels = hz / f_sp
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0
+    return np.where(hz >= min_log_hz, min_log_mel + np.log(np.maximum(hz, 1e-12) / min_log_hz) / logstep, mels)
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    mels = np.asarray(mels, dtype=np.float64)
+    f_sp = 200.0 / 3
+    freqs = f_sp * mels
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0
+    return np.where(mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)), freqs)
+
+
+@lru_cache(maxsize=4)
+def mel_filterbank(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS,
+                   fmin: float = FMIN, fmax: float = FMAX) -> np.ndarray:
+    """(n_mels, n_fft // 2 + 1) triangular filters, Slaney-normalised (constant area per band)."""
+    fftfreqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = mel_f[:, None] - fftfreqs[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_f[2:n_mels + 2] - mel_f[:n_mels]))[:, None]
+    weights.setflags(write=False)
+    return weights
+
+
+@lru_cache(maxsize=4)
+def _dct_matrix(n_in: int = N_MELS, n_out: int = N_MFCC) -> np.ndarray:
+    """(n_in, n_out) orthonormal DCT-II, so that log_mel_frames @ D == scipy.fft.dct(..., norm='ortho')."""
+    k = np.arange(n_out)[None, :]
+    n = np.arange(n_in)[:, None]
+    d = np.cos(np.pi * k * (2 * n + 1) / (2 * n_in)) * np.sqrt(2.0 / n_in)
+    d[:, 0] /= np.sqrt(2.0)
+    d.setflags(write=False)
+    return d
+
+
+@lru_cache(maxsize=4)
+def _window(length: int = WIN_LENGTH) -> np.ndarray:
+    w = scipy.signal.get_window("hann", length, fftbins=True)
+    w.setflags(write=False)
+    return w
+
+
+@lru_cache(maxsize=4)
+def _flatness_bins(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT) -> slice:
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    lo, hi = np.searchsorted(freqs, FLATNESS_BAND_HZ)
+    return slice(int(lo), int(hi))
+
+
+def _frames(audio: np.ndarray) -> np.ndarray:
+    """(n_frames, WIN_LENGTH) view of consecutive frames, hop HOP_LENGTH, no padding."""
+    n_frames = 1 + (audio.size - WIN_LENGTH) // HOP_LENGTH
+    return np.lib.stride_tricks.as_strided(
+        audio, shape=(n_frames, WIN_LENGTH), strides=(audio.strides[0] * HOP_LENGTH, audio.strides[0]),
+        writeable=False)
+
+
+def power_spectrogram(audio: np.ndarray) -> np.ndarray:
+    """(n_frames, N_FFT // 2 + 1) power spectra of Hann-windowed frames of 16 kHz audio."""
+    audio = np.ascontiguousarray(audio, dtype=np.float64)
+    if audio.ndim != 1 or audio.size < WIN_LENGTH:
+        raise ValueError(f"expected mono audio of at least {WIN_LENGTH} samples, got shape {audio.shape}")
+    spectrum = np.fft.rfft(_frames(audio) * _window(), n=N_FFT, axis=1)
+    return spectrum.real ** 2 + spectrum.imag ** 2
+
+
+def _log_mel(power: np.ndarray) -> np.ndarray:
+    log_mel = 10.0 * np.log10(np.maximum(power @ mel_filterbank().T, AMIN))
+    return np.maximum(log_mel, log_mel.max() - TOP_DB)
+
+
+def mfcc(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """(n_frames, 40) MFCC of mono 16 kHz audio, as librosa.feature.mfcc with the parameters above.
+
+    Same as ``librosa.feature.mfcc(y=audio, sr=16000, n_mfcc=40, n_fft=512, hop_length=256,
+    center=False, n_mels=64, fmin=20, fmax=8000).T`` (librosa returns (40, n_frames)).
+    """
+    _check_rate(sample_rate)
+    return _log_mel(power_spectrogram(audio)) @ _dct_matrix()
+
+
+def _check_rate(sample_rate: int) -> None:
+    if int(sample_rate) != SAMPLE_RATE:
+        raise ValueError(f"features are defined at {SAMPLE_RATE} Hz, got {sample_rate} Hz: decimate/resample first")
+
+
+def feature_vector(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The (N_FEATURES,) float32 summary of one window of mono 16 kHz audio (see the module doc)."""
+    _check_rate(sample_rate)
+    x = np.asarray(audio, dtype=np.float64).reshape(-1)
+    if x.size < MIN_SAMPLES:
+        raise ValueError(f"a window needs at least {MIN_SAMPLES} samples at {SAMPLE_RATE} Hz, got {x.size}")
+    if not np.all(np.isfinite(x)):
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    rms = float(np.sqrt(np.mean(x * x)))
+    if rms > SILENCE_RMS:
+        x = x * (10.0 ** (TARGET_RMS_DBFS / 20.0) / rms)
+    power = power_spectrogram(x)
+    coeffs = _log_mel(power) @ _dct_matrix()
+    deltas = np.diff(coeffs, axis=0)
+
+    band = power[:, _flatness_bins()] + AMIN
+    log_band = np.log(band)
+    flatness_db = 10.0 * (log_band.mean(axis=1) - np.log(band.mean(axis=1))) / np.log(10.0)
+    level_db = 10.0 * np.log10(power.sum(axis=1) + AMIN)
+    low, high = np.percentile(level_db, [5.0, 95.0])
+
+    out = np.empty(N_FEATURES, dtype=np.float32)
+    out[0:N_MFCC] = coeffs.mean(axis=0)
+    out[N_MFCC:2 * N_MFCC] = coeffs.std(axis=0)
+    out[2 * N_MFCC:2 * N_MFCC + N_DELTA] = deltas[:, :N_DELTA].std(axis=0)
+    tail = 2 * N_MFCC + N_DELTA
+    out[tail] = flatness_db.mean()
+    out[tail + 1] = flatness_db.std()
+    out[tail + 2] = level_db.std()
+    out[tail + 3] = high - low
+    return out
+
+
+def power_and_peak(audio: np.ndarray, sample_rate: int) -> tuple[float, float]:
+    """(avg_power_db, peak_frequency_hz) of a window, for the noise-detection record.
+
+    avg_power_db is the mean square in dB relative to full scale (a ±1 square wave is 0 dBFS,
+    a full-scale sine -3 dBFS), floored at -200 dBFS for digital silence. peak_frequency_hz is
+    the centre of the strongest bin of the Welch power spectrum (Hann, 1024-sample segments at
+    16 kHz: 15.6 Hz resolution, refined by parabolic interpolation), DC excluded; 0.0 for
+    silence.
+    """
+    x = np.asarray(audio, dtype=np.float64).reshape(-1)
+    if x.size == 0:
+        return -200.0, 0.0
+    mean_square = float(np.mean(x * x))
+    power_db = 10.0 * np.log10(max(mean_square, 1e-20))
+    if mean_square <= 1e-20 or x.size < 4:
+        return power_db, 0.0
+    nperseg = min(x.size, max(256, int(2 ** round(np.log2(sample_rate / 16)))))
+    freqs, psd = scipy.signal.welch(x, fs=sample_rate, window="hann", nperseg=nperseg, detrend="constant")
+    psd[0] = 0.0
+    k = int(np.argmax(psd))
+    peak = float(freqs[k])
+    if 0 < k < psd.size - 1:
+        a, b, c = np.log(psd[k - 1: k + 2] + 1e-30)
+        denom = a - 2 * b + c
+        if denom < 0:
+            peak += float(0.5 * (a - c) / denom) * float(freqs[1] - freqs[0])
+    return power_db, peak
+
+
+class StreamDecimator:
+    """Stateful anti-aliased sample-rate conversion of a block stream (48 kHz -> 16 kHz).
+
+    Polyphase FIR with the same filter as ``scipy.signal.resample_poly(x, up, down)``
+    (Kaiser-windowed sinc, beta 5, 10 zero crossings each side) but causal and streaming:
+    blocks of any size (the runtime feeds 32-sample blocks, which are not a multiple of the
+    factor 3) give exactly the output a single call on the whole stream would, delayed by the
+    filter's half length (10 output samples = 0.625 ms at 48 -> 16 kHz). The history buffer is
+    allocated once and grows only if a block longer than any before it arrives.
+    """
+
+    def __init__(self, in_rate: int, out_rate: int = SAMPLE_RATE):
+        if in_rate <= 0 or out_rate <= 0:
+            raise ValueError(f"sample rates must be positive, got {in_rate} -> {out_rate}")
+        ratio = Fraction(int(out_rate), int(in_rate))
+        self.in_rate, self.out_rate = int(in_rate), int(out_rate)
+        self.up, self.down = ratio.numerator, ratio.denominator
+        if self.up == self.down:
+            self._taps = None
+            return
+        max_rate = max(self.up, self.down)
+        half_len = 10 * max_rate
+        h = scipy.signal.firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0)) * self.up
+        # Polyphase split: phase p holds h[p], h[p + up], ...; taps per phase J.
+        self._n_per_phase = -(-h.size // self.up)
+        padded = np.zeros(self._n_per_phase * self.up)
+        padded[:h.size] = h
+        self._phases = np.ascontiguousarray(padded.reshape(self._n_per_phase, self.up).T)  # (up, J)
+        self._taps = h
+        self.delay_out = half_len // self.down  # output samples of group delay when half_len % down == 0
+        self._hist = self._n_per_phase - 1
+        self._buffer = np.zeros(self._hist + 1024)
+        self._t = 0  # upsampled-time index of the next output relative to the first buffered new sample
+
+    def reset(self) -> None:
+        if self._taps is not None:
+            self._buffer[:] = 0.0
+            self._t = 0
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        """Feed the next block of input samples; returns the output samples it completes (float64)."""
+        x = np.asarray(block, dtype=np.float64).reshape(-1)
+        if self._taps is None:
+            return x.copy()
+        n = x.size
+        hist = self._hist
+        if hist + n > self._buffer.size:
+            grown = np.zeros(hist + n)
+            grown[:hist] = self._buffer[:hist]
+            self._buffer = grown
+        buf = self._buffer
+        buf[hist:hist + n] = x
+        # Outputs at upsampled times t = self._t + k*down while t // up < n (input index in this block).
+        t_end = n * self.up
+        if self._t >= t_end:
+            count = 0
+        else:
+            count = -(-(t_end - self._t) // self.down)
+        if count:
+            times = self._t + self.down * np.arange(count)
+            phase = times % self.up
+            base = times // self.up + hist  # buffer index of x[i]
+            idx = base[:, None] - np.arange(self._n_per_phase)[None, :]
+            out = np.einsum("ij,ij->i", buf[idx], self._phases[phase])
+        else:
+            out = np.zeros(0)
+        self._t += count * self.down - t_end
+        # Keep the last `hist` input samples for the next block.
+        if hist:
+            buf[:hist] = buf[n:n + hist]
+        return out

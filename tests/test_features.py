@@ -1,0 +1,149 @@
+"""Features of the noise classifier: MFCC against librosa, the window summary, the decimator."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import scipy.signal
+
+from device import features as F
+
+SR = F.SAMPLE_RATE
+# Our MFCC is computed in float64 like librosa's; they agree to rounding. Values reach a few
+# hundred, so 1e-3 is six orders of magnitude below the features' scale.
+MFCC_TOLERANCE = 1e-3
+
+
+def _signals():
+    rng = np.random.default_rng(0)
+    t = np.arange(SR) / SR
+    white = rng.standard_normal(SR) * 0.1
+    return {
+        "white": white,
+        "lowpassed": scipy.signal.lfilter([1.0], [1.0, -0.97], white),
+        "tone": 0.5 * np.sin(2 * np.pi * 440 * t),
+        "chirp": 0.3 * scipy.signal.chirp(t, 50, 1.0, 7000),
+        "quiet": white * 1e-4,
+        "odd_length": rng.standard_normal(12345) * 0.2,
+    }
+
+
+@pytest.mark.parametrize("name", list(_signals()))
+def test_mfcc_matches_librosa(name):
+    librosa = pytest.importorskip("librosa")
+    y = _signals()[name]
+    ours = F.mfcc(y)
+    ref = librosa.feature.mfcc(y=y, sr=SR, n_mfcc=F.N_MFCC, n_fft=F.N_FFT, hop_length=F.HOP_LENGTH,
+                               win_length=F.WIN_LENGTH, window="hann", center=False, n_mels=F.N_MELS,
+                               fmin=F.FMIN, fmax=F.FMAX, htk=False, power=2.0, dct_type=2, norm="ortho").T
+    assert F.TOP_DB == 80.0  # librosa.power_to_db's default, which librosa's mfcc uses
+    assert ours.shape == ref.shape == (1 + (y.size - F.WIN_LENGTH) // F.HOP_LENGTH, 40)
+    assert np.max(np.abs(ours - ref)) < MFCC_TOLERANCE
+
+
+def test_mel_filterbank_matches_librosa():
+    librosa = pytest.importorskip("librosa")
+    ref = librosa.filters.mel(sr=SR, n_fft=F.N_FFT, n_mels=F.N_MELS, fmin=F.FMIN, fmax=F.FMAX)
+    np.testing.assert_allclose(F.mel_filterbank(), ref, rtol=1e-5, atol=1e-9)
+
+
+def test_feature_vector_shape_and_level_invariance():
+    rng = np.random.default_rng(1)
+    x = scipy.signal.lfilter([1.0], [1.0, -0.9], rng.standard_normal(2 * SR)) * 0.05
+    v = F.feature_vector(x)
+    assert v.shape == (F.N_FEATURES,) and v.dtype == np.float32 and np.all(np.isfinite(v))
+    assert len(F.FEATURE_NAMES) == F.N_FEATURES == F.feature_spec()["n_features"]
+    # The window is scaled to a fixed RMS first: the microphone gain does not change the features.
+    np.testing.assert_allclose(F.feature_vector(x * 1e-3), v, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(F.feature_vector(x * 10.0), v, rtol=1e-4, atol=1e-3)
+    # Different noises give different vectors.
+    assert np.max(np.abs(F.feature_vector(rng.standard_normal(2 * SR)) - v)) > 1.0
+
+
+def test_feature_vector_edge_cases():
+    assert np.all(np.isfinite(F.feature_vector(np.zeros(SR))))
+    assert np.all(np.isfinite(F.feature_vector(np.full(SR, np.nan))))
+    with pytest.raises(ValueError, match="at least"):
+        F.feature_vector(np.zeros(F.MIN_SAMPLES - 1))
+    with pytest.raises(ValueError, match="16000 Hz"):
+        F.feature_vector(np.zeros(SR), sample_rate=48000)
+
+
+def test_power_and_peak():
+    t = np.arange(SR) / SR
+    power, peak = F.power_and_peak(np.sin(2 * np.pi * 440.0 * t), SR)
+    assert power == pytest.approx(-3.0103, abs=0.01)
+    assert peak == pytest.approx(440.0, abs=3.0)
+    power, peak = F.power_and_peak(0.01 * np.sin(2 * np.pi * 97.0 * t) + 1e-4 * np.random.default_rng(0).standard_normal(SR), SR)
+    assert power == pytest.approx(-43.01, abs=0.05)
+    assert peak == pytest.approx(97.0, abs=3.0)
+    assert F.power_and_peak(np.zeros(SR), SR) == (-200.0, 0.0)
+    assert F.power_and_peak(np.zeros(0), SR) == (-200.0, 0.0)
+
+
+def _stream(decimator, x, sizes):
+    out, i, k = [], 0, 0
+    while i < x.size:
+        n = sizes[k % len(sizes)]
+        out.append(decimator.process(x[i:i + n]))
+        i, k = i + n, k + 1
+    return np.concatenate(out)
+
+
+def test_decimator_matches_resample_poly_in_32_sample_blocks():
+    x = np.random.default_rng(2).standard_normal(48000 * 2)
+    dec = F.StreamDecimator(48000, 16000)
+    out = _stream(dec, x, [32])
+    ref = scipy.signal.resample_poly(x, 1, 3)
+    assert out.size == ref.size == x.size // 3
+    d = dec.delay_out
+    assert d == 10
+    # Causal streaming output = resample_poly's zero-phase output delayed by the filter's half length.
+    np.testing.assert_allclose(out[d:], ref[:-d], atol=1e-12)
+
+
+def test_decimator_is_independent_of_block_size():
+    x = np.random.default_rng(3).standard_normal(30000)
+    one = F.StreamDecimator(48000).process(x)
+    for sizes in ([1], [7, 32, 100, 1, 3], [4096]):
+        np.testing.assert_allclose(_stream(F.StreamDecimator(48000), x, sizes), one, atol=1e-12)
+
+
+def test_decimator_tone_passes_and_alias_is_rejected():
+    t = np.arange(48000 * 2) / 48000
+    dec = F.StreamDecimator(48000)
+    tone = _stream(dec, 0.5 * np.sin(2 * np.pi * 1000 * t), [32])[200:]
+    power, peak = F.power_and_peak(tone, 16000)
+    assert peak == pytest.approx(1000.0, abs=3.0)
+    assert power == pytest.approx(20 * np.log10(0.5) - 3.0103, abs=0.05)
+    # 12 kHz is above the 8 kHz output Nyquist: it would alias to 4 kHz without the filter.
+    alias = _stream(F.StreamDecimator(48000), 0.5 * np.sin(2 * np.pi * 12000 * t), [32])[200:]
+    assert F.power_and_peak(alias, 16000)[0] < power - 40.0
+
+
+def test_decimator_other_rates():
+    t = np.arange(44100) / 44100
+    out = _stream(F.StreamDecimator(44100, 16000), np.sin(2 * np.pi * 1000 * t), [32])
+    assert abs(out.size - 16000) <= 1
+    assert F.power_and_peak(out[1000:], 16000)[1] == pytest.approx(1000.0, abs=3.0)
+    same = F.StreamDecimator(16000, 16000)
+    block = np.arange(32.0)
+    np.testing.assert_array_equal(same.process(block), block)
+
+
+def test_decimator_does_not_grow():
+    dec = F.StreamDecimator(48000)
+    block = np.random.default_rng(4).standard_normal(32)
+    for _ in range(100):
+        dec.process(block)
+    buffer = dec._buffer
+    tracemalloc.start()
+    try:
+        start, _ = tracemalloc.get_traced_memory()
+        for _ in range(20000):
+            dec.process(block)
+        end, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert dec._buffer is buffer
+    assert end - start < 4096
