@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 
 # The no-harm step guard (see Worker._guard_step): halve the step when the device's estimate
 # says it amplifies by more than AMPLIFY_DB, double it back when it cancels RECOVER_DB or more.
+# Judged every GUARD_INTERVAL_S of audio, short enough that a bad start is heard only briefly.
 AMPLIFY_DB = 0.5
 RECOVER_DB = 3.0
+GUARD_INTERVAL_S = 0.25
 
 
 class RecordSink(Protocol):
@@ -118,6 +120,9 @@ class Worker:
         self._secondary = engine.secondary_path.copy()
         self._secondary_state = np.zeros(self._secondary.size - 1)
         self._reset_interval()
+        self.guard_samples = int(GUARD_INTERVAL_S * self.sample_rate)
+        self._guard_error = self._guard_disturbance = 0.0
+        self._guard_samples = 0
         self._session_error = 0.0
         self._session_disturbance = 0.0
         self._pending: list = []
@@ -174,6 +179,14 @@ class Worker:
         e2, d2 = float(np.dot(error, error)), float(np.dot(disturbance, disturbance))
         self._interval_error += e2
         self._interval_disturbance += d2
+        self._guard_error += e2
+        self._guard_disturbance += d2
+        self._guard_samples += error.size
+        if self._guard_samples >= self.guard_samples:
+            if self._guard_error > 0 and self.engine.mode == "run":
+                self._guard_step(_db(self._guard_disturbance / self._guard_error))
+            self._guard_error = self._guard_disturbance = 0.0
+            self._guard_samples = 0
         self._interval_output += float(np.dot(output, output))
         self._interval_samples += error.size
         if self.engine.mode == "run":
@@ -245,7 +258,6 @@ class Worker:
         cancellation = None
         if self._interval_error > 0 and snapshot["mode"] == "run":
             cancellation = _db(self._interval_disturbance / self._interval_error)
-            self._guard_step(cancellation)
         interval_s = n / self.sample_rate
         metrics = IntervalMetrics(
             time_s=self.samples / self.sample_rate,
