@@ -112,9 +112,12 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
     classes = [{"time_s": round(c.time_s, 3), "noise_type": c.noise_type, "confidence": round(c.confidence, 3)}
                for c in worker.class_changes]
     dominant = None
+    dominant_confidence = None
     if worker.detections:
         labels = [d["noise_type"] for d in worker.detections]
-        dominant = max(set(labels), key=labels.count)
+        dominant = max(sorted(set(labels)), key=labels.count)
+        dominant_confidence = round(float(np.mean([d["confidence"] for d in worker.detections
+                                                   if d["noise_type"] == dominant])), 3)
     ceiling_dbfs = cfg.safety.output_ceiling_dbfs
     peak = float(np.max(np.abs(result.output))) if result.output.size else 0.0
     summary = {
@@ -152,6 +155,8 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
         "session_avg_cancellation_db": session_summary["avg_cancellation_db"],
         "noise_classes": classes,
         "dominant_class": dominant,
+        "dominant_class_confidence": dominant_confidence,
+        "detections": len(worker.detections),
         "classifier": "on" if worker.classifier_error is None else f"off: {worker.classifier_error}",
         "records_written": worker.records_written,
         "session_id": session.session_id,
@@ -300,6 +305,10 @@ def format_summary(summary: dict) -> str:
     elif summary["noise_classes"]:
         timeline = ", ".join(f"{c['time_s']:.1f} s {c['noise_type']}" for c in summary["noise_classes"])
         lines.append(f"classes      dominant {summary['dominant_class']}; timeline: {timeline}")
+    elif summary["dominant_class"] is not None:
+        lines.append(f"classes      mostly {summary['dominant_class']} (mean confidence "
+                     f"{summary['dominant_class_confidence']:.2f} over {summary['detections']} windows), never confident "
+                     f"enough to switch presets")
     else:
-        lines.append("classes      no class was confident enough to select a preset")
+        lines.append("classes      scene too short for a classification window")
     return "\n".join(lines)
