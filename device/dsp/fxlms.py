@@ -229,6 +229,9 @@ def process_block(
     # Recompute the filtered-reference power once a block so the running sum cannot drift.
     power = _dot(filtered_buffer, filtered_buffer, position_filtered, position_filtered, taps)
 
+    # w . x'(n) of the modified error, carried over from the previous sample's update pass.
+    next_dot = 0.0
+    have_next_dot = False
     for n in range(reference.shape[0]):
         r = float(reference[n])
         e = float(error[n])
@@ -265,16 +268,30 @@ def process_block(
         if mode == MODE_RUN and adapt_allowed and total_gain >= MIN_ADAPT_GAIN:
             # secondary_path[j] maps the output played j samples ago; j = 0 is not played yet.
             disturbance = e - _dot(secondary_path, output_buffer, position_output, 1, path_taps - 1)
-            modified_error = disturbance + _dot(weights, filtered_buffer, position_filtered, 0, taps)
+            if have_next_dot:
+                current_dot = next_dot + weights[0] * filtered
+            else:
+                current_dot = _dot(weights, filtered_buffer, position_filtered, 0, taps)
+            modified_error = disturbance + current_dot
             g = step * modified_error / (regularization + power)
             filtered_window = filtered_buffer[position_filtered:position_filtered + taps]
             reference_window = reference_buffer[position_reference:position_reference + taps]
+            # shifted[k] = x'(n - k + 1) for k >= 1: next sample's filtered-reference window,
+            # all but its newest sample, which is not known yet. Its dot with the updated
+            # weights comes free in the same pass (at the wrap, the mirror half supplies it).
+            base = position_filtered - 1 if position_filtered > 0 else filtered_half - 1
+            shifted = filtered_buffer[base:base + taps]
+            next_dot = 0.0
             for k in range(taps):
                 updated = leak * weights[k] - g * filtered_window[k]
                 weights[k] = updated
                 y_raw += updated * reference_window[k]
+                next_dot += updated * shifted[k]
+            next_dot -= weights[0] * shifted[0]
+            have_next_dot = True
         else:
             y_raw = _dot(weights, reference_buffer, position_reference, 0, taps)
+            have_next_dot = False
 
         # Gains: the user's (enabled * intensity) and the safety fades, both ramped.
         if user_gain < user_target:
@@ -343,6 +360,7 @@ def process_block(
             # the plant has changed under the model and only a new identification helps.
             _clear_history(weights, filtered_buffer, output_buffer, status)
             power = 0.0
+            have_next_dot = False
             status[S_TRIPS] += 1.0
             error_power = status[S_RATIO] * reference_power
             if params[P_STEP] * status[S_STEP] <= params[P_MIN_STEP]:
