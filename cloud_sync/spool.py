@@ -1,0 +1,211 @@
+"""Durable local outbox between the device runtime and the cloud agent.
+
+One SQLite file in WAL mode: the runtime's worker thread appends (one transaction per
+batch), the agent peeks, delivers and acks in another process. A record leaves the spool
+only when a sink acknowledged it (`ack`), so a crash of either process at any point loses
+nothing that was committed; a record can be delivered twice and carries the same
+``record_id`` both times.
+
+Budget policy (bytes of record payload, configured as ``spool.budget_mb``): when an append
+takes the spool over budget, the oldest records are dropped, processing metrics first, then
+noise detections, sessions last. Every drop is counted per kind in the file itself, so
+`stats()` reports it and the agent publishes it.
+
+A file that SQLite cannot read is moved aside as ``<name>.corrupt-<UTC time>`` (with its WAL)
+and a new spool is started; the error log names the moved file so nothing vanishes silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+log = logging.getLogger(__name__)
+
+# Drop order when over budget: lower number goes first.
+DROP_PRIORITY = {"processing_metric": 0, "noise_detection": 1, "session": 2}
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+    record_id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    created REAL NOT NULL,
+    size INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_kind ON outbox(kind, rowid);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def _as_dict(record: Any) -> dict[str, Any]:
+    return record.to_dict() if hasattr(record, "to_dict") else dict(record)
+
+
+class Spool:
+    """SQLite WAL outbox with a byte budget. Safe for one writer and one reader process."""
+
+    def __init__(self, path: str | Path, budget_bytes: int, clock=time.time):
+        if budget_bytes <= 0:
+            raise ValueError("spool budget must be positive")
+        self.path = Path(path)
+        self.budget_bytes = int(budget_bytes)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.moved_aside: Path | None = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as exc:
+            self.moved_aside = self._move_aside(exc)
+            self._db = self._open()
+            self._bump("corrupt_files_moved", 1)
+
+    # -- opening ----------------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed append or ack survives power loss, not only a process crash.
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=30000")
+            result = db.execute("PRAGMA quick_check").fetchone()[0]
+            if result != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {result}")
+            db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def _move_aside(self, exc: Exception) -> Path:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 0
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+        self.path.rename(target)
+        for suffix in ("-wal", "-shm"):
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                side.rename(target.with_name(target.name + suffix))
+        log.error("spool %s is unreadable (%s); moved aside to %s and started a new spool",
+                  self.path, exc, target)
+        return target
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- counters ---------------------------------------------------------------------------
+    def _bump(self, name: str, by: int) -> None:
+        self._db.execute("INSERT INTO counters(name, value) VALUES(?, ?) "
+                         "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, by))
+
+    def _counters(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+
+    # -- writer side ------------------------------------------------------------------------
+    def append(self, records: Iterable[Any]) -> int:
+        """Store a batch in one transaction; returns how many were new. Applies the budget."""
+        now = self._clock()
+        rows = []
+        for record in records:
+            data = _as_dict(record)
+            if data.get("kind") not in DROP_PRIORITY or not data.get("record_id"):
+                raise ValueError(f"not a record: kind={data.get('kind')!r} record_id={data.get('record_id')!r}")
+            body = json.dumps(data, separators=(",", ":"), sort_keys=True)
+            rows.append((data["record_id"], data["kind"], now, len(body), body))
+        if not rows:
+            return 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                before = self._db.total_changes
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO outbox(record_id, kind, created, size, body) VALUES(?,?,?,?,?)", rows)
+                added = self._db.total_changes - before
+                self._bump("appended", added)
+                self._enforce_budget()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return added
+
+    def _enforce_budget(self) -> None:
+        used = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0]
+        excess = used - self.budget_bytes
+        for kind in sorted(DROP_PRIORITY, key=DROP_PRIORITY.get):
+            if excess <= 0:
+                return
+            # Oldest first within the kind, until the excess is covered.
+            victims, freed = [], 0
+            for rowid, size in self._db.execute(
+                    "SELECT rowid, size FROM outbox WHERE kind = ? ORDER BY rowid", (kind,)):
+                if freed >= excess:
+                    break
+                victims.append((rowid,))
+                freed += size
+            if victims:
+                self._db.executemany("DELETE FROM outbox WHERE rowid = ?", victims)
+                self._bump(f"dropped_{kind}", len(victims))
+                log.warning("spool over its %d-byte budget: dropped the %d oldest %s records",
+                            self.budget_bytes, len(victims), kind)
+                excess -= freed
+
+    # -- reader side ------------------------------------------------------------------------
+    def peek(self, limit: int, kinds: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """The oldest `limit` unsent records (as dicts), optionally of some kinds only."""
+        with self._lock:
+            if kinds is None:
+                rows = self._db.execute("SELECT body FROM outbox ORDER BY rowid LIMIT ?", (limit,)).fetchall()
+            else:
+                kinds = list(kinds)
+                marks = ",".join("?" * len(kinds))
+                rows = self._db.execute(f"SELECT body FROM outbox WHERE kind IN ({marks}) ORDER BY rowid LIMIT ?",
+                                        (*kinds, limit)).fetchall()
+        return [json.loads(body) for (body,) in rows]
+
+    def ack(self, record_ids: Iterable[str]) -> int:
+        """Delete records a sink acknowledged; returns how many were still there."""
+        ids = [(rid,) for rid in record_ids]
+        if not ids:
+            return 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                before = self._db.total_changes
+                self._db.executemany("DELETE FROM outbox WHERE record_id = ?", ids)
+                removed = self._db.total_changes - before
+                self._bump("acked", removed)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return removed
+
+    def stats(self) -> dict[str, Any]:
+        """Backlog per kind, bytes, oldest unsent age (s), appended/acked/dropped counters."""
+        with self._lock:
+            backlog = dict(self._db.execute("SELECT kind, COUNT(*) FROM outbox GROUP BY kind").fetchall())
+            used, oldest = self._db.execute("SELECT COALESCE(SUM(size), 0), MIN(created) FROM outbox").fetchone()
+            counters = self._counters()
+        return {
+            "backlog": {kind: backlog.get(kind, 0) for kind in DROP_PRIORITY},
+            "backlog_total": sum(backlog.values()),
+            "bytes": used,
+            "budget_bytes": self.budget_bytes,
+            "oldest_unsent_age_s": None if oldest is None else round(max(0.0, self._clock() - oldest), 3),
+            "appended": counters.get("appended", 0),
+            "acked": counters.get("acked", 0),
+            "dropped": {kind: counters.get(f"dropped_{kind}", 0) for kind in DROP_PRIORITY},
+            "corrupt_files_moved": counters.get("corrupt_files_moved", 0),
+        }
