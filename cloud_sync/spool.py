@@ -192,6 +192,25 @@ class Spool:
                 raise
         return removed
 
+    def discard(self, record_ids: Iterable[str], reason: str) -> int:
+        """Remove records no sink can ever take (e.g. over the message size limit), counted as dropped."""
+        ids = [(rid,) for rid in record_ids]
+        if not ids:
+            return 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                before = self._db.total_changes
+                self._db.executemany("DELETE FROM outbox WHERE record_id = ?", ids)
+                removed = self._db.total_changes - before
+                self._bump(f"dropped_{reason}", removed)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        log.error("discarded %d records: %s", removed, reason)
+        return removed
+
     def stats(self) -> dict[str, Any]:
         """Backlog per kind, bytes, oldest unsent age (s), appended/acked/dropped counters."""
         with self._lock:
@@ -207,5 +226,6 @@ class Spool:
             "appended": counters.get("appended", 0),
             "acked": counters.get("acked", 0),
             "dropped": {kind: counters.get(f"dropped_{kind}", 0) for kind in DROP_PRIORITY},
+            "dropped_oversize": counters.get("dropped_oversize", 0),
             "corrupt_files_moved": counters.get("corrupt_files_moved", 0),
         }
