@@ -1,0 +1,136 @@
+"""The agent process: config, key permissions, SIGKILL mid-batch, shadow deltas, status."""
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from cloud_sync.agent import main
+from cloud_sync.spool import Spool
+from device.control_channel import read_desired, write_reported
+from device.records import RecordFactory
+
+from .emulator import IotCoreEmulator
+from .test_mqtt import Collector, make_metrics
+
+
+def write_config(tmp_path, broker, pki, thing, **changes):
+    cfg = yaml.safe_load(open("config/cloud_sync.yaml"))
+    cfg.update(thing_name=thing["name"], spool_path=str(tmp_path / "spool.sqlite"), state_dir=str(tmp_path / "state"),
+               status_file=str(tmp_path / "state" / "status.json"), health_interval_s=0.2)
+    cfg["mqtt"].update(endpoint="127.0.0.1", port=broker.port if broker else 8883, ca_file=str(pki.ca_file),
+                       cert_file=str(thing["cert"]), key_file=str(thing["key"]), max_records=100,
+                       backoff_base_s=0.05, backoff_cap_s=0.5)
+    cfg["jobs"]["models_dir"] = str(tmp_path / "models")
+    for key, value in changes.items():
+        cfg[key] = value
+    path = tmp_path / "cloud_sync.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_config_errors_and_readable_keys_exit_2_with_one_line(tmp_path, pki, thing, capsys):
+    path = write_config(tmp_path, None, pki, thing, sink="carrier-pigeon")
+    assert main(["--config", str(path), "status"]) == 2
+    err = capsys.readouterr().err
+    assert "sink" in err and "carrier-pigeon" in err and err.count("\n") == 1
+    loose_key = tmp_path / "loose.key"
+    loose_key.write_bytes(thing["key"].read_bytes())
+    os.chmod(loose_key, 0o644)
+    path = write_config(tmp_path, None, pki, {**thing, "key": loose_key})
+    assert main(["--config", str(path), "run", "--seconds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "readable by others" in err and "BEGIN" not in err
+
+
+def test_status_reports_backlog_and_drops(tmp_path, pki, thing, capsys):
+    path = write_config(tmp_path, None, pki, thing)
+    Spool(tmp_path / "spool.sqlite", 1 << 20).append(make_metrics(7))
+    assert main(["--config", str(path), "status"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["spool"]["backlog"]["processing_metric"] == 7 and report["thing_name"] == "thing-1"
+
+
+def run_agent(config, seconds=60):
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    return subprocess.Popen([sys.executable, "-m", "cloud_sync.agent", "--config", str(config), "run",
+                             "--seconds", str(seconds)], env=env, stderr=subprocess.PIPE, text=True)
+
+
+def test_agent_sigkilled_mid_batch_then_restarted_delivers_everything(tmp_path, broker, pki, thing):
+    config = write_config(tmp_path, broker, pki, thing)
+    spool = Spool(tmp_path / "spool.sqlite", 1 << 26)
+    records = make_metrics(20000)
+    spool.append(records)
+    collector = Collector(broker, pki)
+    agent = run_agent(config)
+    try:
+        deadline = time.monotonic() + 60
+        while spool.stats()["acked"] < 2000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        agent.send_signal(signal.SIGKILL)  # mid-stream: messages are in flight
+        agent.wait()
+        acked_at_kill = spool.stats()["acked"]
+        assert 2000 <= acked_at_kill < 20000
+        agent = run_agent(config)
+        deadline = time.monotonic() + 90
+        while spool.stats()["backlog_total"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while len(set(collector.record_ids())) < 20000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=20)
+        collector.stop()
+    got = collector.record_ids()
+    assert set(got) == {r.record_id for r in records}
+    duplicates = sum(c - 1 for c in collections.Counter(got).values())
+    stats = spool.stats()
+    assert stats["backlog_total"] == 0 and stats["acked"] == 20000  # each record acked exactly once
+    assert len(got) == 20000 + duplicates  # the counts add up; duplicates carry the same id
+
+
+def test_shadow_delta_applied_and_malformed_delta_rejected(tmp_path, broker, pki, thing):
+    config = write_config(tmp_path, broker, pki, thing)
+    state = tmp_path / "state"
+    write_reported(state, {"anc_enabled": True, "anc_intensity": 1.0, "preset": "auto", "model_sha256": "abc"})
+    emulator = IotCoreEmulator(broker, pki)
+    agent = run_agent(config)
+
+    def wait_for(predicate, seconds=20):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def reports():
+        with emulator.lock:
+            return [body["state"]["reported"] for t, body in emulator.shadow_updates if t == "thing-1"]
+
+    try:
+        assert wait_for(lambda: reports())  # reported on connect, with health
+        first = reports()[0]
+        assert first["runtime"]["model_sha256"] == "abc" and "backlog_total" in first["agent"]
+        emulator.send_delta("thing-1", {"anc_intensity": 0.5, "preset": "traffic"}, version=3)
+        assert wait_for(lambda: read_desired(state) == {"anc_intensity": 0.5, "preset": "traffic"})
+        emulator.send_delta("thing-1", {"anc_intensity": 5, "anc_enabled": False}, version=4)
+        emulator.send_raw_delta("thing-1", b"{not json")
+        assert wait_for(lambda: sum(1 for r in reports() if r.get("last_rejected")) >= 2)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=20)
+        emulator.stop()
+    assert read_desired(state) == {"anc_intensity": 0.5, "preset": "traffic"}  # the invalid delta changed nothing
+    rejected = [r["last_rejected"] for r in reports() if r.get("last_rejected")]
+    assert any(r["version"] == 4 and "anc_intensity" in r["reason"] for r in rejected)
+    assert any("not JSON" in r["reason"] for r in rejected)
+    assert agent.returncode == 0
