@@ -30,6 +30,7 @@ class IotCoreEmulator:
         self.tokens: dict[str, str] = {}
         self.things: dict[str, dict] = {}
         self.shadow_updates: list[tuple[str, dict]] = []
+        self.job_updates: list[tuple[str, dict]] = []
         self.lock = threading.Lock()
         cert, key = pki.issue(EMULATOR_IDENTITY)
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="iot-core-emulator")
@@ -37,7 +38,7 @@ class IotCoreEmulator:
         ready = threading.Event()
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(
             [(CSR_TOPIC, 1), (KEYS_TOPIC, 1), (f"$aws/provisioning-templates/{template}/provision/json", 1),
-             ("$aws/things/+/shadow/update", 1)])
+             ("$aws/things/+/shadow/update", 1), ("$aws/things/+/jobs/+/update", 1)])
         self.client.on_subscribe = lambda *a: ready.set()
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", broker.port)
@@ -85,6 +86,9 @@ class IotCoreEmulator:
                 return
             self.things[serial] = body["parameters"]
             self.publish(out + "accepted", {"thingName": serial, "deviceConfiguration": {}})
+        elif "/jobs/" in topic and topic.endswith("/update"):
+            with self.lock:
+                self.job_updates.append((topic.split("/")[4], body))
         elif topic.endswith("/shadow/update"):
             with self.lock:
                 self.shadow_updates.append((topic.split("/")[2], body))
@@ -94,6 +98,10 @@ class IotCoreEmulator:
 
     def send_raw_delta(self, thing, payload: bytes):
         self.client.publish(f"$aws/things/{thing}/shadow/update/delta", payload, qos=1)
+
+    def notify_job(self, thing, job_id, document):
+        self.publish(f"$aws/things/{thing}/jobs/notify-next",
+                     {"execution": {"jobId": job_id, "jobDocument": document, "status": "QUEUED"}})
 
     def stop(self):
         self.client.loop_stop()

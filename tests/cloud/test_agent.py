@@ -59,8 +59,15 @@ def test_status_reports_backlog_and_drops(tmp_path, pki, thing, capsys):
 
 def run_agent(config, seconds=60):
     env = dict(os.environ, PYTHONPATH=os.getcwd())
+    log = open(config.parent / "agent.log", "a")  # a file, not a pipe nobody reads
     return subprocess.Popen([sys.executable, "-m", "cloud_sync.agent", "--config", str(config), "run",
-                             "--seconds", str(seconds)], env=env, stderr=subprocess.PIPE, text=True)
+                             "--seconds", str(seconds)], env=env, stderr=log)
+
+
+def agent_log(config):
+    text = (config.parent / "agent.log").read_text()
+    assert "PRIVATE KEY" not in text  # no secrets in logs
+    return text
 
 
 def test_agent_sigkilled_mid_batch_then_restarted_delivers_everything(tmp_path, broker, pki, thing):
@@ -95,6 +102,7 @@ def test_agent_sigkilled_mid_batch_then_restarted_delivers_everything(tmp_path, 
     stats = spool.stats()
     assert stats["backlog_total"] == 0 and stats["acked"] == 20000  # each record acked exactly once
     assert len(got) == 20000 + duplicates  # the counts add up; duplicates carry the same id
+    agent_log(config)
 
 
 def test_shadow_delta_applied_and_malformed_delta_rejected(tmp_path, broker, pki, thing):
@@ -134,3 +142,46 @@ def test_shadow_delta_applied_and_malformed_delta_rejected(tmp_path, broker, pki
     assert any(r["version"] == 4 and "anc_intensity" in r["reason"] for r in rejected)
     assert any("not JSON" in r["reason"] for r in rejected)
     assert agent.returncode == 0
+
+
+def test_model_update_job_with_a_wrong_checksum_fails_and_a_good_one_succeeds(tmp_path, broker, pki, thing):
+    config = write_config(tmp_path, broker, pki, thing)
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "noise_classifier.onnx").write_bytes(b"old model")
+    new = tmp_path / "new.onnx"
+    new.write_bytes(b"new model")
+    emulator = IotCoreEmulator(broker, pki)
+    agent = run_agent(config)
+
+    def updates(job):
+        with emulator.lock:
+            return [body for j, body in emulator.job_updates if j == job]
+
+    def wait_for(predicate, seconds=20):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not predicate():
+            time.sleep(0.05)
+        return predicate()
+
+    try:
+        assert wait_for(lambda: (tmp_path / "state" / "status.json").exists()
+                        and json.loads((tmp_path / "state" / "status.json").read_text())["connected"])
+        bad = {"operation": "model-update", "url": new.as_uri(), "sha256": "0" * 64}
+        emulator.notify_job("thing-1", "job-bad", bad)
+        assert wait_for(lambda: len(updates("job-bad")) >= 2)
+        good = dict(bad, sha256=__import__("hashlib").sha256(b"new model").hexdigest())
+        emulator.notify_job("thing-1", "job-good", good)
+        assert wait_for(lambda: len(updates("job-good")) >= 2)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=20)
+        emulator.stop()
+    failed = updates("job-bad")
+    assert [u["status"] for u in failed] == ["IN_PROGRESS", "FAILED"]
+    assert "sha256 mismatch" in failed[1]["statusDetails"]["reason"]
+    assert [u["status"] for u in updates("job-good")] == ["IN_PROGRESS", "SUCCEEDED"]
+    assert (models / "noise_classifier.onnx").read_bytes() == b"new model"
+    assert (models / "noise_classifier.onnx.previous").read_bytes() == b"old model"
+    assert json.loads((tmp_path / "state" / "model.json").read_text())["action"] == "reload"
+    agent_log(config)
