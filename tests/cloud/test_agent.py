@@ -185,3 +185,42 @@ def test_model_update_job_with_a_wrong_checksum_fails_and_a_good_one_succeeds(tm
     assert (models / "noise_classifier.onnx.previous").read_bytes() == b"old model"
     assert json.loads((tmp_path / "state" / "model.json").read_text())["action"] == "reload"
     agent_log(config)
+
+
+def test_kinesis_sink_mode_drains_the_spool_into_the_stream(tmp_path, broker, pki, thing, monkeypatch):
+    import threading
+
+    import boto3
+    from moto import mock_aws
+
+    from cloud_sync.agent import Agent, load_agent_config
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(key, value)
+    config = write_config(tmp_path, broker, pki, thing, sink="kinesis")
+    records = make_metrics(1500)
+    Spool(tmp_path / "spool.sqlite", 1 << 26).append(records)
+    with mock_aws():
+        client = boto3.client("kinesis", region_name="eu-west-1")
+        client.create_stream(StreamName="anc-telemetry", ShardCount=1)
+        agent = Agent(load_agent_config(config))
+        watcher = Spool(tmp_path / "spool.sqlite", 1 << 26)
+
+        def stop_when_drained():
+            while watcher.stats()["backlog_total"] and not agent.stop:
+                time.sleep(0.02)
+            agent.stop = True
+
+        thread = threading.Thread(target=stop_when_drained)
+        thread.start()
+        agent.run(max_seconds=60)
+        agent.stop = True
+        thread.join()
+        shard = client.describe_stream(StreamName="anc-telemetry")["StreamDescription"]["Shards"][0]["ShardId"]
+        iterator = client.get_shard_iterator(StreamName="anc-telemetry", ShardId=shard,
+                                             ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        got = client.get_records(ShardIterator=iterator, Limit=10000)["Records"]
+    assert {json.loads(r["Data"])["record_id"] for r in got} == {r.record_id for r in records}
+    assert watcher.stats()["acked"] == 1500
+    status = json.loads((tmp_path / "state" / "status.json").read_text())
+    assert status["sink"] == "kinesis" and status["backlog_total"] == 0 and status["delivered_this_run"] == 1500
