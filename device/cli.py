@@ -18,6 +18,10 @@ from device import __version__
 from device.errors import UserError
 
 COMMAND_MODULES = (
+    "device.commands.run",
+    "device.commands.identify",
+    "device.commands.latency",
+    "device.commands.devices",
     "device.commands.simulate",
     "device.commands.classify",
     "device.commands.scene",

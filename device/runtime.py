@@ -12,7 +12,7 @@ import logging
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -71,6 +71,8 @@ class Session:
         self.start_time = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self.worker_iterations = 0
+        self._worker_failed = 0
 
     def process_block(self, reference: np.ndarray, error: np.ndarray, out: np.ndarray, meta: np.ndarray) -> None:
         """Audio-callback safe: one nogil numba call and a few preallocated copies."""
@@ -80,13 +82,20 @@ class Session:
     def poll(self) -> int:
         return self.worker.poll()
 
-    def start_worker(self, period_s: float = 0.02) -> None:
+    def start_worker(self, period_s: float = 0.02, on_poll: Callable[[], None] | None = None) -> None:
+        """Run the worker on its own thread every `period_s`; `on_poll` runs after each pass
+        (the device's control channel). `worker_iterations` counts passes, for the watchdog."""
         def loop() -> None:
             while not self._stop.is_set():
                 try:
                     self.worker.poll()
+                    if on_poll is not None:
+                        on_poll()
                 except Exception:  # keep the worker alive; the audio path does not depend on it
-                    log.exception("worker iteration failed")
+                    if not self._worker_failed:
+                        log.exception("worker iteration failed (further failures are counted, not logged)")
+                    self._worker_failed += 1
+                self.worker_iterations += 1
                 self._stop.wait(period_s)
 
         self._thread = threading.Thread(target=loop, name="anc-worker", daemon=True)

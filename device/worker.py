@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import numpy as np
-import scipy.signal
 
 from device.config import Config
 from device.engine import AncEngine, SafetyEvent
@@ -116,9 +115,10 @@ class Worker:
         self.wall_clock = wall_clock
         self.report = WorkerReport()
         self.samples = 0
+        self.last_signal_sample = 0  # microphones never give exact zeros; a disconnected device does
         self.interval_samples = max(self.block_size, int(cfg.runtime.metrics_interval_s * self.sample_rate))
         self._secondary = engine.secondary_path.copy()
-        self._secondary_state = np.zeros(self._secondary.size - 1)
+        self._secondary_history = np.zeros(self._secondary.size - 1)
         self._reset_interval()
         self.guard_samples = int(GUARD_INTERVAL_S * self.sample_rate)
         self._guard_error = self._guard_disturbance = 0.0
@@ -128,6 +128,13 @@ class Worker:
         self._pending: list = []
         self._last_start: float | None = None
         self.current_class: str | None = None
+        # The user's intensity (config, shadow) scales the preset's; a preset forced from the
+        # control channel stops the classifier from switching presets.
+        self.user_intensity = float(cfg.anc.intensity)
+        self.preset_intensity = 1.0
+        self.preset_override: str | None = None
+        self.callback_durations = LatencyHistogram()
+        self.callback_jitter = LatencyHistogram()
 
         self.classifier = classifier
         if classifier is not None:
@@ -173,8 +180,7 @@ class Worker:
         return available
 
     def _observe(self, reference: np.ndarray, error: np.ndarray, output: np.ndarray, meta: np.ndarray) -> None:
-        speaker_at_error, self._secondary_state = scipy.signal.lfilter(
-            self._secondary, [1.0], output, zi=self._secondary_state)
+        speaker_at_error = self._speaker_at_error(output)
         disturbance = error - speaker_at_error
         e2, d2 = float(np.dot(error, error)), float(np.dot(disturbance, disturbance))
         self._interval_error += e2
@@ -194,16 +200,30 @@ class Worker:
             self._session_disturbance += d2
         if meta.size:
             self._durations.append(meta[:, 1].copy())
+            self.callback_durations.add(meta[:, 1])
             starts = meta[:, 0]
             previous = np.concatenate([[self._last_start], starts[:-1]]) if self._last_start is not None else None
             if previous is not None:
                 period = self.block_size / self.sample_rate
-                self._jitter.append(np.abs(starts - previous - period))
+                jitter = np.abs(starts - previous - period)
+                self._jitter.append(jitter)
+                self.callback_jitter.add(jitter)
             self._last_start = float(starts[-1])
             self._xruns += int(np.count_nonzero(meta[:, 2]))
+        if reference.any() or error.any():
+            self.last_signal_sample = self.samples + error.size
         self.samples += error.size
-        if self.classifier is not None:
+        if self.classifier is not None and self.samples - self.last_signal_sample < self.sample_rate:
             self._classify(reference)
+
+    def _speaker_at_error(self, output: np.ndarray) -> np.ndarray:
+        """The speaker's contribution at the error mic, through the estimated secondary path,
+        with the filter's input history carried from the previous chunk (a streaming FIR)."""
+        history = self._secondary_history
+        extended = np.concatenate([history, output])
+        filtered = np.convolve(extended, self._secondary, mode="valid")
+        self._secondary_history = extended[extended.size - history.size:]
+        return filtered
 
     # -- classification -----------------------------------------------------------------------
     def _classify(self, reference: np.ndarray) -> None:
@@ -242,10 +262,33 @@ class Worker:
         if switched is not None:
             self.current_class = switched
             self.report.class_changes.append(ClassChange(time_s, switched, float(detection.confidence)))
-            preset = self.cfg.presets[switched]
-            self.engine.apply_preset(preset.step_size, preset.leakage, preset.intensity)
-            log.info("noise class %s (confidence %.2f): preset step %.4g, leakage %.3g, intensity %.2f",
-                     switched, detection.confidence, preset.step_size, preset.leakage, preset.intensity)
+            if self.preset_override is None:
+                self._apply_preset(switched)
+                log.info("noise class %s (confidence %.2f)", switched, detection.confidence)
+
+    # -- settings from the control channel ------------------------------------------------------
+    def _apply_preset(self, name: str) -> None:
+        preset = self.cfg.presets[name]
+        self.preset_intensity = preset.intensity
+        self.engine.apply_preset(preset.step_size, preset.leakage, preset.intensity * self.user_intensity)
+        log.info("preset %s: step %.4g, leakage %.3g, intensity %.2f",
+                 name, preset.step_size, preset.leakage, preset.intensity)
+
+    def set_user_intensity(self, intensity: float) -> None:
+        self.user_intensity = float(intensity)
+        self.engine.set_intensity(self.preset_intensity * self.user_intensity)
+
+    def set_preset_override(self, name: str | None) -> None:
+        """Force a class's preset (None: let the classifier choose again)."""
+        self.preset_override = name
+        if name is not None:
+            self._apply_preset(name)
+        elif self.current_class is not None:
+            self._apply_preset(self.current_class)
+
+    def replace_classifier(self, classifier) -> None:
+        """A new model (verified by the caller); the window and hysteresis carry on."""
+        self.classifier = classifier
 
     # -- metrics --------------------------------------------------------------------------------
     def _close_interval(self) -> None:
@@ -357,6 +400,40 @@ class Worker:
             self._flush()
         session["watchdog_trips"] = snapshot["watchdog_trips"]
         return session
+
+
+class LatencyHistogram:
+    """Percentiles of callback timings over a whole run in constant memory: log-spaced bins
+    from 1 us to 1 s, 2.3% wide, plus the exact maximum."""
+
+    EDGES = np.geomspace(1e-6, 1.0, 601)
+
+    def __init__(self):
+        self.counts = np.zeros(self.EDGES.size + 1, dtype=np.int64)
+        self.maximum = 0.0
+
+    def add(self, seconds: np.ndarray) -> None:
+        if seconds.size == 0:
+            return
+        self.counts += np.bincount(np.searchsorted(self.EDGES, seconds), minlength=self.counts.size)
+        self.maximum = max(self.maximum, float(seconds.max()))
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def percentile(self, q: float) -> float | None:
+        """Upper edge of the bin holding the q-th percentile (s), None when empty."""
+        total = self.total
+        if total == 0:
+            return None
+        index = int(np.searchsorted(np.cumsum(self.counts), q / 100.0 * total))
+        return float(min(self.EDGES[min(index, self.EDGES.size - 1)], self.maximum))
+
+    def summary_ms(self, prefix: str) -> dict:
+        return {f"{prefix}_{name}_ms": None if (value := self.percentile(q) if q else (self.maximum if self.total else None)) is None
+                else round(value * 1e3, 4)
+                for name, q in (("p50", 50), ("p99", 99), ("p999", 99.9), ("max", None))}
 
 
 def new_session_id() -> str:

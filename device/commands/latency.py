@@ -1,0 +1,166 @@
+"""`anc-device latency`: can this rig cancel broadband noise, or only tonal noise?
+
+Two measurements on one duplex stream, the controller off:
+
+1. Ambient (speaker silent, `--ambient-s` seconds): the acoustic lead of the reference mic
+   over the error mic, from the room's own noise. A least-squares FIR from the reference to
+   the error mic, allowed to start up to `MAX_LAG_S` *before* the reference (a negative
+   lead), gives the relative impulse response; its onset is the lead. Tonal or too-quiet
+   ambient noise cannot tell a delay, which the fit's modelling error shows; then the lead is
+   reported as not measurable rather than guessed.
+2. Probe (the identification probe): the loop delay from the speaker output to the error mic
+   input, converters, buffers and acoustics included, as the onset of the cross-correlation
+   of the probe with the error mic (the probe is white, so that is the impulse response).
+
+Broadband feedforward cancellation is possible only when the lead covers the loop delay
+(the same verdict the simulator gives for its plants, `device.causality`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from device.config import load_config
+from device.errors import UserError
+
+NAME = "latency"
+HELP = "measure the loop delay and the reference mic's acoustic lead; say if broadband cancellation is possible"
+
+MAX_LAG_S = 0.002          # s, how far the reference mic may lag the error mic and still be measured
+MAX_LEAD_S = 0.010         # s, longest lead looked for
+MAX_LOOP_DELAY_S = 0.100   # s, longest loop delay looked for (USB audio can be tens of ms)
+AMBIENT_FIT_MAX_DB = -6.0  # modelling error above which the ambient noise cannot tell a delay
+MIN_FLATNESS = 0.05        # spectral flatness below which the ambient is too tonal to tell a delay (pink ~0.6)
+PREROLL_S = 0.5
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", help="YAML file overriding config/default.yaml")
+    parser.add_argument("--ambient-s", type=float, default=5.0,
+                        help="seconds of ambient noise recorded with the speaker silent (default 5)")
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+
+
+def loop_impulse_response(played: np.ndarray, recorded: np.ndarray, max_lag: int) -> np.ndarray:
+    """Impulse response from a white probe: cross-correlation over the probe's energy."""
+    n = played.size + max_lag
+    size = 1 << int(np.ceil(np.log2(n + recorded.size)))
+    spectrum = np.fft.rfft(recorded, size) * np.conj(np.fft.rfft(played, size))
+    correlation = np.fft.irfft(spectrum, size)[:max_lag]
+    return correlation / max(float(np.dot(played, played)), 1e-30)
+
+
+def spectral_flatness(x: np.ndarray, fs: int) -> float:
+    """Geometric over arithmetic mean of the power spectrum from 100 Hz to 0.4 fs (1 = white)."""
+    import scipy.signal
+
+    if x.size < 4096:
+        return 0.0
+    freqs, psd = scipy.signal.welch(x, fs, nperseg=2048)
+    band = psd[(freqs >= 100) & (freqs <= 0.4 * fs)] + 1e-30
+    return float(np.exp(np.mean(np.log(band))) / np.mean(band))
+
+
+def reference_lead(reference: np.ndarray, error: np.ndarray, fs: int) -> tuple[int | None, float]:
+    """(lead in samples or None, modelling error dB) of the error mic relative to the reference.
+    None when the ambient noise cannot tell: too tonal, too short, or not explained by a delay."""
+    from device.causality import onset
+    from device.dsp.lsfir import apply_fir, fit_fir
+
+    if spectral_flatness(reference, fs) < MIN_FLATNESS:
+        return None, 0.0  # tonal ambient noise fits any delay modulo its period
+    max_lag = int(MAX_LAG_S * fs)
+    taps = max_lag + int(MAX_LEAD_S * fs)
+    # x[n] = reference[n + max_lag]: tap k of the fit is a delay of k - max_lag samples.
+    x = reference[max_lag:]
+    d = error[:x.size]
+    if x.size < 8 * taps or float(np.dot(x, x)) <= 0.0:
+        return None, 0.0
+    response = fit_fir(x, d, taps)
+    residual = d - apply_fir(response, x)
+    quality = 10 * np.log10((np.dot(residual[taps:], residual[taps:]) + 1e-300) / (np.dot(d[taps:], d[taps:]) + 1e-300))
+    if quality > AMBIENT_FIT_MAX_DB:
+        return None, float(quality)
+    return onset(response) - max_lag, float(quality)
+
+
+def measure(sd, cfg, spec, ambient_s: float) -> dict:
+    from device.audio import play_and_record
+    from device.causality import Causality, onset
+    from device.dsp.identification import make_probe
+
+    fs = spec.sample_rate
+    ident = cfg.identification
+    probe = make_probe(int(ident.duration_s * fs), ident.probe_level_dbfs, int(ident.fade_ms * 1e-3 * fs), ident.seed)
+    preroll, ambient, max_delay = int(PREROLL_S * fs), int(ambient_s * fs), int(MAX_LOOP_DELAY_S * fs)
+    played = np.concatenate([np.zeros(preroll + ambient), probe, np.zeros(max_delay)])
+    recording = play_and_record(sd, spec, played)
+
+    start = preroll + ambient
+    response = loop_impulse_response(recording.played[start:start + probe.size].astype(np.float64),
+                                     recording.error[start:].astype(np.float64), max_delay)
+    loop_delay = onset(response)
+    peak_to_floor_db = 20 * np.log10(np.max(np.abs(response)) / (np.median(np.abs(response)) + 1e-30))
+
+    ambient_ref = recording.reference[preroll:preroll + ambient].astype(np.float64)
+    ambient_err = recording.error[preroll:preroll + ambient].astype(np.float64)
+    ambient_dbfs = 10 * np.log10(np.mean(ambient_err ** 2) + 1e-30)
+    lead, fit_db = reference_lead(ambient_ref, ambient_err, fs)
+    flatness = spectral_flatness(ambient_ref, fs)
+
+    def ms(samples):
+        return None if samples is None else round(samples * 1e3 / fs, 3)
+
+    result = {
+        "device": spec.describe(),
+        "sample_rate": fs,
+        "block_size": spec.block_size,
+        "loop_delay_samples": int(loop_delay),
+        "loop_delay_ms": ms(loop_delay),
+        "loop_delay_blocks": round(loop_delay / spec.block_size, 2),
+        "loop_response_peak_to_floor_db": round(float(peak_to_floor_db), 1),
+        "ambient_level_dbfs": round(float(ambient_dbfs), 1),
+        "xruns": recording.xruns,
+        "ambient_flatness": round(flatness, 3),
+        "ambient_fit_db": round(fit_db, 2),
+        "reference_lead_samples": lead,
+        "reference_lead_ms": ms(lead),
+    }
+    if lead is None:
+        result["broadband_possible"] = None
+        result["verdict"] = (
+            f"the reference mic's lead is not measurable from this ambient noise (spectral flatness {flatness:.3f}, "
+            f"fit {fit_db:.1f} dB; it needs broadband noise reaching both mics); the loop delay is {ms(loop_delay)} ms, so broadband noise is "
+            f"cancellable only if the reference mic hears it at least that much earlier than the error mic")
+    else:
+        causality = Causality(acoustic_lead_samples=lead, control_delay_samples=int(loop_delay), sample_rate=fs)
+        result["broadband_possible"] = causality.broadband_possible
+        result["margin_ms"] = ms(causality.margin_samples)
+        result["verdict"] = causality.explain().replace("on this plant", "on this rig")
+    return result
+
+
+def run(args) -> int:
+    from device.audio import import_sounddevice, resolve_stream
+
+    if not 0.5 <= args.ambient_s <= 120:
+        raise UserError(f"--ambient-s: expected 0.5 to 120 seconds, got {args.ambient_s}")
+    cfg = load_config(args.config)
+    sd = import_sounddevice()
+    spec = resolve_stream(sd, cfg)
+    result = measure(sd, cfg, spec, args.ambient_s)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"device          {result['device']}")
+    print(f"loop delay      {result['loop_delay_samples']} samples = {result['loop_delay_ms']} ms "
+          f"({result['loop_delay_blocks']} blocks; speaker out to error mic in, converters included)")
+    if result["reference_lead_samples"] is None:
+        print(f"reference lead  not measurable (ambient {result['ambient_level_dbfs']} dBFS, fit {result['ambient_fit_db']} dB)")
+    else:
+        print(f"reference lead  {result['reference_lead_samples']} samples = {result['reference_lead_ms']} ms "
+              f"(ambient {result['ambient_level_dbfs']} dBFS)")
+    print(f"verdict         {result['verdict']}")
+    return 0

@@ -1,0 +1,84 @@
+"""`anc-device run`: cancel noise on the rig until SIGTERM/SIGINT (or `--duration`).
+
+Loads and checks everything before any sound is made (config, devices, the stored
+secondary-path estimate for this very stream, the classifier, the spool), compiles the
+kernel, then starts the duplex stream muted; the engine measures the uncontrolled level and
+fades the anti-noise in. On SIGTERM/SIGINT it fades out, closes the stream, writes the
+session record and prints a summary (`--json`: one JSON object on stdout). Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from device.config import load_config
+from device.errors import UserError
+
+NAME = "run"
+HELP = "run the noise canceller on the configured sound card until stopped"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", help="YAML file overriding config/default.yaml")
+    parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until SIGTERM/SIGINT)")
+    parser.add_argument("--json", action="store_true", help="print the exit summary as exactly one JSON object on stdout")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                        help="log level on stderr (default info)")
+
+
+def open_spool(cfg):
+    """The local outbox the cloud agent drains; refusing to start beats silently losing records."""
+    try:
+        from cloud_sync.spool import Spool
+    except ImportError:
+        return None
+    path = Path(cfg.spool.path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return Spool(path, int(cfg.spool.budget_mb * 2**20))
+    except OSError as exc:
+        raise UserError(f"spool.path: cannot open {path}: {exc.strerror or exc}") from None
+
+
+def run(args) -> int:
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
+                        format="anc-device: %(levelname)s %(message)s")
+    if args.duration is not None and not args.duration > 0:
+        raise UserError(f"--duration: expected a positive number of seconds, got {args.duration}")
+    cfg = load_config(args.config)
+
+    from device.audio import DuplexStream, import_sounddevice, resolve_stream
+    from device.engine import AncEngine
+    from device.estimates import load_estimates
+    from device.runtime import Session, load_classifier
+    from device.supervisor import Supervisor, format_summary
+
+    sd = import_sounddevice()
+    spec = resolve_stream(sd, cfg)
+    estimates = load_estimates(cfg.runtime.state_dir, spec.identity)
+    if cfg.controller.feedback_neutralization and estimates.feedback_path is None:
+        raise UserError("controller.feedback_neutralization: the stored estimate has no feedback path; "
+                        "run `anc-device identify` again with this setting")
+    engine = AncEngine.from_config(cfg, estimates.secondary_path, estimates.feedback_path,
+                                   sample_rate=spec.sample_rate, block_size=spec.block_size)
+    engine.warm_up()
+    classifier, classifier_error = load_classifier(cfg)
+    spool = open_spool(cfg)
+    try:
+        session = Session(cfg, engine, classifier=classifier, spool=spool, classifier_error=classifier_error)
+        stream = DuplexStream(sd, spec, session)
+        logging.getLogger(__name__).info(
+            "secondary path: %d taps, modelling error %s dB, identified %s",
+            estimates.secondary_path.size, estimates.metadata.get("quality_db"), estimates.metadata.get("created_at"))
+        summary = Supervisor(cfg, sd, session, stream, spool=spool).run(args.duration)
+    finally:
+        if spool is not None:
+            spool.close()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(format_summary(summary))
+    return 0

@@ -1,0 +1,137 @@
+"""The runtime's side of the local control channel (see `device.control_channel`).
+
+Polled from the worker thread, never from the audio callback: one `stat` per poll for
+`desired.json` and one for `model.json`, a read only when one changed. Desired settings are
+validated (again) and applied to the engine and worker; the runtime's state and health go to
+`reported.json` when they change and at least every `REPORT_INTERVAL_S`. A new model named
+in `model.json` is loaded and verified against its card before it replaces the running one;
+if it does not load, the running model stays and the error is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from device.control_channel import DesiredWatcher, write_reported
+from device.errors import UserError
+
+log = logging.getLogger(__name__)
+
+REPORT_INTERVAL_S = 10.0
+MODEL_NOTICE_FILE = "model.json"
+
+
+class RuntimeControl:
+    def __init__(self, state_dir: str | Path, worker, health: Callable[[], dict[str, Any]] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.state_dir = Path(state_dir)
+        self.worker = worker
+        self.health = health or (lambda: {})
+        self.clock = clock
+        self.desired = DesiredWatcher(self.state_dir)
+        self._model_stamp: tuple[int, int, int] | None = self._stat(self.state_dir / MODEL_NOTICE_FILE)
+        self.desired_error: str | None = None
+        self.model_error: str | None = None
+        self.applied: dict[str, Any] = {}
+        self._last_report: dict[str, Any] | None = None
+        self._last_report_time = -1e9
+
+    @staticmethod
+    def _stat(path: Path) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def poll(self) -> None:
+        self._poll_desired()
+        self._poll_model()
+        self._report()
+
+    def _poll_desired(self) -> None:
+        try:
+            settings = self.desired.poll()
+        except UserError as exc:
+            self.desired_error = str(exc)
+            log.error("desired settings rejected, nothing applied: %s", exc)
+            return
+        if settings is None:
+            return
+        self.desired_error = None
+        worker = self.worker
+        if "anc_enabled" in settings:
+            worker.engine.set_enabled(settings["anc_enabled"])
+        if "anc_intensity" in settings:
+            worker.set_user_intensity(settings["anc_intensity"])
+        if "preset" in settings:
+            worker.set_preset_override(None if settings["preset"] == "auto" else settings["preset"])
+        self.applied.update(settings)
+        log.info("applied desired settings %s", json.dumps(settings, sort_keys=True))
+
+    def _poll_model(self) -> None:
+        path = self.state_dir / MODEL_NOTICE_FILE
+        stamp = self._stat(path)
+        if stamp is None or stamp == self._model_stamp:
+            return
+        self._model_stamp = stamp
+        try:
+            notice = json.loads(path.read_text())
+            model_path = notice["path"]
+            from device.classifier import NoiseClassifier
+
+            classifier = NoiseClassifier(model_path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.model_error = f"{path}: unreadable model notice ({exc.__class__.__name__})"
+        except UserError as exc:
+            self.model_error = f"new model refused, the running one stays: {exc}"
+        else:
+            self.worker.replace_classifier(classifier)
+            self.model_error = None
+            log.info("classifier reloaded from %s", model_path)
+            return
+        log.error("%s", self.model_error)
+
+    def state(self) -> dict[str, Any]:
+        worker, engine = self.worker, self.worker.engine
+        metrics = worker.report.metrics[-1] if worker.report.metrics else None
+        return {
+            "anc_enabled": bool(engine.enabled),
+            "anc_intensity": round(float(worker.user_intensity), 4),
+            "preset": worker.preset_override or "auto",
+            "mode": engine.mode,
+            "noise_type": worker.current_class,
+            "estimated_cancellation_db": None if metrics is None or metrics.estimated_cancellation_db is None
+            else round(metrics.estimated_cancellation_db, 1),
+            "watchdog_trips": int(engine.snapshot()["watchdog_trips"]),
+            "model": None if worker.classifier is None else str(getattr(worker.classifier, "path", "")),
+            "model_error": self.model_error,
+            "desired_error": self.desired_error,
+            **self.health(),
+        }
+
+    def _report(self, force: bool = False) -> None:
+        now = self.clock()
+        state = self.state()
+        # Health counters change all the time; only settings, mode and errors count as a change.
+        significant = {k: state[k] for k in ("anc_enabled", "anc_intensity", "preset", "mode", "noise_type",
+                                            "model", "model_error", "desired_error")}
+        if not force and significant == self._last_report and now - self._last_report_time < REPORT_INTERVAL_S:
+            return
+        try:
+            write_reported(self.state_dir, state)
+        except OSError as exc:
+            log.error("cannot write %s/reported.json: %s", self.state_dir, exc)
+            return
+        self._last_report, self._last_report_time = significant, now
+
+    def final_report(self, status: str) -> None:
+        """Last word at shutdown: the state with the session's status."""
+        health = self.health
+        self.health = lambda: {**health(), "status": status}
+        self._report(force=True)

@@ -1,0 +1,92 @@
+"""Path estimates stored in the state directory, with what they were measured on.
+
+`anc-device identify` writes `secondary_path.npz` (the speaker-to-error-mic estimate, I/O
+latency included, and the speaker-to-reference-mic estimate where one was measured) and
+`secondary_path.json` (the stream identity, quality and date). `anc-device run` only
+accepts an estimate whose identity matches the stream it opens: the latency inside the
+estimate depends on the device, the sample rate and the block size, and FxLMS with a wrong
+latency diverges.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device.errors import UserError
+
+ESTIMATE_FILE = "secondary_path.npz"
+METADATA_FILE = "secondary_path.json"
+
+
+@dataclass
+class PathEstimates:
+    secondary_path: np.ndarray
+    feedback_path: np.ndarray | None
+    metadata: dict[str, Any]
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o640)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_estimates(state_dir: str | Path, secondary_path: np.ndarray, feedback_path: np.ndarray | None,
+                   identity: dict[str, Any], details: dict[str, Any]) -> Path:
+    """Store both files atomically (estimate first, so metadata never describes a missing file)."""
+    state_dir = Path(state_dir)
+    arrays = {"secondary_path": np.asarray(secondary_path, dtype=np.float64)}
+    if feedback_path is not None:
+        arrays["feedback_path"] = np.asarray(feedback_path, dtype=np.float64)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    try:
+        _atomic_write_bytes(state_dir / ESTIMATE_FILE, buffer.getvalue())
+        metadata = {"identity": identity, **details,
+                    "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")}
+        _atomic_write_bytes(state_dir / METADATA_FILE, json.dumps(metadata, indent=2, sort_keys=True).encode())
+    except OSError as exc:
+        raise UserError(f"runtime.state_dir: cannot write the estimate in {state_dir}: {exc.strerror or exc}") from None
+    return state_dir / ESTIMATE_FILE
+
+
+def load_estimates(state_dir: str | Path, identity: dict[str, Any]) -> PathEstimates:
+    """The stored estimates for a stream with `identity`, or a UserError saying what to run."""
+    state_dir = Path(state_dir)
+    estimate_path, metadata_path = state_dir / ESTIMATE_FILE, state_dir / METADATA_FILE
+    if not estimate_path.exists() or not metadata_path.exists():
+        raise UserError(f"{estimate_path}: no secondary-path estimate; run `anc-device identify` first "
+                        "(with the speaker and microphones in place)")
+    try:
+        metadata = json.loads(metadata_path.read_text())
+        with np.load(estimate_path) as data:
+            secondary = np.array(data["secondary_path"], dtype=np.float64)
+            feedback = np.array(data["feedback_path"], dtype=np.float64) if "feedback_path" in data else None
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"{estimate_path}: unreadable estimate ({exc.__class__.__name__}); "
+                        "run `anc-device identify` again") from None
+    stored = metadata.get("identity", {}) if isinstance(metadata, dict) else {}
+    differences = [f"{key} {stored.get(key)!r} (now {value!r})" for key, value in identity.items() if stored.get(key) != value]
+    if differences:
+        raise UserError(f"{estimate_path}: made for a different stream: {'; '.join(differences)}; "
+                        "run `anc-device identify` again")
+    return PathEstimates(secondary, feedback, metadata)
