@@ -178,6 +178,7 @@ class Supervisor:
     def _loop(self, duration_s: float | None) -> str:
         started = time.monotonic()
         retry_delay = RETRY_FIRST_S
+        retry_at = 0.0
         streaming = self._start_stream()
         if streaming:
             log.info("audio stream started on %s", self.stream.spec.describe())
@@ -185,18 +186,32 @@ class Supervisor:
         next_ping = time.monotonic()
         last_blocks, last_progress = self.blocks, time.monotonic()
         last_iterations = self.session.worker_iterations
+        ready_sent = False
         while not self.stop_requested.is_set():
             now = time.monotonic()
             if duration_s is not None and now - started >= duration_s:
                 break
+            if watchdog_period and now >= next_ping:
+                iterations = self.session.worker_iterations
+                # Alive means the worker drains blocks and, while a stream is open, callbacks arrive.
+                # While a lost device is being retried the service is alive too (STATUS says so):
+                # a restart by systemd would not bring the device back.
+                if iterations != last_iterations and (not streaming or now - last_progress < STALL_S):
+                    sdnotify.watchdog()
+                last_iterations = iterations
+                next_ping = now + watchdog_period / 2
             if not streaming:
-                if self.stop_requested.wait(retry_delay):
-                    break
-                retry_delay = min(RETRY_MAX_S, retry_delay * 2)
-                streaming = self._reopen_stream()
-                last_blocks, last_progress = self.blocks, time.monotonic()
+                if not ready_sent:  # up, but waiting for its device: do not let the start time out
+                    ready_sent = sdnotify.ready(f"waiting for the audio device: {self.last_stream_error}") or True
+                if retry_at == 0.0:
+                    retry_at = now + retry_delay
+                elif now >= retry_at:
+                    streaming = self._reopen_stream()
+                    retry_delay = RETRY_FIRST_S if streaming else min(RETRY_MAX_S, retry_delay * 2)
+                    retry_at = 0.0 if streaming else time.monotonic() + retry_delay
+                    last_blocks, last_progress = self.blocks, time.monotonic()
+                self.stop_requested.wait(TICK_S)
                 continue
-            retry_delay = RETRY_FIRST_S
             blocks = self.blocks
             if blocks != last_blocks:
                 last_blocks, last_progress = blocks, now
@@ -204,36 +219,28 @@ class Supervisor:
                 log.error("audio callback raised %s (output silenced for that block; %d so far)",
                           self.stream.last_callback_error, self.stream.callback_errors)
                 self.stream.last_callback_error = None
-            if self.stream.finished.is_set() or not self.stream.active:
-                self._report_stream_error("the stream stopped (device gone or PortAudio error)")
-                streaming = False
-                continue
-            if now - last_progress > STALL_S:
-                self._report_stream_error(f"no audio callback for {STALL_S:.0f} s")
-                streaming = False
-                continue
+            failure = None
             worker = self.session.worker
-            if worker.samples - worker.last_signal_sample > SILENCE_S * self.stream.spec.sample_rate:
+            if self.stream.finished.is_set() or not self.stream.active:
+                failure = "the stream stopped (device gone or PortAudio error)"
+            elif now - last_progress > STALL_S:
+                failure = f"no audio callback for {STALL_S:.0f} s"
+            elif worker.samples - worker.last_signal_sample > SILENCE_S * self.stream.spec.sample_rate:
                 # JACK keeps a stream running when the client it was connected to vanishes, and a
                 # dead USB card may deliver zeros: reopening re-finds and reconnects the device.
                 worker.last_signal_sample = worker.samples
-                self._report_stream_error(f"both microphones digitally silent for {SILENCE_S:.0f} s (device disconnected?)")
-                streaming = False
+                failure = f"both microphones digitally silent for {SILENCE_S:.0f} s (device disconnected?)"
+            if failure is not None:
+                self._report_stream_error(failure)
+                streaming, retry_at = False, 0.0
                 continue
             if self.unmuted_pending and self.engine.mode == "run":
                 self.unmuted_pending = False
                 if self.unmuted_after_s is None:
                     self.unmuted_after_s = process_age_s()
-                sdnotify.ready(f"cancelling on {self.stream.spec.describe()}")
-                if self.last_stream_error is None:
                     log.info("anti-noise on (%.2f s after process start)", self.unmuted_after_s or -1)
-            if watchdog_period and now >= next_ping:
-                iterations = self.session.worker_iterations
-                # Alive means: callbacks arrive and the worker drains them.
-                if now - last_progress < STALL_S and iterations != last_iterations:
-                    sdnotify.watchdog()
-                last_iterations = iterations
-                next_ping = now + watchdog_period / 2
+                sdnotify.ready(f"cancelling on {self.stream.spec.describe()}")
+                ready_sent = True
             self.stop_requested.wait(TICK_S)
         return self.stop_reason
 
