@@ -328,6 +328,7 @@ class Worker:
                 cancellation_db=None if cancellation is None else round(cancellation, 2),
                 algorithm="fxlms",
                 extras={
+                    "block_period_ms": round(1e3 * self.block_size / self.sample_rate, 4),
                     "callback_p50_ms": round(metrics.callback_p50_ms, 4),
                     "callback_max_ms": round(metrics.callback_max_ms, 4),
                     "jitter_p99_ms": round(metrics.jitter_p99_ms, 4),
