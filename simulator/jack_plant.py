@@ -1,0 +1,459 @@
+"""The plant emulator: the simulator's Plant model as a JACK client, for the hardware-in-the-loop bench.
+
+It registers two output ports, `reference_mic` and `error_mic`, and one input port,
+`speaker`. PortAudio's JACK host API shows each JACK client as a device named after it, so
+a duplex stream opened on the device `anc-plant` auto-connects: input channel 0 is the
+reference mic, input channel 1 the error mic, output channel 0 the speaker. Every JACK
+period it plays the scene (looped) through the plant:
+
+    ref = reference_path * s + feedback_path * speaker + noise
+    err = primary_path   * s + secondary_path * speaker + noise
+
+with the speaker delayed so that the whole digital loop (stream output -> JACK -> emulator
+-> JACK -> stream input) lasts the plant's `latency_samples`, as in `simulator/plant.py`.
+
+Measured on jackd 1.9.21 (dummy driver) with PortAudio 19.6 through `sounddevice`: a
+sample a duplex stream writes at its frame k comes back on its input at frame
+k + 2 periods when the stream's block size equals the JACK period and this client passes
+the speaker straight through (one period because the graph has a cycle, one for
+PortAudio's fixed-size block processing). With `blocksize=0` (PortAudio takes JACK's
+buffer as it comes) it is one period, with a block of two periods three. The emulator adds
+`latency_samples - 2 periods`, so a plant whose latency is shorter than two periods is
+refused: the emulator cannot play the speaker back earlier than the server does.
+
+The scene part of both microphones does not depend on the loop, so it is computed once as
+a circular convolution over the whole scene (the loop is seamless) together with the
+sensor noise. The speaker part is a streaming convolution: a preallocated history of the
+speaker, double-length so the last N samples are one contiguous slice, multiplied by a
+precomputed Toeplitz matrix (one `matmul` into a preallocated block; measured 3-8 us a
+period for 32-64 samples and 264-520 taps, against ~35 us for an FFT overlap-save whose
+cost here is Python overhead).
+
+The emulator keeps the ground truth, the disturbance (primary_path * s + noise) and the
+error it emitted, over the last `record_seconds`, so the attenuation the controller reaches
+can be measured at the ear rather than as the device estimates it (`attenuation_db`).
+
+JACK freewheel mode (`set_freewheel(True)`) runs the same callbacks as fast as the CPU
+allows, without deadlines: runs are faster than real time and deterministic. JACK 1.9.21
+hangs (a client's semaphore "already deallocated", then the server stops answering) if a
+client closes while the server freewheels; stop freewheeling before any client closes.
+
+Command line, for the bench (runs until SIGTERM or Ctrl-C):
+
+    python -m simulator.jack_plant --plant headphone --scene simulator/scenes/engine_hum.wav
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from device.errors import UserError
+from simulator.plant import Plant
+
+DEFAULT_CLIENT_NAME = "anc-plant"
+# Periods a duplex PortAudio stream with block size == JACK period adds between writing a
+# sample and reading its echo, when this client passes the speaker straight through.
+JACK_ROUND_TRIP_PERIODS = 2
+REFERENCE_PORT = "reference_mic"
+ERROR_PORT = "error_mic"
+SPEAKER_PORT = "speaker"
+
+
+def circular_convolve(x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """x (one loop of a periodic signal) through h: the steady state of the looped signal."""
+    n = x.size
+    folded = np.zeros(n)
+    # A response longer than the loop wraps around it more than once.
+    np.add.at(folded, np.arange(h.size) % n, h)
+    return np.fft.irfft(np.fft.rfft(x) * np.fft.rfft(folded), n)
+
+
+def speaker_matrix(paths: list[np.ndarray], period: int) -> np.ndarray:
+    """Toeplitz rows so that `matrix @ history[-N:]` is every path applied to the last period.
+
+    Row i of block p is the output of path p at the i-th sample of the period; the history
+    window holds N = period + taps - 1 samples, the newest last.
+    """
+    taps = max(h.size for h in paths)
+    window = period + taps - 1
+    matrix = np.zeros((len(paths) * period, window))
+    for p, h in enumerate(paths):
+        for i in range(period):
+            newest = window - period + i
+            # out[i] = sum_k h[k] * history[newest - k]
+            matrix[p * period + i, newest - h.size + 1:newest + 1] = h[::-1]
+    return matrix
+
+
+class PlantEmulator:
+    """A plant as a JACK client. Create, `activate()`, let a device stream connect, `close()`."""
+
+    def __init__(
+        self,
+        plant: Plant,
+        scene: np.ndarray | None = None,
+        name: str = DEFAULT_CLIENT_NAME,
+        servername: str | None = None,
+        seed: int = 0,
+        sensor_noise: bool = True,
+        record_seconds: float = 30.0,
+        round_trip_periods: int = JACK_ROUND_TRIP_PERIODS,
+    ):
+        import jack
+
+        self.plant = plant
+        self.name = name
+        try:
+            self.client = jack.Client(name, use_exact_name=True, no_start_server=True, servername=servername)
+        except jack.JackOpenError as exc:
+            raise UserError(f"JACK client {name!r}: cannot open ({exc}); is jackd running"
+                            f"{'' if servername is None else f' as server {servername!r}'} and the name free?") from None
+        try:
+            self._setup(plant, scene, seed, sensor_noise, record_seconds, round_trip_periods)
+        except BaseException:
+            self.client.close()
+            raise
+
+    # -- construction --------------------------------------------------------------------
+    def _setup(self, plant: Plant, scene, seed: int, sensor_noise: bool, record_seconds: float,
+               round_trip_periods: int) -> None:
+        client = self.client
+        self.sample_rate = int(client.samplerate)
+        self.period = int(client.blocksize)
+        if plant.sample_rate != self.sample_rate:
+            raise UserError(f"{plant.source}: sample_rate is {plant.sample_rate} Hz but the JACK server runs at "
+                            f"{self.sample_rate} Hz")
+        self.round_trip_samples = round_trip_periods * self.period
+        if plant.latency_samples < self.round_trip_samples:
+            raise UserError(
+                f"{plant.source}: latency_samples: {plant.latency_samples} is less than the JACK round trip of "
+                f"{self.round_trip_samples} samples ({round_trip_periods} periods of {self.period}); the emulator "
+                f"cannot return the speaker sooner than the server does (use a shorter JACK period or a plant "
+                f"with latency_samples >= {self.round_trip_samples})")
+        self.speaker_delay = plant.latency_samples - self.round_trip_samples
+        period = self.period
+
+        # Scene part of both microphones, one loop, extended by a period so that a period
+        # starting anywhere in the loop is one contiguous slice.
+        rng = np.random.default_rng([seed, 2])
+        if scene is None:
+            loop = np.zeros(max(period, self.sample_rate))
+        else:
+            loop = np.asarray(scene, dtype=np.float64)
+            if loop.ndim != 1 or loop.size < period:
+                raise UserError(f"scene: expected a mono signal of at least one period ({period} samples)")
+        n = loop.size
+        disturbance_error = circular_convolve(loop, plant.primary_path) if scene is not None else np.zeros(n)
+        disturbance_reference = circular_convolve(loop, plant.reference_path) if scene is not None else np.zeros(n)
+        if sensor_noise:
+            disturbance_reference += plant.sensor_noise(n, rng)
+            disturbance_error += plant.sensor_noise(n, rng)
+        self.loop_samples = n
+        self._disturbance_error = np.concatenate([disturbance_error, disturbance_error[:period]])
+        self._disturbance_reference = np.concatenate([disturbance_reference, disturbance_reference[:period]])
+
+        # Speaker part: the extra delay folded into the paths.
+        delay = np.zeros(self.speaker_delay)
+        paths = [np.concatenate([delay, plant.secondary_path])]
+        self.has_feedback_path = plant.feedback_path is not None
+        if self.has_feedback_path:
+            paths.append(np.concatenate([delay, plant.feedback_path]))
+        self._matrix = speaker_matrix(paths, period)
+        self._window = self._matrix.shape[1]
+        # History ring: a whole number of periods (so a period never wraps), written twice.
+        self._ring_size = -(-self._window // period) * period
+        self._ring = np.zeros(2 * self._ring_size)
+        self._ring_pos = 0
+        self._speaker_out = np.empty(self._matrix.shape[0])
+        self._error_block = np.empty(period)
+        self._reference_block = np.empty(period)
+        self._scene_pos = 0
+
+        # Ground truth over the last record_seconds (a whole number of periods).
+        self.record_size = max(1, math.ceil(record_seconds * self.sample_rate / period)) * period
+        self._recorded_disturbance = np.zeros(self.record_size, dtype=np.float32)
+        self._recorded_error = np.zeros(self.record_size, dtype=np.float32)
+        self._recorded_speaker = np.zeros(self.record_size, dtype=np.float32)
+
+        self.frames = 0                  # frames processed since activation
+        self.xruns = 0                   # xruns the server reported
+        self.freewheeling = False
+        self.server_gone: str | None = None  # reason, once the server shut the client down
+        self.callback_error: BaseException | None = None
+        self.callback_max_s = 0.0
+        self._clock = time.perf_counter
+
+        self._reference_port = client.outports.register(REFERENCE_PORT)
+        self._error_port = client.outports.register(ERROR_PORT)
+        self._speaker_port = client.inports.register(SPEAKER_PORT)
+        client.set_process_callback(self._process)
+        client.set_xrun_callback(self._on_xrun)
+        client.set_freewheel_callback(self._on_freewheel)
+        client.set_shutdown_callback(self._on_shutdown)
+        client.set_blocksize_callback(self._on_blocksize)
+        self._active = False
+        self._closed = False
+
+    # -- JACK callbacks ------------------------------------------------------------------
+    def _process(self, frames: int) -> None:
+        import jack
+
+        started = self._clock()
+        try:
+            period = self.period
+            speaker = self._speaker_port.get_array()
+            reference_out = self._reference_port.get_array()
+            error_out = self._error_port.get_array()
+            if frames != period:
+                raise RuntimeError(f"JACK period changed from {period} to {frames} frames")
+
+            # Speaker history, written twice so the newest `window` samples are contiguous.
+            p = self._ring_pos
+            size = self._ring_size
+            self._ring[p:p + period] = speaker
+            self._ring[size + p:size + p + period] = speaker
+            end = size + p + period
+            np.matmul(self._matrix, self._ring[end - self._window:end], out=self._speaker_out)
+
+            s = self._scene_pos
+            np.add(self._disturbance_error[s:s + period], self._speaker_out[:period], out=self._error_block)
+            if self.has_feedback_path:
+                np.add(self._disturbance_reference[s:s + period], self._speaker_out[period:], out=self._reference_block)
+            else:
+                self._reference_block[:] = self._disturbance_reference[s:s + period]
+            error_out[:] = self._error_block
+            reference_out[:] = self._reference_block
+
+            r = self.frames % self.record_size
+            self._recorded_disturbance[r:r + period] = self._disturbance_error[s:s + period]
+            self._recorded_error[r:r + period] = self._error_block
+            self._recorded_speaker[r:r + period] = speaker
+
+            self._ring_pos = (p + period) % size
+            self._scene_pos = (s + period) % self.loop_samples
+            self.frames += period
+        except Exception as exc:  # a bug here must not pass for a plant: stop, and say why
+            self.callback_error = exc
+            raise jack.CallbackExit from None
+        elapsed = self._clock() - started
+        if elapsed > self.callback_max_s:
+            self.callback_max_s = elapsed
+
+    def _on_xrun(self, delayed_usecs: float) -> None:
+        self.xruns += 1
+
+    def _on_freewheel(self, starting: bool) -> None:
+        self.freewheeling = starting
+
+    def _on_shutdown(self, status, reason: str) -> None:
+        self.server_gone = reason or "server shut the client down"
+
+    def _on_blocksize(self, blocksize: int) -> None:
+        if self._active and blocksize != self.period:
+            self.callback_error = RuntimeError(f"JACK period changed from {self.period} to {blocksize} frames")
+
+    # -- control -------------------------------------------------------------------------
+    @property
+    def port_names(self) -> dict[str, str]:
+        return {"reference_mic": self._reference_port.name, "error_mic": self._error_port.name,
+                "speaker": self._speaker_port.name}
+
+    def activate(self) -> "PlantEmulator":
+        self.client.activate()
+        self._active = True
+        return self
+
+    def set_freewheel(self, on: bool, timeout_s: float = 5.0) -> None:
+        """Switch the server's freewheel mode and wait until the callback says it did."""
+        self.client.set_freewheel(bool(on))
+        deadline = time.monotonic() + timeout_s
+        while self.freewheeling != bool(on):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"JACK did not {'enter' if on else 'leave'} freewheel mode in {timeout_s} s")
+            time.sleep(0.002)
+
+    def connected(self) -> bool:
+        """True when something is connected to the speaker and to both microphones."""
+        ports = (self._speaker_port, self._reference_port, self._error_port)
+        return all(port.number_of_connections > 0 for port in ports)
+
+    def wait_connected(self, timeout_s: float = 20.0, alive=lambda: True) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.connected():
+            self.check()
+            if not alive():
+                raise RuntimeError("the device process ended before connecting to the emulator")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no stream connected to {self.name} within {timeout_s} s")
+            time.sleep(0.01)
+
+    def wait_frames(self, frames: int, timeout_s: float, alive=lambda: True) -> None:
+        """Wait until `frames` have been processed since activation."""
+        deadline = time.monotonic() + timeout_s
+        while self.frames < frames:
+            self.check()
+            if not alive():
+                raise RuntimeError(f"the device process ended after {self.frames} of {frames} frames")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.frames} of {frames} frames processed in {timeout_s} s")
+            time.sleep(0.005)
+
+    def check(self) -> None:
+        if self.callback_error is not None:
+            raise RuntimeError(f"emulator callback failed: {self.callback_error!r}")
+        if self.server_gone is not None:
+            raise RuntimeError(f"JACK server shut the emulator down: {self.server_gone}")
+
+    def close(self) -> None:
+        """Leave freewheel mode, deactivate, close: the client and its ports disappear."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.freewheeling and self.server_gone is None:
+            try:
+                self.set_freewheel(False)
+            except Exception:  # closing anyway; the server may be gone
+                pass
+        if self._active:
+            self.client.deactivate()
+            self._active = False
+        self.client.close()
+
+    def __enter__(self) -> "PlantEmulator":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- ground truth --------------------------------------------------------------------
+    def recorded(self, last_seconds: float | None = None) -> dict[str, np.ndarray]:
+        """Copies of the disturbance, the emitted error and the speaker, oldest first."""
+        available = min(self.frames, self.record_size)
+        n = available if last_seconds is None else min(available, int(round(last_seconds * self.sample_rate)))
+        end = self.frames % self.record_size
+        index = (np.arange(end - n, end)) % self.record_size
+        return {
+            "disturbance": self._recorded_disturbance[index].astype(np.float64),
+            "error": self._recorded_error[index].astype(np.float64),
+            "speaker": self._recorded_speaker[index].astype(np.float64),
+        }
+
+    def attenuation_db(self, last_seconds: float) -> float:
+        """Disturbance power over emitted error power at the error mic, over the last seconds."""
+        rec = self.recorded(last_seconds)
+        if rec["error"].size == 0:
+            raise ValueError("nothing recorded yet")
+        disturbance = float(np.sum(rec["disturbance"] ** 2))
+        error = float(np.sum(rec["error"] ** 2))
+        return 10.0 * math.log10(max(disturbance, 1e-30) / max(error, 1e-30))
+
+    def summary(self, last_seconds: float = 5.0) -> dict:
+        recorded = min(self.frames, self.record_size) > 0
+        return {
+            "client": self.name,
+            "plant": self.plant.name,
+            "sample_rate": self.sample_rate,
+            "period": self.period,
+            "latency_samples": self.plant.latency_samples,
+            "round_trip_samples": self.round_trip_samples,
+            "speaker_delay_samples": self.speaker_delay,
+            "frames": self.frames,
+            "xruns": self.xruns,
+            "callback_max_ms": round(self.callback_max_s * 1e3, 4),
+            "attenuation_db": round(self.attenuation_db(last_seconds), 2) if recorded else None,
+            "attenuation_window_s": last_seconds,
+        }
+
+
+# -- command line ----------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m simulator.jack_plant",
+        description="Emulate a plant as a JACK client: ports reference_mic, error_mic (out) and speaker (in). "
+                    "Runs until SIGTERM or Ctrl-C.")
+    parser.add_argument("--plant", default="headphone", help="built-in preset (headphone, duct) or plant YAML file")
+    parser.add_argument("--scene", required=True, help="WAV (or FLAC/OGG) file, looped; resampled to the plant rate")
+    parser.add_argument("--name", default=DEFAULT_CLIENT_NAME, help="JACK client name, also the PortAudio device name")
+    parser.add_argument("--server", help="JACK server name (default: $JACK_DEFAULT_SERVER or 'default')")
+    parser.add_argument("--latency-samples", type=int,
+                        help="override the plant's digital loop delay (e.g. two periods of 64 plus converters: 136)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sensor noise")
+    parser.add_argument("--no-sensor-noise", action="store_true", help="microphones without self-noise")
+    parser.add_argument("--freewheel", action="store_true",
+                        help="switch the server to freewheel once a stream is connected (faster than real time)")
+    parser.add_argument("--report-every", type=float, default=0.0, metavar="S",
+                        help="print a status line every S seconds (0: only at start and exit)")
+    parser.add_argument("--json", action="store_true", help="status lines as JSON objects")
+    return parser
+
+
+def _print(obj: dict, as_json: bool, text: str) -> None:
+    print(json.dumps(obj) if as_json else text, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from simulator.scenes import load_scene
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        plant = Plant.load(args.plant)
+        if args.latency_samples is not None:
+            if args.latency_samples < 1:
+                raise UserError(f"--latency-samples: expected a positive integer, got {args.latency_samples}")
+            plant = dataclasses.replace(plant, latency_samples=args.latency_samples)
+        scene = load_scene(args.scene, plant.sample_rate)
+        emulator = PlantEmulator(plant, scene.samples, name=args.name, servername=args.server, seed=args.seed,
+                                 sensor_noise=not args.no_sensor_noise)
+    except UserError as exc:
+        print(f"jack_plant: error: {exc}", file=sys.stderr)
+        return 2
+    status = 0
+    try:
+        emulator.activate()
+        ready = {"event": "ready", **emulator.summary(), "ports": emulator.port_names}
+        _print(ready, args.json,
+               f"{emulator.name}: plant {plant.name}, latency {plant.latency_samples} samples "
+               f"(JACK round trip {emulator.round_trip_samples} + speaker delay {emulator.speaker_delay}), "
+               f"period {emulator.period} at {emulator.sample_rate} Hz, scene {args.scene} "
+               f"({scene.duration_s:.1f} s, looped); ports {', '.join(emulator.port_names.values())}")
+        freewheel_pending = args.freewheel
+        next_report = time.monotonic() + args.report_every if args.report_every > 0 else math.inf
+        while not stop.wait(0.05):
+            emulator.check()
+            if freewheel_pending and emulator.connected():
+                emulator.set_freewheel(True)
+                freewheel_pending = False
+            if time.monotonic() >= next_report:
+                next_report += args.report_every
+                info = emulator.summary()
+                _print({"event": "status", **info}, args.json,
+                       f"{info['frames'] / emulator.sample_rate:.1f} s processed, {info['xruns']} xruns, "
+                       f"attenuation {info['attenuation_db']} dB over the last {info['attenuation_window_s']} s")
+    except RuntimeError as exc:
+        print(f"jack_plant: error: {exc}", file=sys.stderr)
+        status = 1
+    finally:
+        emulator.close()
+    info = emulator.summary()
+    _print({"event": "stopped", **info}, args.json,
+           f"{emulator.name}: stopped after {info['frames'] / emulator.sample_rate:.1f} s, {info['xruns']} xruns, "
+           f"attenuation {info['attenuation_db']} dB over the last {info['attenuation_window_s']} s")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
