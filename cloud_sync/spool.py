@@ -11,6 +11,10 @@ takes the spool over budget, the oldest records are dropped, processing metrics 
 noise detections, sessions last. Every drop is counted per kind in the file itself, so
 `stats()` reports it and the agent publishes it.
 
+The runtime and the agent run as different users sharing a group, so the spool is created
+``0660`` (`FILE_MODE`) whatever the umask, before SQLite opens it; SQLite gives ``-wal`` and
+``-shm`` the main file's mode. An existing file keeps its mode.
+
 A file that SQLite cannot read is moved aside as ``<name>.corrupt-<UTC time>`` (with its WAL)
 and a new spool is started; the error log names the moved file so nothing vanishes silently.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -28,6 +33,8 @@ from typing import Any, Iterable
 
 log = logging.getLogger(__name__)
 
+# Both services (different users, group ``anc``) read and write the spool and its -wal/-shm.
+FILE_MODE = 0o660
 # Drop order when over budget: lower number goes first.
 DROP_PRIORITY = {"processing_metric": 0, "noise_detection": 1, "session": 2}
 _SCHEMA = """
@@ -68,7 +75,19 @@ class Spool:
             self._bump("corrupt_files_moved", 1)
 
     # -- opening ----------------------------------------------------------------------------
+    def _create_file(self) -> None:
+        """Create an empty spool file with `FILE_MODE` (not the umask's); leave an existing one alone."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        except FileExistsError:
+            return
+        try:
+            os.fchmod(fd, FILE_MODE)  # os.open's mode is filtered by the umask
+        finally:
+            os.close(fd)
+
     def _open(self) -> sqlite3.Connection:
+        self._create_file()
         db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")

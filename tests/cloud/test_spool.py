@@ -2,6 +2,7 @@
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -83,6 +84,45 @@ def test_corrupt_file_is_moved_aside_and_a_new_spool_started(tmp_path, caplog):
     assert spool.stats()["corrupt_files_moved"] == 1
     f = RecordFactory("t")
     assert spool.append([metric(f)]) == 1
+
+
+@pytest.fixture
+def service_umask():
+    old = os.umask(0o027)  # stricter than the services' UMask=0007: the spool must not depend on it
+    yield
+    os.umask(old)
+
+
+def mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_new_spool_and_its_wal_are_group_writable_whatever_the_umask(tmp_path, service_umask):
+    path = tmp_path / "s.sqlite"
+    spool = Spool(path, 1 << 20)
+    assert spool.append([metric(RecordFactory("t"))]) == 1
+    assert mode(path) == 0o660
+    assert mode(tmp_path / "s.sqlite-wal") == 0o660 and mode(tmp_path / "s.sqlite-shm") == 0o660
+    spool.close()
+    # The file a corrupt one is replaced with gets the same mode.
+    path.write_bytes(b"this is not a database" * 100)
+    for side in ("-wal", "-shm"):
+        (tmp_path / f"s.sqlite{side}").unlink(missing_ok=True)
+    spool = Spool(path, 1 << 20)
+    assert spool.moved_aside is not None and spool.stats()["corrupt_files_moved"] == 1
+    assert spool.append([metric(RecordFactory("t"))]) == 1
+    assert mode(path) == 0o660 and mode(tmp_path / "s.sqlite-wal") == 0o660
+    spool.close()
+
+
+def test_an_existing_spool_keeps_its_mode(tmp_path, service_umask):
+    path = tmp_path / "s.sqlite"
+    Spool(path, 1 << 20).close()
+    os.chmod(path, 0o640)  # an administrator's choice is not overridden
+    spool = Spool(path, 1 << 20)
+    assert spool.append([metric(RecordFactory("t"))]) == 1
+    assert mode(path) == 0o640 and spool.moved_aside is None
+    spool.close()
 
 
 def test_rejects_non_records(tmp_path):
