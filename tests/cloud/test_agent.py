@@ -1,6 +1,7 @@
 """The agent process: config, key permissions, SIGKILL mid-batch, shadow deltas, status."""
 
 import collections
+import hashlib
 import json
 import os
 import signal
@@ -151,6 +152,9 @@ def test_model_update_job_with_a_wrong_checksum_fails_and_a_good_one_succeeds(tm
     (models / "noise_classifier.onnx").write_bytes(b"old model")
     new = tmp_path / "new.onnx"
     new.write_bytes(b"new model")
+    card = tmp_path / "new.json"  # the runtime loads a model only with a card naming its sha256
+    card.write_bytes(json.dumps({"classes": ["cafe", "office"], "n_features": 124,
+                                 "sha256": hashlib.sha256(b"new model").hexdigest()}).encode())
     emulator = IotCoreEmulator(broker, pki)
     agent = run_agent(config)
 
@@ -170,7 +174,8 @@ def test_model_update_job_with_a_wrong_checksum_fails_and_a_good_one_succeeds(tm
         bad = {"operation": "model-update", "url": new.as_uri(), "sha256": "0" * 64}
         emulator.notify_job("thing-1", "job-bad", bad)
         assert wait_for(lambda: len(updates("job-bad")) >= 2)
-        good = dict(bad, sha256=__import__("hashlib").sha256(b"new model").hexdigest())
+        good = dict(bad, sha256=hashlib.sha256(b"new model").hexdigest(), card_url=card.as_uri(),
+                    card_sha256=hashlib.sha256(card.read_bytes()).hexdigest())
         emulator.notify_job("thing-1", "job-good", good)
         assert wait_for(lambda: len(updates("job-good")) >= 2)
     finally:
@@ -183,6 +188,7 @@ def test_model_update_job_with_a_wrong_checksum_fails_and_a_good_one_succeeds(tm
     assert [u["status"] for u in updates("job-good")] == ["IN_PROGRESS", "SUCCEEDED"]
     assert (models / "noise_classifier.onnx").read_bytes() == b"new model"
     assert (models / "noise_classifier.onnx.previous").read_bytes() == b"old model"
+    assert (models / "noise_classifier.json").read_bytes() == card.read_bytes()
     assert json.loads((tmp_path / "state" / "model.json").read_text())["action"] == "reload"
     agent_log(config)
 
