@@ -26,13 +26,13 @@ from typing import Any
 
 import yaml
 
-from device.config import Key, PROJECT_ROOT, _validate
+from device.config import Key, _validate, default_file
 from device.control_channel import write_json_atomic
 from device.errors import ConfigError, UserError
 
 log = logging.getLogger("cloud_sync")
 
-DEFAULT_AGENT_CONFIG = PROJECT_ROOT / "config" / "cloud_sync.yaml"
+DEFAULT_AGENT_CONFIG = default_file("cloud_sync.yaml")
 
 SCHEMA: dict[str, Any] = {
     "thing_name": Key("str", "AWS IoT thing name", nullable=True),

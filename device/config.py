@@ -22,7 +22,19 @@ import yaml
 from device.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = PROJECT_ROOT / "config" / "default.yaml"
+# Relative paths in the defaults are resolved against CONFIG_DIR, which sits beside the
+# `models` package both in the source tree and in an installed wheel.
+CONFIG_DIR = PROJECT_ROOT / "config"
+
+
+def default_file(name: str) -> Path:
+    """A defaults file: config/NAME in the source tree, else the copy a wheel ships in
+    the package `device.defaults` (built from config/)."""
+    in_tree = CONFIG_DIR / name
+    return in_tree if in_tree.exists() else Path(__file__).resolve().parent / "defaults" / name
+
+
+DEFAULT_CONFIG = default_file("default.yaml")
 
 NOISE_CLASSES = ("white", "pink", "traffic", "office", "construction", "cafe")
 
@@ -286,7 +298,7 @@ def load_config(path: str | Path | None = None) -> Config:
 
     Relative paths are resolved against the directory of the file that sets them.
     """
-    defaults = _validate(_read_yaml(DEFAULT_CONFIG), SCHEMA, str(DEFAULT_CONFIG), "", DEFAULT_CONFIG.parent)
+    defaults = _validate(_read_yaml(DEFAULT_CONFIG), SCHEMA, str(DEFAULT_CONFIG), "", CONFIG_DIR)
     if path is None:
         _cross_checks(defaults, str(DEFAULT_CONFIG))
         return Config(defaults, DEFAULT_CONFIG)
