@@ -204,28 +204,7 @@ if [ "$staging" -eq 0 ]; then
     [ "$with_cloud" -eq 0 ] || requirement="${checkout}[cloud]"
     say "installing $requirement into $venv"
     run "$venv/bin/python" -m pip install --upgrade "$requirement"
-    # device.config looks for config/default.yaml beside the installed packages, and the
-    # package does not ship that file yet: put the checkout's copy there, unless the
-    # installed distribution owns one.
-    if [ "$dry_run" -eq 1 ]; then
-        say "would copy $checkout/config/default.yaml to where device.config.DEFAULT_CONFIG points, if the package lacks it"
-    else
-        "$venv/bin/python" - "$checkout/config/default.yaml" <<'EOF'
-import shutil
-import sys
-from importlib.metadata import files
-from pathlib import Path
-
-from device.config import DEFAULT_CONFIG
-
-target = Path(DEFAULT_CONFIG).resolve()
-owned = any(Path(f.locate()).resolve() == target for f in files("anc-device") or ())
-if not owned:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(sys.argv[1], target)
-    print(f"install: copied the default configuration to {target}")
-EOF
-    fi
+    # The wheel carries the defaults (package device.defaults) and the classifier model.
 fi
 
 # -- model, spool ----------------------------------------------------------------------------
