@@ -383,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Emulate a plant as a JACK client: ports reference_mic, error_mic (out) and speaker (in). "
                     "Runs until SIGTERM or Ctrl-C.")
     parser.add_argument("--plant", default="headphone", help="built-in preset (headphone, duct) or plant YAML file")
-    parser.add_argument("--scene", required=True, help="WAV (or FLAC/OGG) file, looped; resampled to the plant rate")
+    parser.add_argument("--scene", help="WAV (or FLAC/OGG) file, looped; resampled to the plant rate "
+                        "(default: silence, only the sensor noise, as for `anc-device identify`)")
     parser.add_argument("--name", default=DEFAULT_CLIENT_NAME, help="JACK client name, also the PortAudio device name")
     parser.add_argument("--server", help="JACK server name (default: $JACK_DEFAULT_SERVER or 'default')")
     parser.add_argument("--latency-samples", type=int,
@@ -415,8 +416,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.latency_samples < 1:
                 raise UserError(f"--latency-samples: expected a positive integer, got {args.latency_samples}")
             plant = dataclasses.replace(plant, latency_samples=args.latency_samples)
-        scene = load_scene(args.scene, plant.sample_rate)
-        emulator = PlantEmulator(plant, scene.samples, name=args.name, servername=args.server, seed=args.seed,
+        scene = None if args.scene is None else load_scene(args.scene, plant.sample_rate)
+        emulator = PlantEmulator(plant, None if scene is None else scene.samples, name=args.name, servername=args.server, seed=args.seed,
                                  sensor_noise=not args.no_sensor_noise)
     except UserError as exc:
         print(f"jack_plant: error: {exc}", file=sys.stderr)
@@ -428,8 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         _print(ready, args.json,
                f"{emulator.name}: plant {plant.name}, latency {plant.latency_samples} samples "
                f"(JACK round trip {emulator.round_trip_samples} + speaker delay {emulator.speaker_delay}), "
-               f"period {emulator.period} at {emulator.sample_rate} Hz, scene {args.scene} "
-               f"({scene.duration_s:.1f} s, looped); ports {', '.join(emulator.port_names.values())}")
+               f"period {emulator.period} at {emulator.sample_rate} Hz, "
+               f"{'silence' if scene is None else f'scene {args.scene} ({scene.duration_s:.1f} s, looped)'}; ports {', '.join(emulator.port_names.values())}")
         freewheel_pending = args.freewheel
         next_report = time.monotonic() + args.report_every if args.report_every > 0 else math.inf
         while not stop.wait(0.05):
