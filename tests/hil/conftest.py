@@ -242,12 +242,15 @@ def emulator_factory():
 class DeviceProcess:
     """A process on the device side: pipes for stdin/stdout, stderr to a file."""
 
-    def __init__(self, processes: Processes, argv: list[str], server: JackServer, log_path: Path, cwd: Path = ROOT):
+    def __init__(self, processes: Processes, argv: list[str], server: JackServer | None, log_path: Path,
+                 cwd: Path = ROOT):
         self.processes = processes
         self.log_path = log_path
         self._log = open(log_path, "w")
+        env = server.env if server is not None else {
+            **os.environ, "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))}
         self.proc = processes.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-                                    env=server.env, cwd=str(cwd), text=True)
+                                    env=env, cwd=str(cwd), text=True)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -291,11 +294,12 @@ class DeviceProcess:
 
 @pytest.fixture
 def device_processes(hil_processes, tmp_path):
-    """start(argv, server, name) -> DeviceProcess; all stopped (group-killed if needed) at teardown."""
+    """start(argv, server, name) -> DeviceProcess; all stopped (group-killed if needed) at teardown.
+    `server` None: a real sound card, the process gets this environment as it is."""
     started: list[DeviceProcess] = []
     numbers = itertools.count()
 
-    def start(argv: list[str], server: JackServer, name: str = "device") -> DeviceProcess:
+    def start(argv: list[str], server: JackServer | None, name: str = "device") -> DeviceProcess:
         process = DeviceProcess(hil_processes, argv, server, tmp_path / f"{name}-{next(numbers)}.stderr")
         started.append(process)
         return process
@@ -320,6 +324,8 @@ def stream_probe_argv(device: str, block: int, frames: int, impulses=(), out: Pa
 
 @pytest.fixture
 def real_device() -> str:
+    """The real rig's PortAudio device name (ANC_HIL_DEVICE), its channel map from the defaults or
+    ANC_HIL_CONFIG (a config file merged over them)."""
     name = os.environ.get("ANC_HIL_DEVICE")
     if not name:
         pytest.skip("ANC_HIL_DEVICE is not set: no real PortAudio device is attached to this machine")

@@ -29,6 +29,8 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=48000, help="stream frames to record")
     parser.add_argument("--impulse", type=int, action="append", default=[], help="stream frame of an impulse")
     parser.add_argument("--amplitude", type=float, default=0.5)
+    parser.add_argument("--inputs", type=int, default=2, help="input channels opened (the first two are recorded)")
+    parser.add_argument("--outputs", type=int, default=1, help="output channels opened (impulses on channel 0)")
     parser.add_argument("--out", help="npz file for the recorded input (reference, error) and what was played")
     parser.add_argument("--list", action="store_true", help="print the devices PortAudio sees as JSON and exit")
     args = parser.parse_args()
@@ -64,7 +66,8 @@ def main() -> int:
         state["position"] = a + n
         state["callbacks"] += 1
 
-    stream = sd.Stream(device=args.device, samplerate=args.rate, blocksize=args.block, channels=(2, 1),
+    stream = sd.Stream(device=args.device, samplerate=args.rate, blocksize=args.block,
+                       channels=(args.inputs, args.outputs),
                        dtype="float32", callback=callback)
     device = sd.query_devices(stream.device[0])
     stream.start()
