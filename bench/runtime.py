@@ -319,7 +319,8 @@ def bench_block(block: int, duration_s: float, rate: int, warm_up: bool, work: P
         "identify_quality_db": identified.get("quality_db"),
         "classifier": summary.get("classifier"),
         "targets": {
-            "callback_p99_under_25pct_of_period": None if p99 is None else p99 < TARGET_CALLBACK_P99_OF_PERIOD * period_ms,
+            "callback_p99_under_25pct_of_period":
+                None if p99 is None else p99 < TARGET_CALLBACK_P99_OF_PERIOD * period_ms,
             "rss_under_200_mb": None if rss is None else rss < TARGET_RSS_MB,
             "start_under_3_s": None if start_s is None else start_s < TARGET_START_S,
         },

@@ -53,7 +53,6 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -116,8 +115,9 @@ class PlantEmulator:
         try:
             self.client = jack.Client(name, use_exact_name=True, no_start_server=True, servername=servername)
         except jack.JackOpenError as exc:
-            raise UserError(f"JACK client {name!r}: cannot open ({exc}); is jackd running"
-                            f"{'' if servername is None else f' as server {servername!r}'} and the name free?") from None
+            server = "" if servername is None else f" as server {servername!r}"
+            raise UserError(f"JACK client {name!r}: cannot open ({exc}); is jackd running{server} "
+                            f"and the name free?") from None
         try:
             self._setup(plant, scene, seed, sensor_noise, record_seconds, round_trip_periods)
         except BaseException:
@@ -417,8 +417,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"--latency-samples: expected a positive integer, got {args.latency_samples}")
             plant = dataclasses.replace(plant, latency_samples=args.latency_samples)
         scene = None if args.scene is None else load_scene(args.scene, plant.sample_rate)
-        emulator = PlantEmulator(plant, None if scene is None else scene.samples, name=args.name, servername=args.server, seed=args.seed,
-                                 sensor_noise=not args.no_sensor_noise)
+        emulator = PlantEmulator(plant, None if scene is None else scene.samples, name=args.name,
+                                 servername=args.server, seed=args.seed, sensor_noise=not args.no_sensor_noise)
     except UserError as exc:
         print(f"jack_plant: error: {exc}", file=sys.stderr)
         return 2
@@ -426,11 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         emulator.activate()
         ready = {"event": "ready", **emulator.summary(), "ports": emulator.port_names}
+        playing = "silence" if scene is None else f"scene {args.scene} ({scene.duration_s:.1f} s, looped)"
         _print(ready, args.json,
                f"{emulator.name}: plant {plant.name}, latency {plant.latency_samples} samples "
                f"(JACK round trip {emulator.round_trip_samples} + speaker delay {emulator.speaker_delay}), "
-               f"period {emulator.period} at {emulator.sample_rate} Hz, "
-               f"{'silence' if scene is None else f'scene {args.scene} ({scene.duration_s:.1f} s, looped)'}; ports {', '.join(emulator.port_names.values())}")
+               f"period {emulator.period} at {emulator.sample_rate} Hz, {playing}; "
+               f"ports {', '.join(emulator.port_names.values())}")
         freewheel_pending = args.freewheel
         next_report = time.monotonic() + args.report_every if args.report_every > 0 else math.inf
         while not stop.wait(0.05):

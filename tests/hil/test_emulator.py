@@ -177,7 +177,8 @@ def test_teardown_leaves_no_jack_client_behind(jack_server, emulator_factory, de
                             "--json"], jack_server, "jack-plant")
     ready = cli.read_json_line(timeout_s=60.0)
     assert ready["event"] == "ready" and ready["speaker_delay_samples"] == 72 - 64
-    assert set(ready["ports"].values()) == {f"{DEFAULT_CLIENT_NAME}:{p}" for p in ("reference_mic", "error_mic", "speaker")}
+    expected_ports = {f"{DEFAULT_CLIENT_NAME}:{port}" for port in ("reference_mic", "error_mic", "speaker")}
+    assert set(ready["ports"].values()) == expected_ports
     assert DEFAULT_CLIENT_NAME in jack_server.client_names()
     cli.proc.send_signal(signal.SIGTERM)
     status, out = cli.finish()
