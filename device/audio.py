@@ -206,7 +206,7 @@ class DuplexStream:
     loop from a stalled one. `xruns` counts callbacks that PortAudio flagged (under/overflow).
     """
 
-    def __init__(self, sd, spec: StreamSpec, processor: BlockProcessor):
+    def __init__(self, sd, spec: StreamSpec, processor: BlockProcessor, number: int = 0):
         self.sd = sd
         self.spec = spec
         self.processor = processor
@@ -215,6 +215,7 @@ class DuplexStream:
         self.error = np.zeros(n, dtype=np.float32)
         self.out = np.zeros(n, dtype=np.float32)
         self.meta = np.zeros(4)
+        self.meta[3] = number  # which stream: start-time jitter is only meaningful within one
         self.blocks = 0
         self.xruns = 0
         self.odd_sized_blocks = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-META_FIELDS = 4  # callback start time (s), callback duration (s), status flags, spare
+META_FIELDS = 4  # callback start time (s), duration of the previous callback (s), status flags, stream number
 
 
 class BlockRing:

@@ -136,7 +136,7 @@ class Supervisor:
             return False
         if spec.identity != self.stream.spec.identity:
             raise UserError(f"audio: the device changed ({spec.describe()}); run `anc-device identify` again")
-        self.stream = DuplexStream(self.sd, spec, self.session)
+        self.stream = DuplexStream(self.sd, spec, self.session, number=self.stream_restarts + 1)
         # A gap in the audio: start again muted, re-measure the baseline, fade in.
         self.engine.reset()
         self.unmuted_pending = True
@@ -280,6 +280,7 @@ class Supervisor:
             "unmuted_after_s": None if self.unmuted_after_s is None else round(self.unmuted_after_s, 3),
             "gc_max_ms": round(self.gc_max_ms, 3),
             "estimated_cancellation_db": session["avg_cancellation_db"],
+            "estimated_cancellation_recent_db": _recent_cancellation(worker.report.metrics),
             "watchdog_trips": session["watchdog_trips"],
             "safety_events": events,
             "noise_classes": [{"time_s": round(c.time_s, 3), "noise_type": c.noise_type,
@@ -291,6 +292,17 @@ class Supervisor:
         p99 = summary["callback_p99_ms"]
         summary["callback_p99_of_period"] = None if p99 is None else round(p99 / period_ms, 4)
         return summary
+
+
+def _value(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def _recent_cancellation(metrics, intervals: int = 5) -> float | None:
+    """The device's estimate over its last few metrics intervals (the session average includes
+    the convergence)."""
+    values = [m.estimated_cancellation_db for m in metrics[-intervals:] if m.estimated_cancellation_db is not None]
+    return round(float(sum(values) / len(values)), 2) if values else None
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -307,8 +319,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"start jitter p50 {ms('jitter_p50_ms')}  p99 {ms('jitter_p99_ms')}  p99.9 {ms('jitter_p999_ms')}  max {ms('jitter_max_ms')} ms",
         f"xruns        {summary['xruns']}   dropped blocks {summary['dropped_blocks']}   "
         f"stream errors {summary['stream_errors']} (restarts {summary['stream_restarts']})",
-        f"cancellation {summary['estimated_cancellation_db'] if summary['estimated_cancellation_db'] is not None else '-'} dB "
-        f"(device estimate over the session)   watchdog trips {summary['watchdog_trips']}",
+        f"cancellation {_value(summary['estimated_cancellation_recent_db'])} dB over the last intervals, "
+        f"{_value(summary['estimated_cancellation_db'])} dB over the session (device estimates)   "
+        f"watchdog trips {summary['watchdog_trips']}",
         f"start        anti-noise on {summary['unmuted_after_s'] if summary['unmuted_after_s'] is not None else '-'} s "
         f"after process start   gc max {summary['gc_max_ms']} ms",
         f"classifier   {summary['classifier']}; classes {', '.join(c['noise_type'] for c in summary['noise_classes']) or '-'}",

@@ -127,6 +127,7 @@ class Worker:
         self._session_disturbance = 0.0
         self._pending: list = []
         self._last_start: float | None = None
+        self._last_stream = 0.0
         self.current_class: str | None = None
         # The user's intensity (config, shadow) scales the preset's; a preset forced from the
         # control channel stops the classifier from switching presets.
@@ -201,14 +202,16 @@ class Worker:
         if meta.size:
             self._durations.append(meta[:, 1].copy())
             self.callback_durations.add(meta[:, 1])
-            starts = meta[:, 0]
-            previous = np.concatenate([[self._last_start], starts[:-1]]) if self._last_start is not None else None
-            if previous is not None:
+            starts, streams = meta[:, 0], meta[:, 3]
+            if self._last_start is not None:
+                previous = np.concatenate([[self._last_start], starts[:-1]])
+                previous_stream = np.concatenate([[self._last_stream], streams[:-1]])
                 period = self.block_size / self.sample_rate
-                jitter = np.abs(starts - previous - period)
+                # Across a stream reopen the gap is an outage, reported as such, not jitter.
+                jitter = np.abs(starts - previous - period)[streams == previous_stream]
                 self._jitter.append(jitter)
                 self.callback_jitter.add(jitter)
-            self._last_start = float(starts[-1])
+            self._last_start, self._last_stream = float(starts[-1]), float(streams[-1])
             self._xruns += int(np.count_nonzero(meta[:, 2]))
         if reference.any() or error.any():
             self.last_signal_sample = self.samples + error.size
