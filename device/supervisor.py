@@ -279,6 +279,7 @@ class Supervisor:
             "last_stream_error": self.last_stream_error,
             "unmuted_after_s": None if self.unmuted_after_s is None else round(self.unmuted_after_s, 3),
             "gc_max_ms": round(self.gc_max_ms, 3),
+            **_memory_mb(),
             "estimated_cancellation_db": session["avg_cancellation_db"],
             "estimated_cancellation_recent_db": _recent_cancellation(worker.report.metrics),
             "watchdog_trips": session["watchdog_trips"],
@@ -292,6 +293,24 @@ class Supervisor:
         p99 = summary["callback_p99_ms"]
         summary["callback_p99_of_period"] = None if p99 is None else round(p99 / period_ms, 4)
         return summary
+
+
+def _memory_mb() -> dict[str, float | None]:
+    """Resident memory (MiB) now and at its peak, and now split into anonymous (this process's
+    own), file-backed (shared libraries) and shared memory (JACK maps its server's segments
+    into every client); None where /proc is missing."""
+    fields = {"VmRSS": "rss_mb", "VmHWM": "rss_peak_mb", "RssAnon": "rss_anon_mb", "RssFile": "rss_file_mb",
+              "RssShmem": "rss_shmem_mb"}
+    found: dict[str, float | None] = dict.fromkeys(fields.values())
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                key = line.split(":", 1)[0]
+                if key in fields:
+                    found[fields[key]] = round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError):
+        pass
+    return found
 
 
 def _value(value) -> str:
@@ -324,6 +343,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"watchdog trips {summary['watchdog_trips']}",
         f"start        anti-noise on {summary['unmuted_after_s'] if summary['unmuted_after_s'] is not None else '-'} s "
         f"after process start   gc max {summary['gc_max_ms']} ms",
+        f"memory       {_value(summary['rss_mb'])} MiB resident (peak {_value(summary['rss_peak_mb'])}): "
+        f"{_value(summary['rss_anon_mb'])} own, {_value(summary['rss_file_mb'])} libraries, "
+        f"{_value(summary['rss_shmem_mb'])} shared memory (JACK)",
         f"classifier   {summary['classifier']}; classes {', '.join(c['noise_type'] for c in summary['noise_classes']) or '-'}",
         f"records      {summary['records_written']} written to the spool",
     ]

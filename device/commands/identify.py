@@ -22,9 +22,11 @@ from device.errors import UserError
 NAME = "identify"
 HELP = "play a quiet probe, measure the speaker-to-error-mic path (with latency) and store it"
 
-# Above this modelling error the estimate is not trustworthy: FxLMS would adapt on a wrong
-# model. Typical causes: speaker unplugged, probe too quiet for the room, wrong channel map.
-MAX_QUALITY_DB = -10.0
+# Above this expected estimate error FxLMS would adapt on a wrong model. Typical causes:
+# speaker unplugged, wrong channel map, probe too quiet for the room. The modelling error
+# (residual over recorded power) is reported too, but room noise inflates it even when a long
+# probe pins the path down, so it does not decide.
+MAX_ESTIMATE_ERROR_DB = -15.0
 PREROLL_S = 0.5   # silence before the probe: stream start-up transients pass before we listen
 
 
@@ -67,6 +69,7 @@ def run(args) -> int:
         "block_size": spec.block_size,
         "taps": int(secondary.estimate.size),
         "quality_db": round(secondary.quality_db, 2),
+        "estimate_error_db": round(secondary.estimate_error_db, 2),
         "delay_samples": secondary.delay_samples,
         "delay_ms": round(secondary.delay_samples * 1e3 / spec.sample_rate, 3),
         "probe_rms_dbfs": round(secondary.probe_rms_dbfs, 2),
@@ -79,11 +82,12 @@ def run(args) -> int:
         # An xrun may or may not break the alignment of probe and recording (JACK keeps it,
         # ALSA may not); the modelling error below tells which, so warn rather than refuse.
         print(f"anc-device: warning: {result['xruns']} callbacks flagged an xrun during the probe", file=sys.stderr)
-    if secondary.quality_db > MAX_QUALITY_DB:
+    if not secondary.estimate_error_db <= MAX_ESTIMATE_ERROR_DB:
         raise UserError(
-            f"identification: modelling error {secondary.quality_db:.1f} dB is worse than {MAX_QUALITY_DB:.0f} dB; "
-            "estimate not stored (is the speaker connected to audio.speaker_channel, the error mic on "
-            "audio.error_channel? raise identification.probe_level_dbfs if the room is loud)")
+            f"identification: expected estimate error {secondary.estimate_error_db:.1f} dB is worse than "
+            f"{MAX_ESTIMATE_ERROR_DB:.0f} dB (modelling error {secondary.quality_db:.1f} dB); estimate not stored: "
+            "is the speaker connected to audio.speaker_channel and the error mic on audio.error_channel? "
+            "In a loud room raise identification.probe_level_dbfs or duration_s")
     path = save_estimates(cfg.runtime.state_dir, secondary.estimate, None if feedback is None else feedback.estimate,
                           spec.identity, {key: value for key, value in report.items() if key != "stored"})
     report["stored"] = str(path)
@@ -93,8 +97,8 @@ def run(args) -> int:
         print(f"device       {report['device']}")
         print(f"secondary    {report['taps']} taps, delay {report['delay_samples']} samples "
               f"({report['delay_ms']} ms, I/O latency included)")
-        print(f"quality      {report['quality_db']} dB modelling error (lower is better; "
-              f"probe {report['probe_rms_dbfs']} dBFS, response {report['response_rms_dbfs']} dBFS)")
+        print(f"quality      estimate error {report['estimate_error_db']} dB, modelling error {report['quality_db']} dB "
+              f"(lower is better; probe {report['probe_rms_dbfs']} dBFS, response {report['response_rms_dbfs']} dBFS)")
         if feedback is not None:
             print(f"feedback     {feedback.estimate.size} taps, quality {feedback.quality_db:.2f} dB")
         print(f"stored       {path}")

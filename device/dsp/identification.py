@@ -22,11 +22,17 @@ class IdentificationResult:
     delay_samples: int        # index of the largest tap: latency plus acoustic delay
     probe_rms_dbfs: float
     response_rms_dbfs: float
+    # Expected error of the estimate itself, |h_hat - h|^2 / |h_hat|^2 in dB, from the residual
+    # (room noise plus what the FIR cannot model) and the probe's energy: taps * residual power /
+    # (samples * probe power * |h_hat|^2). Room noise makes the modelling error look bad while a
+    # long probe still pins the path down; this figure says how well, and FxLMS needs that.
+    estimate_error_db: float = float("nan")
 
     def to_dict(self) -> dict:
         return {
             "taps": int(self.estimate.size),
             "quality_db": round(self.quality_db, 2),
+            "estimate_error_db": round(self.estimate_error_db, 2),
             "delay_samples": self.delay_samples,
             "probe_rms_dbfs": round(self.probe_rms_dbfs, 2),
             "response_rms_dbfs": round(self.response_rms_dbfs, 2),
@@ -59,11 +65,17 @@ def identify_path(played: np.ndarray, recorded: np.ndarray, taps: int) -> Identi
     estimate = fit_fir(played[:n], recorded[:n], taps)
     residual = recorded[:n] - apply_fir(estimate, played[:n])
     window = slice(taps, n)
-    quality = 10.0 * np.log10((np.sum(residual[window] ** 2) + 1e-300) / (np.sum(recorded[window] ** 2) + 1e-300))
+    residual_energy = float(np.sum(residual[window] ** 2))
+    quality = 10.0 * np.log10((residual_energy + 1e-300) / (np.sum(recorded[window] ** 2) + 1e-300))
+    samples = n - taps
+    probe_power = float(np.mean(played[window] ** 2))
+    estimate_error = 10.0 * np.log10(
+        (taps * residual_energy / samples + 1e-300) / (samples * probe_power * float(np.dot(estimate, estimate)) + 1e-300))
     return IdentificationResult(
         estimate=estimate,
         quality_db=float(quality),
         delay_samples=int(np.argmax(np.abs(estimate))),
         probe_rms_dbfs=_rms_dbfs(played[:n]),
         response_rms_dbfs=_rms_dbfs(recorded[:n]),
+        estimate_error_db=float(estimate_error),
     )
