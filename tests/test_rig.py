@@ -290,3 +290,22 @@ def test_reference_lead_from_broadband_ambient_and_refusal_on_a_tone():
     assert lagging == -40
     tone = 0.1 * np.sin(2 * np.pi * 200 * np.arange(3 * fs) / fs)
     assert reference_lead(tone, np.roll(tone, 30), fs)[0] is None
+
+
+# -- identification in a noisy room -------------------------------------------------------------------
+@pytest.mark.parametrize("room_dbfs", [-60.0, -30.0, -20.0])
+def test_expected_estimate_error_matches_the_true_error_in_room_noise(room_dbfs):
+    """The modelling error only says how loud the room is; the expected estimate error says
+    how far the estimate is from the path, which is what FxLMS depends on."""
+    from device.dsp.identification import identify_path, make_probe
+
+    rng = np.random.default_rng(5)
+    path = np.zeros(256)
+    path[72:78] = [0.3, 0.8, -0.5, 0.2, 0.1, -0.05]
+    probe = make_probe(144_000, -30.0, 960, 1)
+    recorded = np.convolve(probe, path)[:probe.size] + rng.standard_normal(probe.size) * 10 ** (room_dbfs / 20)
+    result = identify_path(probe, recorded, 256)
+    true_error_db = 10 * np.log10(np.sum((result.estimate - path) ** 2) / np.sum(path ** 2))
+    assert result.estimate_error_db == pytest.approx(true_error_db, abs=1.0)
+    if room_dbfs >= -30.0:
+        assert result.quality_db > -5.0 > result.estimate_error_db + 10  # loud room, usable estimate
