@@ -9,8 +9,10 @@ Two measurements on one duplex stream, the controller off:
    ambient noise cannot tell a delay, which the fit's modelling error shows; then the lead is
    reported as not measurable rather than guessed.
 2. Probe (the identification probe): the loop delay from the speaker output to the error mic
-   input, converters, buffers and acoustics included, as the onset of the cross-correlation
-   of the probe with the error mic (the probe is white, so that is the impulse response).
+   input, converters, buffers and acoustics included: the cross-correlation of the (white)
+   probe with the error mic finds the response within `MAX_LOOP_DELAY_S`, and a least-squares
+   FIR around it gives the onset (first tap at 20% of the peak) without the probe's own
+   autocorrelation leakage.
 
 Broadband feedforward cancellation is possible only when the lead covers the loop delay
 (the same verdict the simulator gives for its plants, `device.causality`).
@@ -50,6 +52,26 @@ def loop_impulse_response(played: np.ndarray, recorded: np.ndarray, max_lag: int
     spectrum = np.fft.rfft(recorded, size) * np.conj(np.fft.rfft(played, size))
     correlation = np.fft.irfft(spectrum, size)[:max_lag]
     return correlation / max(float(np.dot(played, played)), 1e-30)
+
+
+REFINE_TAPS = 256      # least-squares window around the coarse onset
+REFINE_LEAD = 32       # taps of it before the coarse onset
+
+
+def refine_onset(played: np.ndarray, recorded: np.ndarray, coarse: int) -> int:
+    """The onset from a least-squares FIR around the cross-correlation's onset. A finite
+    noise probe's autocorrelation is not a perfect impulse, and that leakage can move a
+    20%-of-peak threshold by a sample; the least-squares fit has no such leakage."""
+    from device.causality import onset
+    from device.dsp.lsfir import fit_fir
+
+    first = max(0, coarse - REFINE_LEAD)
+    # recorded[n + first] = sum_m h[m + first] played[n - m]: fit g[m] = h[m + first].
+    target = recorded[first:first + played.size]
+    source = played[:target.size]
+    if source.size < 8 * REFINE_TAPS:
+        return coarse
+    return first + onset(fit_fir(source, target, REFINE_TAPS))
 
 
 def spectral_flatness(x: np.ndarray, fs: int) -> float:
@@ -99,9 +121,10 @@ def measure(sd, cfg, spec, ambient_s: float) -> dict:
     recording = play_and_record(sd, spec, played)
 
     start = preroll + ambient
-    response = loop_impulse_response(recording.played[start:start + probe.size].astype(np.float64),
-                                     recording.error[start:].astype(np.float64), max_delay)
-    loop_delay = onset(response)
+    played_probe = recording.played[start:start + probe.size].astype(np.float64)
+    recorded = recording.error[start:].astype(np.float64)
+    response = loop_impulse_response(played_probe, recorded, max_delay)
+    loop_delay = refine_onset(played_probe, recorded, onset(response))
     peak_to_floor_db = 20 * np.log10(np.max(np.abs(response)) / (np.median(np.abs(response)) + 1e-30))
 
     ambient_ref = recording.reference[preroll:preroll + ambient].astype(np.float64)
