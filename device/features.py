@@ -19,7 +19,7 @@ log                    10*log10(max(S, 1e-10)), floored at (max over the window 
 MFCC                   DCT-II (orthonormal) of the log-mel frames, first 40 coefficients
 =====================  ==================================================================
 
-Window summary (`feature_vector`, ``N_FEATURES`` = 124 values, in this order):
+Window summary (`feature_vector`, ``N_FEATURES`` = 127 values, in this order):
 
 * before the analysis the window is scaled to -20 dBFS RMS, so the features describe the
   *kind* of noise and not how loud the microphone or its gain happens to be (the level is
@@ -31,7 +31,12 @@ Window summary (`feature_vector`, ``N_FEATURES`` = 124 values, in this order):
 * ``flatness_mean``, ``flatness_std``  spectral flatness (geometric / arithmetic mean of the
                         power spectrum, 50 Hz-7.5 kHz), in dB;
 * ``level_std_db``      standard deviation of the frame level in dB (stationarity);
-* ``level_range_db``    95th minus 5th percentile of the frame level in dB (impulsiveness).
+* ``level_range_db``    95th minus 5th percentile of the frame level in dB (impulsiveness);
+* ``flux_mean_db``, ``flux_std_db``, ``flux_p90_db``  spectral flux: the RMS over the 64 mel
+                        bands of the frame-to-frame change of the log-mel spectrum (dB), its
+                        mean, standard deviation and 90th percentile over the window (onsets,
+                        clatter and speech change the spectrum fast; machinery and traffic
+                        swells slowly).
 
 `power_and_peak` gives the level and the dominant frequency of a window for the
 noise-detection record. `StreamDecimator` turns the 48 kHz microphone stream into the
@@ -60,13 +65,14 @@ TARGET_RMS_DBFS = -20.0  # level every window is scaled to before the analysis
 SILENCE_RMS = 1e-7       # below this RMS (-140 dBFS) a window is left unscaled
 FLATNESS_BAND_HZ = (50.0, 7500.0)
 N_DELTA = N_MFCC
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: + spectral flux (mean, std, p90)
 
 FEATURE_NAMES: tuple[str, ...] = (
     tuple(f"mfcc_mean_{i}" for i in range(N_MFCC))
     + tuple(f"mfcc_std_{i}" for i in range(N_MFCC))
     + tuple(f"delta_std_{i}" for i in range(N_DELTA))
     + ("flatness_mean_db", "flatness_std_db", "level_std_db", "level_range_db")
+    + ("flux_mean_db", "flux_std_db", "flux_p90_db")
 )
 N_FEATURES: int = len(FEATURE_NAMES)
 MIN_SAMPLES = WIN_LENGTH + HOP_LENGTH  # at least two frames, so deltas exist
@@ -161,6 +167,22 @@ def _flatness_bins(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT) -> slice:
     return slice(int(lo), int(hi))
 
 
+def _percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """np.percentile(values, qs) (linear method, same arithmetic) of a 1-D array, without its overhead."""
+    n = values.size
+    idx = [q / 100.0 * (n - 1) for q in qs]
+    kth = sorted({min(int(np.floor(i)) + k, n - 1) for i in idx for k in (0, 1)})
+    part = np.partition(values, kth)
+    out = []
+    for i in idx:
+        lo = int(np.floor(i))
+        hi = min(lo + 1, n - 1)
+        a, b, t = part[lo], part[hi], i - lo
+        diff = b - a
+        out.append(float(b - diff * (1.0 - t)) if t >= 0.5 else float(a + diff * t))
+    return out
+
+
 def _frames(audio: np.ndarray) -> np.ndarray:
     """(n_frames, WIN_LENGTH) view of consecutive frames, hop HOP_LENGTH, no padding."""
     n_frames = 1 + (audio.size - WIN_LENGTH) // HOP_LENGTH
@@ -210,14 +232,16 @@ def feature_vector(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndar
     if rms > SILENCE_RMS:
         x = x * (10.0 ** (TARGET_RMS_DBFS / 20.0) / rms)
     power = power_spectrogram(x)
-    coeffs = _log_mel(power) @ _dct_matrix()
+    log_mel = _log_mel(power)
+    coeffs = log_mel @ _dct_matrix()
     deltas = np.diff(coeffs, axis=0)
+    flux = np.sqrt(np.mean(np.diff(log_mel, axis=0) ** 2, axis=1))
 
     band = power[:, _flatness_bins()] + AMIN
     log_band = np.log(band)
     flatness_db = 10.0 * (log_band.mean(axis=1) - np.log(band.mean(axis=1))) / np.log(10.0)
     level_db = 10.0 * np.log10(power.sum(axis=1) + AMIN)
-    low, high = np.percentile(level_db, [5.0, 95.0])
+    low, high = _percentiles(level_db, (5.0, 95.0))
 
     out = np.empty(N_FEATURES, dtype=np.float32)
     out[0:N_MFCC] = coeffs.mean(axis=0)
@@ -228,6 +252,9 @@ def feature_vector(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndar
     out[tail + 1] = flatness_db.std()
     out[tail + 2] = level_db.std()
     out[tail + 3] = high - low
+    out[tail + 4] = flux.mean()
+    out[tail + 5] = flux.std()
+    out[tail + 6] = _percentiles(flux, (90.0,))[0]
     return out
 
 

@@ -122,6 +122,50 @@ def test_training_is_deterministic_and_its_model_is_accepted(tmp_path):
     assert clf.classes == tuple(NOISE_CLASSES) and clf.window_s == train.WINDOW_S
 
 
+def test_augmentation_is_seeded_and_tilt_and_swell_do_what_they_say():
+    pytest.importorskip("scipy")
+    import scipy.signal
+
+    from models import train
+
+    rng0 = np.random.default_rng(0)
+    audio = rng0.standard_normal(4 * F.SAMPLE_RATE) * 0.05
+    clip = train.Clip("traffic_0_0", "traffic", "traffic_0", 0, audio)
+    other = train.Clip("office_0_0", "office", "office_0", 0, rng0.standard_normal(4 * F.SAMPLE_RATE) * 0.01)
+    a, deps_a = train.augment(clip, np.random.default_rng([1, 2]), [clip, other])
+    b, deps_b = train.augment(clip, np.random.default_rng([1, 2]), [clip, other])
+    np.testing.assert_array_equal(a, b)
+    assert deps_a == deps_b and "traffic_0_0" in deps_a and a.size == audio.size
+
+    only = {**train.AUG_PARAMS, "eq_p": 0.0, "room_p": 0.0, "mix_p": 0.0, "swell_p": 0.0}
+    # Tilt only: each copy has either its highs (first-order low-pass) or its lows (high-pass)
+    # turned down by several dB relative to the other end; both kinds occur.
+    tilt = {**only, "tilt_p": 1.0}
+    f, p_in = scipy.signal.welch(audio, F.SAMPLE_RATE, nperseg=1024)
+    low, high = (f > 30) & (f < 60), (f > 6000) & (f < 7500)
+    kinds = set()
+    for seed in range(12):
+        tilted, _ = train.augment(clip, np.random.default_rng(seed), [clip], tilt)
+        _, p_out = scipy.signal.welch(tilted, F.SAMPLE_RATE, nperseg=1024)
+        gain_db = 10 * np.log10(p_out / p_in)
+        diff = gain_db[high].mean() - gain_db[low].mean()
+        assert abs(diff) > 3.0, diff
+        kinds.add(diff > 0)
+    assert kinds == {True, False}
+
+    # Swell only: the short-term level of white noise now moves by several dB.
+    swell = {**only, "tilt_p": 0.0, "swell_p": 1.0}
+    swelled, _ = train.augment(clip, np.random.default_rng(3), [clip], swell)
+    frames = swelled[: swelled.size // 1600 * 1600].reshape(-1, 1600)
+    level = 10 * np.log10(np.mean(frames ** 2, axis=1))
+    assert np.ptp(level) > 3.0
+    # White/pink are never tilted or swelled (they must stay white and pink).
+    white = train.Clip("w", "white", "w", 0, audio, synthetic=True)
+    plain, _ = train.augment(white, np.random.default_rng(3), [clip], {**only, "tilt_p": 1.0, "swell_p": 1.0})
+    frames = plain[: plain.size // 1600 * 1600].reshape(-1, 1600)
+    assert np.ptp(10 * np.log10(np.mean(frames ** 2, axis=1))) < 1.5
+
+
 # -- the shipped model ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

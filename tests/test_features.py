@@ -60,6 +60,32 @@ def test_feature_vector_shape_and_level_invariance():
     assert np.max(np.abs(F.feature_vector(rng.standard_normal(2 * SR)) - v)) > 1.0
 
 
+def test_spectral_flux_separates_impulsive_from_steady_noise():
+    rng = np.random.default_rng(7)
+    steady = rng.standard_normal(2 * SR) * 0.05
+    clicks = steady * 0.05
+    for start in rng.integers(0, 2 * SR - 400, 12):  # ~6 clicks a second, like clatter
+        clicks[start:start + 400] += rng.standard_normal(400) * np.exp(-np.arange(400) / 60.0)
+    names = list(F.FEATURE_NAMES[-3:])
+    assert names == ["flux_mean_db", "flux_std_db", "flux_p90_db"]
+    flux_steady = F.feature_vector(steady)[-3:]
+    flux_clicks = F.feature_vector(clicks)[-3:]
+    # Stationary white noise: the log-mel frames differ only by estimation noise (~ a few dB).
+    assert 0.5 < flux_steady[0] < 10.0
+    assert np.all(flux_clicks > flux_steady)
+    assert flux_clicks[2] > flux_steady[2] + 10.0
+    assert flux_steady[2] >= flux_steady[0]
+
+
+def test_percentiles_equal_numpy():
+    rng = np.random.default_rng(11)
+    for n in (1, 2, 3, 10, 123, 124, 125, 300):
+        for _ in range(20):
+            v = rng.standard_normal(n) * rng.uniform(0.1, 50.0)
+            for qs in ((5.0, 95.0), (90.0,), (0.0, 50.0, 100.0)):
+                assert F._percentiles(v, qs) == list(np.percentile(v, qs))
+
+
 def test_feature_vector_edge_cases():
     assert np.all(np.isfinite(F.feature_vector(np.zeros(SR))))
     assert np.all(np.isfinite(F.feature_vector(np.full(SR, np.nan))))
