@@ -14,6 +14,7 @@ import yaml
 
 from cloud_sync.agent import main
 from cloud_sync.spool import Spool
+from device import features
 from device.control_channel import read_desired, write_reported
 from device.records import RecordFactory
 
@@ -153,7 +154,7 @@ def test_model_update_job_with_a_wrong_checksum_fails_and_a_good_one_succeeds(tm
     new = tmp_path / "new.onnx"
     new.write_bytes(b"new model")
     card = tmp_path / "new.json"  # the runtime loads a model only with a card naming its sha256
-    card.write_bytes(json.dumps({"classes": ["cafe", "office"], "n_features": 124,
+    card.write_bytes(json.dumps({"classes": ["cafe", "office"], "n_features": features.N_FEATURES,
                                  "sha256": hashlib.sha256(b"new model").hexdigest()}).encode())
     emulator = IotCoreEmulator(broker, pki)
     agent = run_agent(config)
