@@ -49,7 +49,6 @@ from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
-import scipy.signal
 
 SAMPLE_RATE = 16000
 N_FFT = 512
@@ -153,9 +152,38 @@ def _dct_matrix(n_in: int = N_MELS, n_out: int = N_MFCC) -> np.ndarray:
     return d
 
 
+# The device imports no scipy.signal (seconds of start-up and tens of MB on a Pi): the three
+# pieces of it used here are written out below; tests check them against scipy.signal.
+
+def hann_periodic(length: int) -> np.ndarray:
+    """scipy.signal.get_window("hann", length, fftbins=True): the DFT-even Hann window."""
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(length) / length)
+
+
+def kaiser_lowpass(numtaps: int, cutoff: float, beta: float) -> np.ndarray:
+    """scipy.signal.firwin(numtaps, cutoff, window=("kaiser", beta)): windowed-sinc low-pass,
+    `cutoff` relative to Nyquist, scaled to unit gain at DC."""
+    m = np.arange(numtaps) - (numtaps - 1) / 2.0
+    h = cutoff * np.sinc(cutoff * m) * np.kaiser(numtaps, beta)
+    return h / h.sum()
+
+
+def welch_psd(x: np.ndarray, sample_rate: float, nperseg: int) -> tuple[np.ndarray, np.ndarray]:
+    """scipy.signal.welch(x, fs, window="hann", nperseg=nperseg, detrend="constant"): mean of
+    the one-sided power spectral densities of half-overlapping Hann-windowed segments."""
+    step = nperseg - nperseg // 2
+    count = 1 + (x.size - nperseg) // step
+    segments = np.lib.stride_tricks.sliding_window_view(x, nperseg)[::step][:count]
+    window = hann_periodic(nperseg)
+    spectra = np.fft.rfft((segments - segments.mean(axis=1, keepdims=True)) * window, axis=1)
+    psd = (spectra.real ** 2 + spectra.imag ** 2).mean(axis=0) / (sample_rate * np.dot(window, window))
+    psd[1:-1 if nperseg % 2 == 0 else None] *= 2.0
+    return np.fft.rfftfreq(nperseg, 1.0 / sample_rate), psd
+
+
 @lru_cache(maxsize=4)
 def _window(length: int = WIN_LENGTH) -> np.ndarray:
-    w = scipy.signal.get_window("hann", length, fftbins=True)
+    w = hann_periodic(length)
     w.setflags(write=False)
     return w
 
@@ -275,7 +303,7 @@ def power_and_peak(audio: np.ndarray, sample_rate: int) -> tuple[float, float]:
     if mean_square <= 1e-20 or x.size < 4:
         return power_db, 0.0
     nperseg = min(x.size, max(256, int(2 ** round(np.log2(sample_rate / 16)))))
-    freqs, psd = scipy.signal.welch(x, fs=sample_rate, window="hann", nperseg=nperseg, detrend="constant")
+    freqs, psd = welch_psd(x, sample_rate, nperseg)
     psd[0] = 0.0
     k = int(np.argmax(psd))
     peak = float(freqs[k])
@@ -309,7 +337,7 @@ class StreamDecimator:
             return
         max_rate = max(self.up, self.down)
         half_len = 10 * max_rate
-        h = scipy.signal.firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0)) * self.up
+        h = kaiser_lowpass(2 * half_len + 1, 1.0 / max_rate, 5.0) * self.up
         # Polyphase split: phase p holds h[p], h[p + up], ...; taps per phase J.
         self._n_per_phase = -(-h.size // self.up)
         padded = np.zeros(self._n_per_phase * self.up)

@@ -255,7 +255,8 @@ def test_runtime_modules_do_not_import_scipy_signal():
     import sys
 
     code = ("import sys, device.engine, device.worker, device.runtime, device.audio, device.supervisor, "
-            "device.control; print('scipy.signal' in sys.modules)")
+            "device.control, device.classifier, device.features, device.commands.run; "
+            "print('scipy.signal' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert result.stdout.strip() == "False"
@@ -309,3 +310,15 @@ def test_expected_estimate_error_matches_the_true_error_in_room_noise(room_dbfs)
     assert result.estimate_error_db == pytest.approx(true_error_db, abs=1.0)
     if room_dbfs >= -30.0:
         assert result.quality_db > -5.0 > result.estimate_error_db + 10  # loud room, usable estimate
+
+
+def test_feature_helpers_equal_scipy_signal():
+    from device.features import hann_periodic, kaiser_lowpass, welch_psd
+
+    assert np.allclose(hann_periodic(400), scipy.signal.get_window("hann", 400, fftbins=True), atol=1e-15)
+    assert np.allclose(kaiser_lowpass(61, 1 / 3, 5.0), scipy.signal.firwin(61, 1 / 3, window=("kaiser", 5.0)), atol=1e-15)
+    x = np.random.default_rng(6).standard_normal(20_000)
+    for nperseg in (1024, 999, 20_000):
+        freqs, psd = welch_psd(x, 16000, nperseg)
+        freqs_ref, psd_ref = scipy.signal.welch(x, fs=16000, window="hann", nperseg=nperseg, detrend="constant")
+        assert np.array_equal(freqs, freqs_ref) and np.allclose(psd, psd_ref, rtol=1e-10, atol=0)
