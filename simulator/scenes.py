@@ -17,9 +17,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import scipy.signal
 
 from device.errors import UserError
+
+# scipy.signal is imported inside the functions that use it: importing it costs seconds, and
+# the command line imports this module for every command (the scene types are its choices).
 
 MIN_SCENE_SECONDS = 0.5
 SCENE_TYPES = ("white", "pink", "traffic", "office", "construction", "cafe", "engine_hum")
@@ -40,6 +42,7 @@ class Scene:
 
 
 def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    import scipy.signal
     if from_rate == to_rate:
         return x
     ratio = Fraction(to_rate, from_rate).limit_denominator(1000)
@@ -98,12 +101,14 @@ def _pink(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _band(rng: np.random.Generator, n: int, fs: int, low: float, high: float, order: int = 4) -> np.ndarray:
+    import scipy.signal
     sos = scipy.signal.butter(order, [low, high], btype="bandpass", fs=fs, output="sos")
     return scipy.signal.sosfilt(sos, rng.standard_normal(n))
 
 
 def _envelope(rng: np.random.Generator, n: int, fs: int, rate_hz: float, depth: float) -> np.ndarray:
     """Slow random amplitude modulation (syllables, passing vehicles)."""
+    import scipy.signal
     sos = scipy.signal.butter(2, rate_hz, fs=fs, output="sos")
     env = scipy.signal.sosfilt(sos, rng.standard_normal(n))
     env /= np.max(np.abs(env)) + 1e-12
@@ -112,6 +117,7 @@ def _envelope(rng: np.random.Generator, n: int, fs: int, rate_hz: float, depth: 
 
 def _engine(n: int, fs: int, fundamental: float, harmonics: list[float], drift_hz: float, rng) -> np.ndarray:
     """Harmonic series with a slowly drifting fundamental (an engine or fan under load)."""
+    import scipy.signal
     wander = np.cumsum(scipy.signal.sosfilt(scipy.signal.butter(1, 0.5, fs=fs, output="sos"), rng.standard_normal(n)))
     wander *= drift_hz / (np.max(np.abs(wander)) + 1e-12)
     phase = 2 * np.pi * np.cumsum(fundamental + wander) / fs
@@ -132,6 +138,7 @@ def _clicks(rng, n: int, fs: int, rate_hz: float, freq_range: tuple[float, float
 
 def generate_scene(kind: str, duration_s: float, sample_rate: int = 48000, seed: int = 0, level_dbfs: float = -20.0) -> np.ndarray:
     """A deterministic example of `kind` (see SCENE_TYPES), float64 mono at `level_dbfs` RMS."""
+    import scipy.signal
     if kind not in SCENE_TYPES:
         raise UserError(f"scene type {kind!r}: expected one of {', '.join(SCENE_TYPES)}")
     rng = np.random.default_rng([seed, SCENE_TYPES.index(kind)])
