@@ -46,7 +46,7 @@ def import_sounddevice():
     try:
         import sounddevice
     except OSError as exc:  # the Python package is there but the PortAudio library is not
-        raise UserError(f"PortAudio library not found ({exc}); install it with `sudo apt-get install libportaudio2`") from None
+        raise UserError(f"cannot load PortAudio ({exc}); install it with `sudo apt-get install libportaudio2`") from None
     return sounddevice
 
 

@@ -322,3 +322,18 @@ def test_feature_helpers_equal_scipy_signal():
         freqs, psd = welch_psd(x, 16000, nperseg)
         freqs_ref, psd_ref = scipy.signal.welch(x, fs=16000, window="hann", nperseg=nperseg, detrend="constant")
         assert np.array_equal(freqs, freqs_ref) and np.allclose(psd, psd_ref, rtol=1e-10, atol=0)
+
+
+def test_missing_portaudio_library_is_one_clear_line(tmp_path):
+    """sounddevice raises OSError when libportaudio2 is absent; every audio command says what to install."""
+    import subprocess
+    import sys
+
+    (tmp_path / "sounddevice.py").write_text("raise OSError('PortAudio library not found')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
+    for command in (["devices"], ["run", "--duration", "1"], ["identify"], ["latency"]):
+        result = subprocess.run([sys.executable, "-m", "device.cli", *command], capture_output=True, text=True, env=env)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines() == [
+            "anc-device: error: cannot load PortAudio (PortAudio library not found); "
+            "install it with `sudo apt-get install libportaudio2`"]
