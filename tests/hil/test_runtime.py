@@ -295,3 +295,40 @@ def test_run_without_identification_exits_2_naming_identify(jack_server, emulato
     assert status == 2
     assert "anc-device identify" in process.stderr()
     assert out.strip() == ""
+
+
+def test_desired_settings_reach_the_live_runtime_and_it_reports_them(identification, jack_server, emulator_factory,
+                                                                     device_processes, tmp_path):
+    """The cloud agent's side of the local channel (`write_desired`, as a shadow delta does) turns
+    the anti-noise off in a running `anc-device run`; the speaker falls silent at the emulator and
+    `reported.json` says what was applied. Back on, and the speaker plays again."""
+    from device.control_channel import read_reported, write_desired
+
+    copy_state(identification, tmp_path)
+    state = tmp_path / "state"
+    emulator = emulator_factory(jack_server, "headphone", generate_scene("engine_hum", 5.0, 48000, seed=2))
+    config = write_config(tmp_path)
+    process = device_processes(anc_device("run", "--config", str(config), "--json"), jack_server, "run")
+    emulator.wait_connected(timeout_s=60, alive=process.alive)
+    wait_for_log(process, r"anti-noise on", timeout_s=30)
+    time.sleep(0.5)
+    assert np.any(emulator.recorded(0.2)["speaker"]), "no anti-noise before the change"
+
+    write_desired(state, {"anc_enabled": False, "preset": "traffic"})
+    wait_for_log(process, r"applied desired settings", timeout_s=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (read_reported(state) or {}).get("anc_enabled") is not False:
+        time.sleep(0.05)
+    reported = read_reported(state)
+    assert reported["anc_enabled"] is False and reported["preset"] == "traffic", reported
+    time.sleep(0.5)  # the ramp (anc.ramp_ms) has long ended
+    assert not np.any(emulator.recorded(0.2)["speaker"]), "speaker not silent with anc_enabled false"
+
+    write_desired(state, {"anc_enabled": True})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not np.any(emulator.recorded(0.1)["speaker"]):
+        time.sleep(0.05)
+    assert np.any(emulator.recorded(0.1)["speaker"]), "anti-noise did not come back"
+    status, summary = stop_run(process)
+    assert status == 0, process.stderr()[-3000:]
+    assert (read_reported(state) or {}).get("status") == "stopped"
