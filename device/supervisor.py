@@ -162,6 +162,7 @@ class Supervisor:
             gc.collect()
             gc.freeze()
             gc.disable()
+            _return_freed_memory()
             sys.setswitchinterval(SWITCH_INTERVAL_S)
             status = self._loop(duration_s)
         finally:
@@ -293,6 +294,17 @@ class Supervisor:
         p99 = summary["callback_p99_ms"]
         summary["callback_p99_of_period"] = None if p99 is None else round(p99 / period_ms, 4)
         return summary
+
+
+def _return_freed_memory() -> None:
+    """glibc keeps the heap that start-up freed (model parsing, imports) mapped; hand it back
+    once before the stream starts (about 9 MiB here). A no-op without glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _memory_mb() -> dict[str, float | None]:
