@@ -44,11 +44,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from device.control_channel import write_json_atomic
+from device.control_channel import MODEL_FILE, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-MODEL_NOTICE_FILE = "model.json"
 MAX_MODEL_BYTES = 64 * 1024 * 1024
 MAX_CARD_BYTES = 1024 * 1024
 INSTALLED_MODE = 0o644  # the runtime (another user, same group) must read what the agent installs
@@ -245,7 +244,7 @@ def install_model(document: Any, models_dir: Path, state_dir: Path,
         _fsync_dir(models_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    write_json_atomic(Path(state_dir) / MODEL_NOTICE_FILE,
+    write_json_atomic(Path(state_dir) / MODEL_FILE,
                       {"path": str(target), "sha256": job["sha256"], "action": "reload"})
     log.info("model %s and card %s installed (sha256 %s); runtime asked to reload",
              target, card_target.name, job["sha256"])
@@ -298,7 +297,7 @@ def rollback(models_dir: Path, state_dir: Path, model_name: str = "noise_classif
                     previous_card.name, card_target.name)
     os.replace(previous, target)
     _fsync_dir(Path(models_dir))
-    write_json_atomic(Path(state_dir) / MODEL_NOTICE_FILE,
+    write_json_atomic(Path(state_dir) / MODEL_FILE,
                       {"path": str(target), "sha256": _sha256(target), "action": "reload"})
     log.warning("model and card rolled back to the previous version")
     return True

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from device.control_channel import DesiredWatcher, write_reported
+from device.control_channel import MODEL_FILE, DesiredWatcher, FileWatcher, write_reported
 from device.errors import UserError
 
 log = logging.getLogger(__name__)
 
 REPORT_INTERVAL_S = 10.0
-MODEL_NOTICE_FILE = "model.json"
 
 
 class RuntimeControl:
@@ -34,20 +32,13 @@ class RuntimeControl:
         self.health = health or (lambda: {})
         self.clock = clock
         self.desired = DesiredWatcher(self.state_dir)
-        self._model_stamp: tuple[int, int, int] | None = self._stat(self.state_dir / MODEL_NOTICE_FILE)
+        self.model_notice = FileWatcher(self.state_dir / MODEL_FILE)
+        self.model_notice.changed()  # a notice already there at start is the model the config loaded
         self.desired_error: str | None = None
         self.model_error: str | None = None
         self.applied: dict[str, Any] = {}
         self._last_report: dict[str, Any] | None = None
         self._last_report_time = -1e9
-
-    @staticmethod
-    def _stat(path: Path) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def poll(self) -> None:
         self._poll_desired()
@@ -75,11 +66,9 @@ class RuntimeControl:
         log.info("applied desired settings %s", json.dumps(settings, sort_keys=True))
 
     def _poll_model(self) -> None:
-        path = self.state_dir / MODEL_NOTICE_FILE
-        stamp = self._stat(path)
-        if stamp is None or stamp == self._model_stamp:
+        path = self.model_notice.path
+        if not self.model_notice.changed():
             return
-        self._model_stamp = stamp
         try:
             notice = json.loads(path.read_text())
             model_path = notice["path"]

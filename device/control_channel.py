@@ -31,6 +31,7 @@ from device.errors import UserError
 
 DESIRED_FILE = "desired.json"
 REPORTED_FILE = "reported.json"
+MODEL_FILE = "model.json"      # written by the agent after a model update: {"path", "sha256", "action"}
 PRESETS = ("auto",) + NOISE_CLASSES
 SETTINGS = ("anc_enabled", "anc_intensity", "preset")
 
@@ -62,14 +63,15 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
-    """Write `data` as JSON so readers see the old or the new file, never a partial one."""
+def write_bytes_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write `data` so readers see the old or the new file, never a partial one: a temporary
+    file in the same directory, fsync, rename, fsync of the directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, sort_keys=True)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
@@ -83,6 +85,11 @@ def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
+    """Write `data` as JSON, atomically (`write_bytes_atomic`)."""
+    write_bytes_atomic(path, json.dumps(data, sort_keys=True).encode(), mode)
 
 
 def _read_json(path: Path) -> Any | None:
@@ -135,21 +142,35 @@ def read_reported(state_dir: str | Path) -> dict[str, Any] | None:
     return None if document is None else document.get("state")
 
 
+class FileWatcher:
+    """Tells whether a file changed since the last call, with one stat and no read."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._stamp: tuple[int, int, int] | None = None
+
+    def changed(self) -> bool:
+        """True when the file exists and differs from the last time this returned True."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)  # rename gives a new inode even within one mtime tick
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        return True
+
+
 class DesiredWatcher:
     """Cheap poll for the runtime worker: one stat per call, a read only when the file changed."""
 
     def __init__(self, state_dir: str | Path):
         self.path = Path(state_dir) / DESIRED_FILE
-        self._stamp: tuple[int, int, int] | None = None
+        self._watcher = FileWatcher(self.path)
 
     def poll(self) -> dict[str, Any] | None:
         """New validated settings since the last call, else None. Invalid files raise UserError once."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
+        if not self._watcher.changed():
             return None
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)  # rename gives a new inode even within one mtime tick
-        if stamp == self._stamp:
-            return None
-        self._stamp = stamp
         return read_desired(self.path.parent)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from device.control_channel import write_bytes_atomic
 from device.errors import UserError
 
 ESTIMATE_FILE = "secondary_path.npz"
@@ -34,22 +33,6 @@ class PathEstimates:
     metadata: dict[str, Any]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o640)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_estimates(state_dir: str | Path, secondary_path: np.ndarray, feedback_path: np.ndarray | None,
                    identity: dict[str, Any], details: dict[str, Any]) -> Path:
     """Store both files atomically (estimate first, so metadata never describes a missing file)."""
@@ -60,10 +43,10 @@ def save_estimates(state_dir: str | Path, secondary_path: np.ndarray, feedback_p
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     try:
-        _atomic_write_bytes(state_dir / ESTIMATE_FILE, buffer.getvalue())
+        write_bytes_atomic(state_dir / ESTIMATE_FILE, buffer.getvalue(), 0o640)
         metadata = {"identity": identity, **details,
                     "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")}
-        _atomic_write_bytes(state_dir / METADATA_FILE, json.dumps(metadata, indent=2, sort_keys=True).encode())
+        write_bytes_atomic(state_dir / METADATA_FILE, json.dumps(metadata, indent=2, sort_keys=True).encode(), 0o640)
     except OSError as exc:
         raise UserError(f"runtime.state_dir: cannot write the estimate in {state_dir}: {exc.strerror or exc}") from None
     return state_dir / ESTIMATE_FILE
