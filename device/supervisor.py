@@ -37,6 +37,7 @@ from device.config import Config
 from device.control import RuntimeControl
 from device.errors import UserError
 from device.runtime import Session
+from device.worker import memory_mb
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ class Supervisor:
             "last_stream_error": self.last_stream_error,
             "unmuted_after_s": None if self.unmuted_after_s is None else round(self.unmuted_after_s, 3),
             "gc_max_ms": round(self.gc_max_ms, 3),
-            **_memory_mb(),
+            **memory_mb(),
             "estimated_cancellation_db": session["avg_cancellation_db"],
             "estimated_cancellation_recent_db": _recent_cancellation(worker.report.metrics),
             "watchdog_trips": session["watchdog_trips"],
@@ -305,24 +306,6 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def _memory_mb() -> dict[str, float | None]:
-    """Resident memory (MiB) now and at its peak, and now split into anonymous (this process's
-    own), file-backed (shared libraries) and shared memory (JACK maps its server's segments
-    into every client); None where /proc is missing."""
-    fields = {"VmRSS": "rss_mb", "VmHWM": "rss_peak_mb", "RssAnon": "rss_anon_mb", "RssFile": "rss_file_mb",
-              "RssShmem": "rss_shmem_mb"}
-    found: dict[str, float | None] = dict.fromkeys(fields.values())
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                key = line.split(":", 1)[0]
-                if key in fields:
-                    found[fields[key]] = round(int(line.split()[1]) / 1024, 1)
-    except (OSError, ValueError):
-        pass
-    return found
 
 
 def _value(value) -> str:

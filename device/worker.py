@@ -75,13 +75,22 @@ def _db(power_ratio: float) -> float:
     return 10.0 * math.log10(max(power_ratio, 1e-30))
 
 
-def _rss_mb() -> float:
+def memory_mb() -> dict[str, float | None]:
+    """Resident memory (MiB) now and at its peak, and now split into anonymous (this process's
+    own), file-backed (shared libraries) and shared memory (JACK maps its server's segments
+    into every client); None where /proc is missing."""
+    fields = {"VmRSS": "rss_mb", "VmHWM": "rss_peak_mb", "RssAnon": "rss_anon_mb", "RssFile": "rss_file_mb",
+              "RssShmem": "rss_shmem_mb"}
+    found: dict[str, float | None] = dict.fromkeys(fields.values())
     try:
-        with open("/proc/self/statm") as handle:
-            pages = int(handle.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                key = line.split(":", 1)[0]
+                if key in fields:
+                    found[fields[key]] = round(int(line.split()[1]) / 1024, 1)
     except (OSError, ValueError):
-        return float("nan")
+        pass
+    return found
 
 
 @dataclass
@@ -327,7 +336,7 @@ class Worker:
                 timestamp=self._timestamp(),
                 latency_ms=round(metrics.callback_p99_ms, 4),
                 cpu_utilization=round(metrics.cpu_utilization, 4),
-                memory_mb=round(_rss_mb(), 1),
+                memory_mb=memory_mb()["rss_mb"],
                 cancellation_db=None if cancellation is None else round(cancellation, 2),
                 algorithm="fxlms",
                 extras={
