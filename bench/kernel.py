@@ -1,7 +1,11 @@
-"""Throughput of the FxLMS kernel: numba versus the NumPy reference.
+"""Throughput of the FxLMS kernel: numba versus the NumPy reference and a plain C FxLMS.
 
 Prints one JSON line per implementation: impl, dtype, taps, secondary_path_taps,
-block_size, samples_per_s, real_time_factor (at 48 kHz), per-block call overhead.
+block_size, samples_per_s, real_time_factor (at 48 kHz), per-block call overhead. The C line
+(`bench/fxlms_plain.c`, the textbook algorithm over the whole signal in one call, built with
+the system compiler at -O3 -march=native -ffast-math, so its dot products vectorize) is the yardstick measured in the same run, so the
+numba kernel's `share_of_c` does not depend on how busy the machine is; it is skipped when
+no C compiler is installed.
 
     python bench/kernel.py [--seconds 10] [--taps 256] [--path-taps 128] [--block 32]
 """
@@ -9,10 +13,14 @@ block_size, samples_per_s, real_time_factor (at 48 kHz), per-block call overhead
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -97,6 +105,47 @@ def bench_reference(seconds: float, taps: int, path_taps: int, block: int) -> di
     }
 
 
+def bench_plain_c(seconds: float, taps: int, path_taps: int) -> dict | None:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fxlms_plain.c")
+    with tempfile.TemporaryDirectory() as work:
+        library = os.path.join(work, "fxlms_plain.so")
+        subprocess.run([compiler, "-O3", "-march=native", "-ffast-math", "-shared", "-fPIC", "-o", library, source], check=True)
+        fxlms = ctypes.CDLL(library).fxlms_plain
+        double_p = ctypes.POINTER(ctypes.c_double)
+        fxlms.argtypes = [double_p, double_p, double_p, ctypes.c_long, double_p, ctypes.c_int, double_p,
+                          ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_double]
+        fxlms.restype = ctypes.c_long
+        engine = make_engine(taps, path_taps, 32)
+        rng = np.random.default_rng(1)
+        n = int(seconds * SAMPLE_RATE)
+        reference, error = rng.standard_normal(n) * 0.1, rng.standard_normal(n) * 0.05
+        out, weights = np.zeros(n), np.zeros(taps)
+        path = np.ascontiguousarray(engine.secondary_path)
+
+        def pointer(array):
+            return array.ctypes.data_as(double_p)
+
+        best = float("inf")
+        for _ in range(3):
+            weights[:] = 0.0
+            start = time.perf_counter()
+            fxlms(pointer(reference), pointer(error), pointer(out), n, pointer(weights), taps, pointer(path),
+                  path_taps, 0.05, 1e-7, 1e-6)
+            best = min(best, time.perf_counter() - start)
+    return {
+        "impl": "c-plain",
+        "dtype": "float64",
+        "taps": taps,
+        "secondary_path_taps": path_taps,
+        "block_size": n,
+        "samples_per_s": round(n / best),
+        "real_time_factor": round(n / best / SAMPLE_RATE, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="audio seconds per numba run")
@@ -105,9 +154,15 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=32)
     args = parser.parse_args()
     print(json.dumps({"machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version()}))
+    plain_c = bench_plain_c(args.seconds, args.taps, args.path_taps)
     for dtype in (np.float64, np.float32):
-        print(json.dumps(bench_numba(args.seconds, args.taps, args.path_taps, args.block, dtype)), flush=True)
+        result = bench_numba(args.seconds, args.taps, args.path_taps, args.block, dtype)
+        if plain_c is not None:
+            result["share_of_c"] = round(result["samples_per_s"] / plain_c["samples_per_s"], 3)
+        print(json.dumps(result), flush=True)
     print(json.dumps(bench_reference(min(args.seconds, 0.2), args.taps, args.path_taps, args.block)), flush=True)
+    if plain_c is not None:
+        print(json.dumps(plain_c), flush=True)
 
 
 if __name__ == "__main__":
