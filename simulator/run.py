@@ -285,7 +285,7 @@ def format_summary(summary: dict) -> str:
                             else f"{summary['convergence_s']:.2f} s to within 3 dB of the steady state"),
         f"device view  {db(summary['estimated_cancellation_db'])} over the steady state, as the device estimates it from "
         f"its own microphones and secondary-path model",
-        f"speed        {summary['real_time_factor']:.1f}x real time (controller alone {summary['engine_real_time_factor']:.0f}x)",
+        f"speed        {summary['real_time_factor']:.1f}x real time (device side alone, engine and worker without the plant simulation: {summary['engine_real_time_factor']:.0f}x)",
         f"output       peak {summary['output_peak_dbfs']:.1f} dBFS, ceiling {summary['output_ceiling_dbfs']:.1f} dBFS",
     ]
     if summary["feedback_path_in_plant"] and summary["feedback_identification"] is None:
