@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.hil.processes import Processes, read_json_line  # noqa: E402  (the HIL tests' harness)
+
 PYTHON = sys.executable
 ENGINE_HUM = ROOT / "simulator" / "scenes" / "engine_hum.wav"
 CLIENT_NAME = "anc-plant"
@@ -102,60 +105,18 @@ class CpuWindow:
 
 # -- processes -------------------------------------------------------------------------------
 
-class Processes:
-    """Everything the bench starts, each in its own process group, all stopped at the end."""
+class BenchProcesses(Processes):
+    """The HIL harness's process groups, with the bench's environment and logs."""
 
     def __init__(self, env: dict[str, str]):
+        super().__init__()
         self.env = env
-        self.started: list[subprocess.Popen] = []
 
-    def start(self, argv: list[str], stderr_path: Path, **kwargs) -> subprocess.Popen:
-        stderr = open(stderr_path, "w")
-        proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=stderr, env=self.env, cwd=str(ROOT), text=True, **kwargs)
-        stderr.close()
-        self.started.append(proc)
-        return proc
-
-    @staticmethod
-    def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> int:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=timeout_s)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        try:  # whatever is left of the group
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        return proc.returncode
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.started):
-            self.stop(proc, timeout_s=5.0)
-
-
-def read_json_line(proc: subprocess.Popen, timeout_s: float, what: str) -> dict:
-    import selectors
-
-    deadline = time.monotonic() + timeout_s
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
-                break
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"{what} ended (exit {proc.poll()}) without a JSON line")
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                continue
-    raise TimeoutError(f"{what}: no JSON line within {timeout_s} s")
+    def start(self, argv: list[str], stderr_path: Path) -> subprocess.Popen:
+        """Its own group, stdout piped (JSON lines), stderr to a log."""
+        with open(stderr_path, "w") as stderr:
+            return self.popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, env=self.env,
+                              cwd=str(ROOT), text=True)
 
 
 def start_jackd(processes: Processes, name: str, block: int, rate: int, work: Path) -> subprocess.Popen:
@@ -197,7 +158,7 @@ def start_emulator(processes: Processes, block: int, scene: Path | None, work: P
     if scene is not None:
         argv += ["--scene", str(scene)]
     proc = processes.start(argv, work / f"emulator-{block}-{tag}.log")
-    ready = read_json_line(proc, 60.0, "the plant emulator")
+    ready = read_json_line(proc, 60.0, lambda: "the plant emulator")
     return proc, ready
 
 
@@ -259,7 +220,7 @@ def bench_block(block: int, duration_s: float, rate: int, warm_up: bool, work: P
     env = {**os.environ, "JACK_DEFAULT_SERVER": server, "JACK_NO_START_SERVER": "1",
            "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba")),
            "PYTHONUNBUFFERED": "1"}
-    processes = Processes(env)
+    processes = BenchProcesses(env)
     try:
         jackd = start_jackd(processes, server, block, rate, work)
         config = write_config(work, block)
@@ -271,7 +232,7 @@ def bench_block(block: int, duration_s: float, rate: int, warm_up: bool, work: P
         if ident.returncode != 0:
             raise RuntimeError(f"identify failed: {ident.stderr[-2000:]}")
         identified = json.loads(ident.stdout.strip().splitlines()[-1])
-        Processes.stop(emulator)
+        processes.stop(emulator, close_streams=False)
 
         emulator, ready = start_emulator(processes, block, ENGINE_HUM, work, "run")
         if warm_up:
@@ -280,7 +241,7 @@ def bench_block(block: int, duration_s: float, rate: int, warm_up: bool, work: P
         log(f"block {block}: measured run, {duration_s:g} s in real time")
         summary = run_once(processes, config, duration_s, work, str(block),
                            {"emulator": emulator.pid, "jackd": jackd.pid})
-        Processes.stop(emulator)
+        processes.stop(emulator, close_streams=False)
         stopped = json.loads([line for line in emulator.stdout.read().splitlines() if line.strip()][-1])
     finally:
         processes.stop_all()

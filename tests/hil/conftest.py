@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import glob
 import itertools
-import json
 import os
 import signal
 import subprocess
@@ -31,74 +30,13 @@ from pathlib import Path
 
 import pytest
 
+from .processes import Processes, read_json_line
+
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 STREAM_PROBE = Path(__file__).resolve().parent / "stream_probe.py"
 SERVER_PREFIX = f"anchil{os.getpid()}"
 _server_numbers = itertools.count()
-
-
-# -- processes -------------------------------------------------------------------------------
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, from /proc."""
-    members = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            text = Path(stat).read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2:].split()
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state != "Z":
-            members.append(int(Path(stat).parent.name))
-    return members
-
-
-class Processes:
-    """Every process started by the HIL tests, each the leader of its own process group."""
-
-    def __init__(self):
-        self.started: list[subprocess.Popen] = []
-
-    def popen(self, argv: list[str], **kwargs) -> subprocess.Popen:
-        proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
-        self.started.append(proc)
-        return proc
-
-    @staticmethod
-    def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def stop(self, proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 5.0) -> int:
-        """Signal the whole group, wait, then SIGKILL what is left. Returns the leader's status."""
-        if proc.poll() is None or _group_members(proc.pid):
-            self._signal_group(proc, sig)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
-        deadline = time.monotonic() + timeout_s
-        while _group_members(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if proc.poll() is None or _group_members(proc.pid):
-            self._signal_group(proc, signal.SIGKILL)
-            proc.wait(timeout=timeout_s)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
-        return proc.returncode
-
-    def leftovers(self) -> list[str]:
-        alive = []
-        for proc in self.started:
-            members = _group_members(proc.pid)
-            if proc.poll() is None or members:
-                alive.append(f"{proc.args!r} (group {proc.pid}: {members})")
-        return alive
 
 
 @pytest.fixture(scope="session")
@@ -257,22 +195,7 @@ class DeviceProcess:
 
     def read_json_line(self, timeout_s: float = 30.0) -> dict:
         """The next JSON line on stdout (non-JSON lines are skipped)."""
-        import selectors
-
-        deadline = time.monotonic() + timeout_s
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.proc.stdout, selectors.EVENT_READ)
-            while time.monotonic() < deadline:
-                if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
-                    break
-                line = self.proc.stdout.readline()
-                if not line:
-                    raise RuntimeError(f"{self.proc.args!r} closed stdout (exit {self.proc.poll()}):\n{self.stderr()}")
-                try:
-                    return json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-        raise TimeoutError(f"no JSON line from {self.proc.args!r} in {timeout_s} s:\n{self.stderr()}")
+        return read_json_line(self.proc, timeout_s, self.stderr)
 
     def finish(self, stdin_text: str = "", timeout_s: float = 30.0) -> tuple[int, str]:
         """Send stdin_text, close stdin, wait; returns (exit status, remaining stdout)."""
