@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from device.config import Config
-from device.dsp.identification import IdentificationResult, identify_path, make_probe
+from device.dsp.identification import IdentificationResult, configured_probe, identify_path
 from device.engine import AncEngine
 from device.errors import UserError
 from device.runtime import Session, load_classifier
@@ -42,9 +42,8 @@ class Simulation:
 
 def identify_plant(cfg: Config, plant: Plant, seed: int) -> tuple[IdentificationResult, IdentificationResult | None]:
     """What `anc-device identify` does on a rig, against the simulated plant."""
-    ident = cfg.identification
     fs = plant.sample_rate
-    probe = make_probe(int(ident.duration_s * fs), ident.probe_level_dbfs, int(ident.fade_ms * 1e-3 * fs), ident.seed)
+    probe = configured_probe(cfg.identification, fs)
     reference, error = plant.open_loop(probe, seed)
     secondary = identify_path(probe, error, cfg.controller.secondary_path_taps)
     feedback = None
@@ -281,7 +280,7 @@ def format_summary(summary: dict) -> str:
         f"optimum      {db(summary['wiener_bound_db'])} overall, {db(summary['wiener_bound_band_db'])} in 50-1000 Hz: "
         f"the best causal {summary['taps']}-tap filter on this plant and scene "
         f"(controller is {summary['gap_to_optimum_db']:.1f} dB from it)",
-        f"convergence  " + ("no meaningful cancellation to converge to" if summary["convergence_s"] is None
+        "convergence  " + ("no meaningful cancellation to converge to" if summary["convergence_s"] is None
                             else f"{summary['convergence_s']:.2f} s to within 3 dB of the steady state"),
         f"device view  {db(summary['estimated_cancellation_db'])} over the steady state, as the device estimates it from "
         f"its own microphones and secondary-path model",

@@ -37,11 +37,10 @@ def add_arguments(parser) -> None:
 
 def measure(sd, cfg, spec) -> dict:
     from device.audio import play_and_record
-    from device.dsp.identification import identify_path, make_probe
+    from device.dsp.identification import configured_probe, identify_path
 
-    ident = cfg.identification
     fs = spec.sample_rate
-    probe = make_probe(int(ident.duration_s * fs), ident.probe_level_dbfs, int(ident.fade_ms * 1e-3 * fs), ident.seed)
+    probe = configured_probe(cfg.identification, fs)
     taps = cfg.controller.secondary_path_taps
     preroll = int(PREROLL_S * fs)
     played = np.concatenate([np.zeros(preroll), probe, np.zeros(taps)])

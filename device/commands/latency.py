@@ -111,11 +111,10 @@ def reference_lead(reference: np.ndarray, error: np.ndarray, fs: int) -> tuple[i
 def measure(sd, cfg, spec, ambient_s: float) -> dict:
     from device.audio import play_and_record
     from device.causality import Causality, onset
-    from device.dsp.identification import make_probe
+    from device.dsp.identification import configured_probe
 
     fs = spec.sample_rate
-    ident = cfg.identification
-    probe = make_probe(int(ident.duration_s * fs), ident.probe_level_dbfs, int(ident.fade_ms * 1e-3 * fs), ident.seed)
+    probe = configured_probe(cfg.identification, fs)
     preroll, ambient, max_delay = int(PREROLL_S * fs), int(ambient_s * fs), int(MAX_LOOP_DELAY_S * fs)
     played = np.concatenate([np.zeros(preroll + ambient), probe, np.zeros(max_delay)])
     recording = play_and_record(sd, spec, played)

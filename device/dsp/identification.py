@@ -51,6 +51,13 @@ def make_probe(n_samples: int, level_dbfs: float, fade_samples: int, seed: int) 
     return probe
 
 
+def configured_probe(identification, sample_rate: int) -> np.ndarray:
+    """The probe the `identification` config section describes (level, duration, fades, seed),
+    the same for `anc-device identify`, `anc-device latency` and the simulator."""
+    return make_probe(int(identification.duration_s * sample_rate), identification.probe_level_dbfs,
+                      int(identification.fade_ms * 1e-3 * sample_rate), identification.seed)
+
+
 def _rms_dbfs(x: np.ndarray) -> float:
     return 10.0 * np.log10(np.mean(np.square(x)) + 1e-30)
 
