@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from device import features  # noqa: E402
+from device.core import features  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime  # noqa: F401
 
     after_import = rss_mib()
-    from device.classifier import NoiseClassifier
+    from device.core.classifier import NoiseClassifier
 
     clf = NoiseClassifier(args.model)
     clf.classify(np.random.default_rng(0).standard_normal(int(clf.window_s * features.SAMPLE_RATE)) * 0.1)

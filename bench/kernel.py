@@ -27,9 +27,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from device.config import load_config  # noqa: E402
-from device.dsp.reference import ReferenceFxlms  # noqa: E402
-from device.engine import AncEngine  # noqa: E402
+from device.contract.config import load_config  # noqa: E402
+from device.core.dsp.reference import ReferenceFxlms  # noqa: E402
+from device.core.engine import AncEngine  # noqa: E402
 
 SAMPLE_RATE = 48000
 

@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from cloud_sync.spool import Spool  # noqa: E402
-from device.records import RecordFactory  # noqa: E402
+from device.contract.spool import Spool  # noqa: E402
+from device.contract.records import RecordFactory  # noqa: E402
 from tests.cloud.broker import Broker, Pki  # noqa: E402
 
 

@@ -26,9 +26,9 @@ from typing import Any
 
 import yaml
 
-from device.config import Key, _validate, default_file
-from device.control_channel import write_json_atomic
-from device.errors import ConfigError, UserError
+from device.contract.config import Key, _validate, default_file
+from device.contract.control_channel import write_json_atomic
+from device.contract.errors import ConfigError, UserError
 
 log = logging.getLogger("cloud_sync")
 
@@ -115,7 +115,7 @@ def _set_thing_name(config_path: Path, thing: str, cert: Path, key: Path) -> Non
 # -- run ------------------------------------------------------------------------------------------
 class Agent:
     def __init__(self, cfg: dict[str, Any], rng: random.Random | None = None):
-        from cloud_sync.spool import Spool
+        from device.contract.spool import Spool
 
         if not cfg["thing_name"]:
             raise UserError(f"{cfg['_source']}: thing_name: not set (run `anc-cloud-sync provision`)")
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "status":
             import json
 
-            from cloud_sync.spool import Spool
+            from device.contract.spool import Spool
 
             status_file = Path(cfg["status_file"])
             report = {"thing_name": cfg["thing_name"], "agent": None}

@@ -16,7 +16,7 @@ Order of operations, each failure leaves the running model and its card untouche
 FAILED with the reason: download the model and the card to a private temporary directory in
 the models directory, check the size limits, verify both sha256 (and the model's signature
 when a public key is configured, mandatory then), check that the card parses as the runtime
-reads it (`device.classifier.load_card`), names the new model's sha256 and fits this device's
+reads it (`device.core.classifier.load_card`), names the new model's sha256 and fits this device's
 features, optionally load-test the model (``validate`` callback, onnxruntime in the agent),
 make both files 0644 (the runtime runs as another user), keep the current model and card as
 ``<name>.previous``, atomically rename the card, then the model into place, fsync, then tell
@@ -44,7 +44,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from device.control_channel import MODEL_FILE, write_json_atomic
+from device.contract.control_channel import MODEL_FILE, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +154,8 @@ def _download(fetch: Callable[[str, Path], None], url: str, destination: Path, w
 
 def _check_card(model_path: Path, model_sha256: str, shown_as: str) -> None:
     """The card beside `model_path` as the runtime reads it: parses, names `model_sha256`, fits the features."""
-    from device import features
-    from device.classifier import ModelError, load_card
+    from device.core import features
+    from device.core.classifier import ModelError, load_card
 
     card_path = model_path.with_suffix(".json")
     try:

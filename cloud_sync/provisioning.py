@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from device.errors import UserError
+from device.contract.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Topics (AWS IoT classic shadow, under the thing name):
 (we subscribe and publish an empty ``.../shadow/get`` after each connect so changes made while
 offline are applied), ``.../shadow/update`` (we publish ``reported``).
 
-A delta is all or nothing: every field is validated (`device.control_channel.validate_settings`);
+A delta is all or nothing: every field is validated (`device.contract.control_channel.validate_settings`);
 if one is invalid nothing is applied, and ``reported.last_rejected`` says why, with the
 shadow version, so the operator sees it in the console. Accepted settings go to the runtime
 through the local control channel (desired.json); the runtime's own reported.json is copied
@@ -18,8 +18,8 @@ import json
 import logging
 from typing import Any, Callable
 
-from device.control_channel import SETTINGS, read_reported, validate_settings, write_desired
-from device.errors import UserError
+from device.contract.control_channel import SETTINGS, read_reported, validate_settings, write_desired
+from device.contract.errors import UserError
 
 log = logging.getLogger(__name__)
 

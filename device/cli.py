@@ -15,7 +15,7 @@ import importlib
 import sys
 
 from device import __version__
-from device.errors import UserError
+from device.contract.errors import UserError
 
 COMMAND_MODULES = (
     "device.commands.run",

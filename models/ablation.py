@@ -11,7 +11,7 @@ seed instead of the mean over --forest-seeds). The shipped model is
 
 Builds the training rows of `models.train` (same clips, folds, augmentation copies and seeds)
 once per augmentation setting and caches a SUPERSET of candidate features per row
-(`candidate_features`: the shipped `device.features.feature_vector` plus extra blocks), then
+(`candidate_features`: the shipped `device.core.features.feature_vector` plus extra blocks), then
 runs `models.train.cross_validate` on column subsets and forest settings. Each variant prints
 one line: real-recording accuracy, held-out-recording accuracy, cafe, per-class recall.
 
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device import features as F
+from device.core import features as F
 from models import train as T
 
 # -- candidate feature blocks ----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Train the noise classifier: Random Forest on `device.features`, exported to ONNX with a model card.
+"""Train the noise classifier: Random Forest on `device.core.features`, exported to ONNX with a model card.
 
     python -m models.train [--data DIR] [--out models/noise_classifier.onnx] [--seed 0] [--quick]
 
@@ -6,7 +6,7 @@ Data: the real recordings in ``<repo>/../shared/data/noise/<class>/*.wav`` (16 k
 README gives sources, licences and attribution, copied into the model card) plus seeded
 synthetic white and pink noise made here. Every clip is cut into 2 s windows with a 0.5 s hop
 (the device's `classifier.window_s` / `hop_s`), and each window becomes one
-`device.features.feature_vector` -- the function the device runs.
+`device.core.features.feature_vector` -- the function the device runs.
 
 Augmentation (training rows only; evaluation is on the clean windows), per copy of a clip,
 each step drawn from a seeded generator:
@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 import scipy.signal
 
-from device import features
+from device.core import features
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "noise"
@@ -431,7 +431,7 @@ def export_onnx(forest, n_features: int = features.N_FEATURES) -> bytes:
     )
     onx.graph.name = "noise_classifier"  # skl2onnx puts a random uuid here; the bytes must be reproducible
     onx.producer_name = "anc-device models/train.py"
-    onx.doc_string = "noise classifier: RandomForest on device.features.feature_vector"
+    onx.doc_string = "noise classifier: RandomForest on device.core.features.feature_vector"
     return onx.SerializeToString()
 
 

@@ -56,7 +56,7 @@ import time
 
 import numpy as np
 
-from device.errors import UserError
+from device.contract.errors import UserError
 from simulator.plant import Plant
 
 DEFAULT_CLIENT_NAME = "anc-plant"

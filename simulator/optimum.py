@@ -3,7 +3,7 @@
 For a plant with true secondary path s (latency included) and reference x, the error with a
 fixed filter w is e = d + w * (s * x). The w minimising the error energy over the evaluation
 window is a least-squares problem on the filtered reference, solved here by the covariance
-method (`device.dsp.lsfir`), which is exact on tonal scenes where the Toeplitz shortcut is not.
+method (`device.core.dsp.lsfir`), which is exact on tonal scenes where the Toeplitz shortcut is not.
 
 The reference is the one the controller would see with perfect feedback neutralization:
 the optimum says what the plant, the latency and the filter length allow, nothing else.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from device.dsp.lsfir import apply_fir, fit_fir
+from device.core.dsp.lsfir import apply_fir, fit_fir
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ import numpy as np
 import scipy.signal
 import yaml
 
-from device.causality import Causality, onset
-from device.errors import UserError
+from device.core.causality import Causality, onset
+from device.contract.errors import UserError
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 PRESETS = ("headphone", "duct")

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from device.config import Config
-from device.dsp.identification import IdentificationResult, configured_probe, identify_path
-from device.engine import AncEngine
-from device.errors import UserError
-from device.runtime import Session, load_classifier
+from device.contract.config import Config
+from device.core.dsp.identification import IdentificationResult, configured_probe, identify_path
+from device.core.engine import AncEngine
+from device.contract.errors import UserError
+from device.core.session import Session, load_classifier
 from simulator import report
 from simulator.optimum import causal_optimum
 from simulator.plant import ClosedLoopResult, Plant, run_closed_loop

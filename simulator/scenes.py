@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.errors import UserError
+from device.contract.errors import UserError
 
 # scipy.signal is imported inside the functions that use it: importing it costs seconds, and
 # the command line imports this module for every command (the scene types are its choices).

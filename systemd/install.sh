@@ -272,7 +272,7 @@ fi
 
 # -- check and enable ------------------------------------------------------------------------
 if [ "$dry_run" -eq 0 ]; then
-    "$venv/bin/python" -c 'import sys; from device.config import load_config; load_config(sys.argv[1])' \
+    "$venv/bin/python" -c 'import sys; from device.contract.config import load_config; load_config(sys.argv[1])' \
         "$etc_dir/config.yaml" || die "$etc_dir/config.yaml does not validate (message above)"
     if [ "$with_cloud" -eq 1 ]; then
         "$venv/bin/python" -c 'import sys; from cloud_sync.agent import load_agent_config; load_agent_config(sys.argv[1])' \

@@ -12,7 +12,7 @@ os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
 
 @pytest.fixture(scope="session")
 def cfg():
-    from device.config import load_config
+    from device.contract.config import load_config
 
     return load_config()
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from device import features as F
-from device.classifier import ClassTracker, Detection, ModelError, NoiseClassifier
+from device.core import features as F
+from device.core.classifier import ClassTracker, Detection, ModelError, NoiseClassifier
 from device.cli import main
-from device.config import NOISE_CLASSES
+from device.contract.config import NOISE_CLASSES
 from simulator.scenes import generate_scene
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -284,7 +284,7 @@ def test_wrong_feature_or_class_count_is_refused(small_model, small_forest, tmp_
 
 
 def test_runtime_runs_on_without_a_model(tmp_path, cfg):
-    from device.runtime import load_classifier
+    from device.core.session import load_classifier
 
     broken = cfg.replace("classifier", model=str(tmp_path / "missing.onnx"))
     classifier, reason = load_classifier(broken)

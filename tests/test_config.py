@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from device.config import DEFAULT_CONFIG, SCHEMA, Key, load_config
-from device.errors import ConfigError
+from device.contract.config import DEFAULT_CONFIG, SCHEMA, Key, load_config
+from device.contract.errors import ConfigError
 
 
 def _leaf_keys(schema, prefix=""):

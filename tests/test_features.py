@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from device import features as F
+from device.core import features as F
 
 SR = F.SAMPLE_RATE
 # Our MFCC is computed in float64 like librosa's; they agree to rounding. Values reach a few

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from device.dsp import layout as L
-from device.dsp.reference import ReferenceFxlms
-from device.engine import AncEngine
-from device.errors import UserError
+from device.core.dsp import layout as L
+from device.core.dsp.reference import ReferenceFxlms
+from device.core.engine import AncEngine
+from device.contract.errors import UserError
 from simulator.plant import Plant, run_closed_loop
 from simulator.scenes import generate_scene
 
@@ -187,7 +187,7 @@ def test_kernels_compile_into_numba_cache_dir(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    code = ("import numpy as np; from device.config import load_config; from device.engine import AncEngine; "
+    code = ("import numpy as np; from device.contract.config import load_config; from device.core.engine import AncEngine; "
             "e = AncEngine.from_config(load_config(), np.r_[0.0, 1.0, 0.5]); e.warm_up()")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(root)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root)

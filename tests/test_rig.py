@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from device.errors import UserError
+from device.contract.errors import UserError
 
 
 # -- a stand-in for the sounddevice module: just what device selection reads -------------------
@@ -50,7 +50,7 @@ def fake_sd():
 
 
 def test_resolve_stream_by_name_substring_and_channel_map(cfg, fake_sd):
-    from device.audio import resolve_stream
+    from device.rig.audio import resolve_stream
 
     spec = resolve_stream(fake_sd, cfg.replace("audio", device="headset"))
     assert (spec.input_index, spec.output_index) == (0, 0)
@@ -68,14 +68,14 @@ def test_resolve_stream_by_name_substring_and_channel_map(cfg, fake_sd):
     ({"input_device": "headset", "output_device": "anc-plant"}, "same host API"),
 ])
 def test_resolve_stream_errors_name_the_key(cfg, fake_sd, audio, message):
-    from device.audio import resolve_stream
+    from device.rig.audio import resolve_stream
 
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         resolve_stream(fake_sd, cfg.replace("audio", **audio))
 
 
 def test_list_devices_marks_the_configured_ones(cfg, fake_sd):
-    from device.audio import list_devices
+    from device.rig.audio import list_devices
 
     listing = list_devices(fake_sd, cfg.replace("audio", device="anc-plant"))
     marked = {d["name"]: d["configured"] for d in listing["devices"] if d["configured"]}
@@ -85,7 +85,7 @@ def test_list_devices_marks_the_configured_ones(cfg, fake_sd):
 
 # -- the duplex callback, driven by hand ------------------------------------------------------------
 def test_duplex_callback_routes_channels_and_counts_xruns(cfg, fake_sd):
-    from device.audio import DuplexStream, resolve_stream
+    from device.rig.audio import DuplexStream, resolve_stream
 
     spec = resolve_stream(fake_sd, cfg.replace("audio", device="headset", speaker_channel=1, block_size=4))
     seen = {}
@@ -107,7 +107,7 @@ def test_duplex_callback_routes_channels_and_counts_xruns(cfg, fake_sd):
 
 
 def test_duplex_callback_silences_the_block_when_the_processor_raises(cfg, fake_sd):
-    from device.audio import DuplexStream, resolve_stream
+    from device.rig.audio import DuplexStream, resolve_stream
 
     spec = resolve_stream(fake_sd, cfg.replace("audio", device="headset", block_size=2))
 
@@ -123,7 +123,7 @@ def test_duplex_callback_silences_the_block_when_the_processor_raises(cfg, fake_
 
 
 def test_play_record_aligns_played_and_recorded_samples():
-    from device.audio import PlayRecord
+    from device.rig.audio import PlayRecord
 
     played = np.arange(1, 11, dtype=np.float64)
     recorder = PlayRecord(played, block_size=4)
@@ -145,7 +145,7 @@ IDENTITY = {"host_api": "ALSA", "input_device": "card", "output_device": "card",
 
 
 def test_estimate_round_trip_and_refusals(tmp_path):
-    from device.estimates import load_estimates, save_estimates
+    from device.rig.estimates import load_estimates, save_estimates
 
     with pytest.raises(UserError, match="no secondary-path estimate; run `anc-device identify` first"):
         load_estimates(tmp_path, IDENTITY)
@@ -164,9 +164,9 @@ def test_estimate_round_trip_and_refusals(tmp_path):
 # -- the control channel, as the runtime applies it -------------------------------------------------
 @pytest.fixture
 def control_worker(cfg, headphone_estimate, tmp_path):
-    from device.engine import AncEngine
-    from device.ringbuffer import BlockRing
-    from device.worker import Worker
+    from device.core.engine import AncEngine
+    from device.core.ringbuffer import BlockRing
+    from device.core.worker import Worker
 
     engine = AncEngine.from_config(cfg, headphone_estimate)
     worker = Worker(cfg, BlockRing(8, cfg.audio.block_size), engine)
@@ -174,8 +174,8 @@ def control_worker(cfg, headphone_estimate, tmp_path):
 
 
 def test_desired_settings_reach_the_engine_and_reported_follows(control_worker, tmp_path):
-    from device.control import RuntimeControl
-    from device.control_channel import read_reported, write_desired
+    from device.rig.control import RuntimeControl
+    from device.contract.control_channel import read_reported, write_desired
 
     control = RuntimeControl(tmp_path, control_worker, health=lambda: {"xruns": 3})
     control.poll()
@@ -185,7 +185,7 @@ def test_desired_settings_reach_the_engine_and_reported_follows(control_worker, 
     engine = control_worker.engine
     assert engine.enabled is False
     traffic = control_worker.cfg.presets["traffic"]
-    assert engine.params[__import__("device.dsp.layout", fromlist=["P_STEP"]).P_STEP] == pytest.approx(traffic.step_size)
+    assert engine.params[__import__("device.core.dsp.layout", fromlist=["P_STEP"]).P_STEP] == pytest.approx(traffic.step_size)
     assert engine.intensity == pytest.approx(0.5 * traffic.intensity)
     reported = read_reported(tmp_path)
     assert reported["anc_enabled"] is False and reported["anc_intensity"] == 0.5
@@ -193,8 +193,8 @@ def test_desired_settings_reach_the_engine_and_reported_follows(control_worker, 
 
 
 def test_invalid_desired_file_is_reported_and_nothing_applied(control_worker, tmp_path):
-    from device.control import RuntimeControl
-    from device.control_channel import read_reported
+    from device.rig.control import RuntimeControl
+    from device.contract.control_channel import read_reported
 
     control = RuntimeControl(tmp_path, control_worker)
     (tmp_path / "desired.json").write_text(json.dumps({"version": 1, "settings": {"anc_intensity": 7}}))
@@ -204,8 +204,8 @@ def test_invalid_desired_file_is_reported_and_nothing_applied(control_worker, tm
 
 
 def test_a_refused_model_keeps_the_running_one(control_worker, tmp_path):
-    from device.control import RuntimeControl
-    from device.control_channel import read_reported, write_json_atomic
+    from device.rig.control import RuntimeControl
+    from device.contract.control_channel import read_reported, write_json_atomic
 
     running = object()
     control_worker.classifier = running
@@ -220,7 +220,7 @@ def test_a_refused_model_keeps_the_running_one(control_worker, tmp_path):
 
 # -- timing percentiles over a whole run --------------------------------------------------------------
 def test_latency_histogram_percentiles_within_a_bin():
-    from device.worker import LatencyHistogram
+    from device.core.worker import LatencyHistogram
 
     values = np.random.default_rng(0).uniform(10e-6, 200e-6, 100_000)
     histogram = LatencyHistogram()
@@ -235,7 +235,7 @@ def test_latency_histogram_percentiles_within_a_bin():
 # -- pieces that replace scipy.signal on the device (start-up time) -----------------------------------
 @pytest.mark.parametrize("cutoff", [10.0, 20.0, 80.0])
 def test_highpass_coefficients_equal_scipy_butter(cutoff):
-    from device.engine import butterworth_highpass
+    from device.core.engine import butterworth_highpass
 
     b, a = butterworth_highpass(cutoff, 48000)
     b_ref, a_ref = scipy.signal.butter(2, cutoff, "highpass", fs=48000)
@@ -254,8 +254,8 @@ def test_runtime_modules_do_not_import_scipy_signal():
     import subprocess
     import sys
 
-    code = ("import sys, device.engine, device.worker, device.runtime, device.audio, device.supervisor, "
-            "device.control, device.classifier, device.features, device.commands.run; "
+    code = ("import sys, device.core.engine, device.core.worker, device.core.session, device.rig.audio, device.rig.supervisor, "
+            "device.rig.control, device.core.classifier, device.core.features, device.commands.run; "
             "print('scipy.signal' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONPATH": os.getcwd()})
@@ -264,7 +264,7 @@ def test_runtime_modules_do_not_import_scipy_signal():
 
 # -- the latency command's measurements on synthetic signals ------------------------------------------
 def test_loop_impulse_response_finds_the_delay():
-    from device.causality import onset
+    from device.core.causality import onset
     from device.commands.latency import loop_impulse_response
 
     rng = np.random.default_rng(3)
@@ -298,7 +298,7 @@ def test_reference_lead_from_broadband_ambient_and_refusal_on_a_tone():
 def test_expected_estimate_error_matches_the_true_error_in_room_noise(room_dbfs):
     """The modelling error only says how loud the room is; the expected estimate error says
     how far the estimate is from the path, which is what FxLMS depends on."""
-    from device.dsp.identification import identify_path, make_probe
+    from device.core.dsp.identification import identify_path, make_probe
 
     rng = np.random.default_rng(5)
     path = np.zeros(256)
@@ -313,7 +313,7 @@ def test_expected_estimate_error_matches_the_true_error_in_room_noise(room_dbfs)
 
 
 def test_feature_helpers_equal_scipy_signal():
-    from device.features import hann_periodic, kaiser_lowpass, welch_psd
+    from device.core.features import hann_periodic, kaiser_lowpass, welch_psd
 
     assert np.allclose(hann_periodic(400), scipy.signal.get_window("hann", 400, fftbins=True), atol=1e-15)
     assert np.allclose(kaiser_lowpass(61, 1 / 3, 5.0), scipy.signal.firwin(61, 1 / 3, window=("kaiser", 5.0)), atol=1e-15)

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from device.engine import AncEngine
-from device.ringbuffer import BlockRing
-from device.runtime import Session
+from device.core.engine import AncEngine
+from device.core.ringbuffer import BlockRing
+from device.core.session import Session
 
 
 def test_ring_keeps_order_and_drops_when_full_without_blocking():
@@ -26,7 +26,7 @@ def test_ring_keeps_order_and_drops_when_full_without_blocking():
 
 
 class FakeRecords:
-    """Stands in for device.records.RecordFactory: the worker's side of the contract."""
+    """Stands in for device.contract.records.RecordFactory: the worker's side of the contract."""
 
     def __init__(self):
         self.made = []

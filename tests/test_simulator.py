@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from device.config import load_config
-from device.dsp.identification import identify_path, make_probe
-from device.dsp.lsfir import normal_equations
-from device.errors import UserError
+from device.contract.config import load_config
+from device.core.dsp.identification import identify_path, make_probe
+from device.core.dsp.lsfir import normal_equations
+from device.contract.errors import UserError
 from simulator.plant import Plant
 from simulator.run import simulate
 from simulator.scenes import SCENE_TYPES, generate_scene, load_scene, write_scene

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from device import sdnotify
+from device.rig import sdnotify
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = ROOT / "systemd" / "install.sh"
@@ -178,7 +178,7 @@ def test_install_lays_out_directories_and_files(staged):
 
 
 def test_installed_config_validates_and_points_at_the_layout(staged):
-    from device.config import load_config
+    from device.contract.config import load_config
 
     cfg = load_config(staged / "etc/anc-device/config.yaml")
     assert cfg.runtime.state_dir == "/var/lib/anc-device"
@@ -191,7 +191,7 @@ def test_installed_config_validates_and_points_at_the_layout(staged):
 
 def test_installed_agent_config_validates_and_agrees_with_the_runtime(staged):
     from cloud_sync.agent import load_agent_config
-    from device.config import load_config
+    from device.contract.config import load_config
 
     runtime = load_config(staged / "etc/anc-device/config.yaml")
     agent = load_agent_config(staged / "etc/anc-device/cloud_sync.yaml")
@@ -223,7 +223,7 @@ def test_second_install_keeps_an_edited_config(tmp_path):
     assert spool.read_bytes() == b"records"
     assert f"keeping {config}" in second.stdout
 
-    from device.config import load_config
+    from device.contract.config import load_config
 
     assert load_config(config).anc.intensity == 0.5
 

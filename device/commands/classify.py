@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from device.config import load_config
-from device.errors import UserError
+from device.contract.config import load_config
+from device.contract.errors import UserError
 
 NAME = "classify"
 HELP = "classify the noise in audio files (class, confidence and every class probability)"
@@ -55,7 +55,7 @@ def read_audio(path: Path, sample_rate: int) -> np.ndarray:
 
 
 def classify_audio(classifier, audio: np.ndarray, window_s: float, hop_s: float) -> dict:
-    from device.features import SAMPLE_RATE, feature_vector
+    from device.core.features import SAMPLE_RATE, feature_vector
 
     size = int(round(window_s * SAMPLE_RATE))
     hop = max(1, int(round(hop_s * SAMPLE_RATE)))
@@ -76,8 +76,8 @@ def classify_audio(classifier, audio: np.ndarray, window_s: float, hop_s: float)
 
 
 def run(args) -> int:
-    from device.classifier import NoiseClassifier
-    from device.features import MIN_SAMPLES, SAMPLE_RATE
+    from device.core.classifier import NoiseClassifier
+    from device.core.features import MIN_SAMPLES, SAMPLE_RATE
 
     cfg = load_config(args.config)
     classifier = NoiseClassifier(args.model or cfg.classifier.model)

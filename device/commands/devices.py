@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from device.config import load_config
+from device.contract.config import load_config
 
 NAME = "devices"
 HELP = "list PortAudio host APIs and devices, marking those the configuration selects"
@@ -20,7 +20,7 @@ def _ms(value) -> str:
 
 
 def run(args) -> int:
-    from device.audio import import_sounddevice, list_devices
+    from device.rig.audio import import_sounddevice, list_devices
 
     cfg = load_config(args.config)
     sd = import_sounddevice()

@@ -16,8 +16,8 @@ import sys
 
 import numpy as np
 
-from device.config import load_config
-from device.errors import UserError
+from device.contract.config import load_config
+from device.contract.errors import UserError
 
 NAME = "identify"
 HELP = "play a quiet probe, measure the speaker-to-error-mic path (with latency) and store it"
@@ -36,8 +36,8 @@ def add_arguments(parser) -> None:
 
 
 def measure(sd, cfg, spec) -> dict:
-    from device.audio import play_and_record
-    from device.dsp.identification import configured_probe, identify_path
+    from device.rig.audio import play_and_record
+    from device.core.dsp.identification import configured_probe, identify_path
 
     fs = spec.sample_rate
     probe = configured_probe(cfg.identification, fs)
@@ -54,8 +54,8 @@ def measure(sd, cfg, spec) -> dict:
 
 
 def run(args) -> int:
-    from device.audio import import_sounddevice, resolve_stream
-    from device.estimates import save_estimates
+    from device.rig.audio import import_sounddevice, resolve_stream
+    from device.rig.estimates import save_estimates
 
     cfg = load_config(args.config)
     sd = import_sounddevice()

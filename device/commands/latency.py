@@ -15,7 +15,7 @@ Two measurements on one duplex stream, the controller off:
    autocorrelation leakage.
 
 Broadband feedforward cancellation is possible only when the lead covers the loop delay
-(the same verdict the simulator gives for its plants, `device.causality`).
+(the same verdict the simulator gives for its plants, `device.core.causality`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import json
 
 import numpy as np
 
-from device.config import load_config
-from device.errors import UserError
+from device.contract.config import load_config
+from device.contract.errors import UserError
 
 NAME = "latency"
 HELP = "measure the loop delay and the reference mic's acoustic lead; say if broadband cancellation is possible"
@@ -62,8 +62,8 @@ def refine_onset(played: np.ndarray, recorded: np.ndarray, coarse: int) -> int:
     """The onset from a least-squares FIR around the cross-correlation's onset. A finite
     noise probe's autocorrelation is not a perfect impulse, and that leakage can move a
     20%-of-peak threshold by a sample; the least-squares fit has no such leakage."""
-    from device.causality import onset
-    from device.dsp.lsfir import fit_fir
+    from device.core.causality import onset
+    from device.core.dsp.lsfir import fit_fir
 
     first = max(0, coarse - REFINE_LEAD)
     # recorded[n + first] = sum_m h[m + first] played[n - m]: fit g[m] = h[m + first].
@@ -88,8 +88,8 @@ def spectral_flatness(x: np.ndarray, fs: int) -> float:
 def reference_lead(reference: np.ndarray, error: np.ndarray, fs: int) -> tuple[int | None, float]:
     """(lead in samples or None, modelling error dB) of the error mic relative to the reference.
     None when the ambient noise cannot tell: too tonal, too short, or not explained by a delay."""
-    from device.causality import onset
-    from device.dsp.lsfir import apply_fir, fit_fir
+    from device.core.causality import onset
+    from device.core.dsp.lsfir import apply_fir, fit_fir
 
     if spectral_flatness(reference, fs) < MIN_FLATNESS:
         return None, 0.0  # tonal ambient noise fits any delay modulo its period
@@ -109,9 +109,9 @@ def reference_lead(reference: np.ndarray, error: np.ndarray, fs: int) -> tuple[i
 
 
 def measure(sd, cfg, spec, ambient_s: float) -> dict:
-    from device.audio import play_and_record
-    from device.causality import Causality, onset
-    from device.dsp.identification import configured_probe
+    from device.rig.audio import play_and_record
+    from device.core.causality import Causality, onset
+    from device.core.dsp.identification import configured_probe
 
     fs = spec.sample_rate
     probe = configured_probe(cfg.identification, fs)
@@ -165,7 +165,7 @@ def measure(sd, cfg, spec, ambient_s: float) -> dict:
 
 
 def run(args) -> int:
-    from device.audio import import_sounddevice, resolve_stream
+    from device.rig.audio import import_sounddevice, resolve_stream
 
     if not 0.5 <= args.ambient_s <= 120:
         raise UserError(f"--ambient-s: expected 0.5 to 120 seconds, got {args.ambient_s}")

@@ -14,8 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
-from device.config import load_config
-from device.errors import UserError
+from device.contract.config import load_config
+from device.contract.errors import UserError
 
 NAME = "run"
 HELP = "run the noise canceller on the configured sound card until stopped"
@@ -32,7 +32,7 @@ def add_arguments(parser) -> None:
 def open_spool(cfg):
     """The local outbox the cloud agent drains; refusing to start beats silently losing records."""
     try:
-        from cloud_sync.spool import Spool
+        from device.contract.spool import Spool
     except ImportError:
         return None
     path = Path(cfg.spool.path)
@@ -50,11 +50,11 @@ def run(args) -> int:
         raise UserError(f"--duration: expected a positive number of seconds, got {args.duration}")
     cfg = load_config(args.config)
 
-    from device.audio import DuplexStream, import_sounddevice, resolve_stream
-    from device.engine import AncEngine
-    from device.estimates import load_estimates
-    from device.runtime import Session, load_classifier
-    from device.supervisor import Supervisor, format_summary
+    from device.rig.audio import DuplexStream, import_sounddevice, resolve_stream
+    from device.core.engine import AncEngine
+    from device.rig.estimates import load_estimates
+    from device.core.session import Session, load_classifier
+    from device.rig.supervisor import Supervisor, format_summary
 
     sd = import_sounddevice()
     spec = resolve_stream(sd, cfg)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from device.errors import UserError
+from device.contract.errors import UserError
 
 NAME = "scene"
 HELP = "write a seeded example scene (white, pink, traffic, office, construction, cafe, engine_hum) to a WAV file"

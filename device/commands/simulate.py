@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from device.config import load_config
+from device.contract.config import load_config
 
 NAME = "simulate"
 HELP = "run the controller, classifier and metrics on a WAV scene through a simulated plant"
@@ -28,7 +28,7 @@ def run(args) -> int:
     spool = None
     if out is not None:
         try:
-            from cloud_sync.spool import Spool
+            from device.contract.spool import Spool
 
             spool = Spool(out / "spool.sqlite", int(cfg.spool.budget_mb * 2**20))
         except ImportError:

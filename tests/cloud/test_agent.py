@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from cloud_sync.agent import main
-from cloud_sync.spool import Spool
-from device import features
-from device.control_channel import read_desired, write_reported
-from device.records import RecordFactory
+from device.contract.spool import Spool
+from device.core import features
+from device.contract.control_channel import read_desired, write_reported
+from device.contract.records import RecordFactory
 
 from .emulator import IotCoreEmulator
 from .test_mqtt import Collector, make_metrics

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from device.control_channel import (DesiredWatcher, read_desired, read_reported, validate_settings,
+from device.contract.control_channel import (DesiredWatcher, read_desired, read_reported, validate_settings,
                                     write_desired, write_reported)
-from device.errors import UserError
+from device.contract.errors import UserError
 
 
 @pytest.mark.parametrize("bad", [

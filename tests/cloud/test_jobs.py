@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cloud_sync.jobs import JobFailed, JobsAgent, install_model, rollback
-from device import features
-from device.classifier import NoiseClassifier, load_card
+from device.core import features
+from device.core.classifier import NoiseClassifier, load_card
 
 REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
 

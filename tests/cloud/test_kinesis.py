@@ -9,8 +9,8 @@ from moto import mock_aws
 
 from cloud_sync.kinesis import (MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL, KinesisForwarder, KinesisSink,
                                 pack_calls)
-from cloud_sync.spool import Spool
-from device.records import RecordFactory
+from device.contract.spool import Spool
+from device.contract.records import RecordFactory
 
 
 @pytest.fixture(autouse=True)

@@ -11,8 +11,8 @@ import pytest
 
 from cloud_sync.mqtt import (IOT_CORE_MAX_MESSAGE_BYTES, Backoff, MqttClient, MqttForwarder, MqttSettings,
                              TokenBucket, pack_batches)
-from cloud_sync.spool import Spool
-from device.records import RecordFactory
+from device.contract.spool import Spool
+from device.contract.records import RecordFactory
 
 from .broker import EMULATOR_IDENTITY
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from device.records import KINDS, RecordFactory, from_dict
+from device.contract.records import KINDS, RecordFactory, from_dict
 
 
 def _three(factory):

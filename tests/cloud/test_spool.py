@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from cloud_sync.spool import Spool
-from device.records import RecordFactory
+from device.contract.spool import Spool
+from device.contract.records import RecordFactory
 
 
 def metric(factory, pad=0):
@@ -133,8 +133,8 @@ def test_rejects_non_records(tmp_path):
 
 WRITER = textwrap.dedent("""
     import sys
-    from cloud_sync.spool import Spool
-    from device.records import RecordFactory
+    from device.contract.spool import Spool
+    from device.contract.records import RecordFactory
     spool = Spool(sys.argv[1], 1 << 30)
     f = RecordFactory("thing-1", "s1")
     n = 0

@@ -14,7 +14,7 @@ import signal
 import numpy as np
 import pytest
 
-from device.errors import UserError
+from device.contract.errors import UserError
 from simulator.jack_plant import DEFAULT_CLIENT_NAME, JACK_ROUND_TRIP_PERIODS, PlantEmulator
 from simulator.plant import Plant, onset
 

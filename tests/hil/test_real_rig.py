@@ -41,7 +41,7 @@ def rig_config(directory: Path, device: str) -> tuple[Path, dict]:
     base.setdefault("spool", {})["path"] = str(directory / "spool.sqlite")
     path = directory / "rig.yaml"
     path.write_text(yaml.safe_dump(base))
-    from device.config import load_config
+    from device.contract.config import load_config
 
     return path, load_config(path).as_dict()
 

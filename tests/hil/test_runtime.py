@@ -305,7 +305,7 @@ def test_desired_settings_reach_the_live_runtime_and_it_reports_them(identificat
     """The cloud agent's side of the local channel (`write_desired`, as a shadow delta does) turns
     the anti-noise off in a running `anc-device run`; the speaker falls silent at the emulator and
     `reported.json` says what was applied. Back on, and the speaker plays again."""
-    from device.control_channel import read_reported, write_desired
+    from device.contract.control_channel import read_reported, write_desired
 
     copy_state(identification, tmp_path)
     state = tmp_path / "state"

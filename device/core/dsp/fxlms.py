@@ -2,7 +2,7 @@
 
 `process_block` is the only thing the audio callback runs: a single `nogil` numba call that
 takes a block of reference and error microphone samples and writes a block of anti-noise,
-sample by sample, with all state in preallocated arrays (see `device.dsp.layout`).
+sample by sample, with all state in preallocated arrays (see `device.core.dsp.layout`).
 
 Per sample n:
   1. reference r(n), high-passed below the speaker's range, minus the estimated speaker
@@ -35,7 +35,7 @@ import math
 import numba as nb
 import numpy as np
 
-from device.dsp.layout import (
+from device.core.dsp.layout import (
     C_FILTERED,
     C_OUTPUT,
     C_REFERENCE,

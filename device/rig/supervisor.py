@@ -31,13 +31,13 @@ import threading
 import time
 from typing import Any
 
-from device import sdnotify
-from device.audio import DuplexStream, process_age_s, rescan_devices, resolve_stream
-from device.config import Config
-from device.control import RuntimeControl
-from device.errors import UserError
-from device.runtime import Session
-from device.worker import memory_mb
+from device.rig import sdnotify
+from device.rig.audio import DuplexStream, process_age_s, rescan_devices, resolve_stream
+from device.contract.config import Config
+from device.rig.control import RuntimeControl
+from device.contract.errors import UserError
+from device.core.session import Session
+from device.core.worker import memory_mb
 
 log = logging.getLogger(__name__)
 

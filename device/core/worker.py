@@ -24,9 +24,9 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from device.config import Config
-from device.engine import AncEngine, SafetyEvent
-from device.ringbuffer import BlockRing
+from device.contract.config import Config
+from device.core.engine import AncEngine, SafetyEvent
+from device.core.ringbuffer import BlockRing
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +147,8 @@ class Worker:
 
         self.classifier = classifier
         if classifier is not None:
-            from device.classifier import ClassTracker
-            from device.features import SAMPLE_RATE, StreamDecimator
+            from device.core.classifier import ClassTracker
+            from device.core.features import SAMPLE_RATE, StreamDecimator
 
             self._decimator = StreamDecimator(self.sample_rate, SAMPLE_RATE)
             self._window = np.zeros(int(round(cfg.classifier.window_s * SAMPLE_RATE)))
@@ -250,7 +250,7 @@ class Worker:
         if self._window_fill < size or self._since_hop < self._hop:
             return
         self._since_hop = 0
-        from device.features import power_and_peak
+        from device.core.features import power_and_peak
 
         detection = self.classifier.classify(self._window)
         power_db, peak_hz = power_and_peak(self._window, self._classifier_rate)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from device.dsp.lsfir import apply_fir, fit_fir
+from device.core.dsp.lsfir import apply_fir, fit_fir
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The runtime's side of the local control channel (see `device.control_channel`).
+"""The runtime's side of the local control channel (see `device.contract.control_channel`).
 
 Polled from the worker thread, never from the audio callback: one `stat` per poll for
 `desired.json` and one for `model.json`, a read only when one changed. Desired settings are
@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from device.control_channel import MODEL_FILE, DesiredWatcher, FileWatcher, write_reported
-from device.errors import UserError
+from device.contract.control_channel import MODEL_FILE, DesiredWatcher, FileWatcher, write_reported
+from device.contract.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class RuntimeControl:
         try:
             notice = json.loads(path.read_text())
             model_path = notice["path"]
-            from device.classifier import NoiseClassifier
+            from device.core.classifier import NoiseClassifier
 
             classifier = NoiseClassifier(model_path)
         except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -4,10 +4,10 @@
 (``noise_classifier.json``, written by `models/train.py`) and refuses, with one line naming the
 file and the problem, a model that is missing or corrupt, whose sha256 is not the card's, or
 whose features or classes are not what this device computes and has presets for. The runtime
-then carries on without classification (see `device.runtime.load_classifier`).
+then carries on without classification (see `device.core.session.load_classifier`).
 
 `classify` runs on the worker thread, never in the audio callback: features of the window
-(`device.features.feature_vector`) plus one onnxruntime call, single-threaded so the audio
+(`device.core.features.feature_vector`) plus one onnxruntime call, single-threaded so the audio
 thread keeps its core.
 
 `ClassTracker` turns the stream of per-window detections into a current class that does not
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from device import features
-from device.config import NOISE_CLASSES
-from device.errors import UserError
+from device.core import features
+from device.contract.config import NOISE_CLASSES
+from device.contract.errors import UserError
 
 
 class ModelError(UserError):

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from device.control_channel import write_bytes_atomic
-from device.errors import UserError
+from device.contract.control_channel import write_bytes_atomic
+from device.contract.errors import UserError
 
 ESTIMATE_FILE = "secondary_path.npz"
 METADATA_FILE = "secondary_path.json"

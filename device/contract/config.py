@@ -19,9 +19,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from device.errors import ConfigError
+from device.contract.errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Relative paths in the defaults are resolved against CONFIG_DIR, which sits beside the
 # `models` package both in the source tree and in an installed wheel.
 CONFIG_DIR = PROJECT_ROOT / "config"
@@ -31,7 +31,7 @@ def default_file(name: str) -> Path:
     """A defaults file: config/NAME in the source tree, else the copy a wheel ships in
     the package `device.defaults` (built from config/)."""
     in_tree = CONFIG_DIR / name
-    return in_tree if in_tree.exists() else Path(__file__).resolve().parent / "defaults" / name
+    return in_tree if in_tree.exists() else Path(__file__).resolve().parents[1] / "defaults" / name
 
 
 DEFAULT_CONFIG = default_file("default.yaml")

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from device.config import Config
-from device.dsp import layout as L
-from device.dsp.fxlms import process_block
-from device.errors import UserError
+from device.contract.config import Config
+from device.core.dsp import layout as L
+from device.core.dsp.fxlms import process_block
+from device.contract.errors import UserError
 
 EVENT_CAPACITY = 256
 

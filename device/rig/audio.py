@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from device.config import Config
-from device.errors import UserError
+from device.contract.config import Config
+from device.contract.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Plain NumPy reference of the FxLMS kernel, written for reading, not speed.
 
-Same algorithm, same settings (`device.dsp.layout` params) and the same safety logic as
-`device.dsp.fxlms.process_block`, but with textbook shift-register histories and one
+Same algorithm, same settings (`device.core.dsp.layout` params) and the same safety logic as
+`device.core.dsp.fxlms.process_block`, but with textbook shift-register histories and one
 `numpy.dot` per filter. The tests check the numba kernel against it to tight tolerance;
 the benchmark reports its speed beside the kernel's.
 """
@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from device.dsp import layout as L
+from device.core.dsp import layout as L
 
 MIN_ADAPT_GAIN = 0.05
 HEAVY_LIMITING = 0.5

@@ -16,11 +16,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from device.config import Config
-from device.engine import AncEngine
-from device.errors import UserError
-from device.ringbuffer import BlockRing
-from device.worker import Worker, new_session_id
+from device.contract.config import Config
+from device.core.engine import AncEngine
+from device.contract.errors import UserError
+from device.core.ringbuffer import BlockRing
+from device.core.worker import Worker, new_session_id
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def load_classifier(cfg: Config) -> tuple[Any | None, str | None]:
     if not cfg.classifier.enabled:
         return None, "disabled in the configuration"
     try:
-        from device.classifier import NoiseClassifier
+        from device.core.classifier import NoiseClassifier
     except ImportError as exc:  # onnxruntime missing on this install
         return None, f"classifier unavailable ({exc})"
     try:
@@ -44,7 +44,7 @@ def load_classifier(cfg: Config) -> tuple[Any | None, str | None]:
 
 def record_factory(cfg: Config, session_id: str) -> Any | None:
     try:
-        from device.records import RecordFactory
+        from device.contract.records import RecordFactory
     except ImportError:
         return None
     return RecordFactory(cfg.runtime.device_id or socket.gethostname(), session_id)

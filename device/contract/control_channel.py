@@ -26,8 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from device.config import NOISE_CLASSES
-from device.errors import UserError
+from device.contract.config import NOISE_CLASSES
+from device.contract.errors import UserError
 
 DESIRED_FILE = "desired.json"
 REPORTED_FILE = "reported.json"
