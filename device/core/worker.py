@@ -286,8 +286,8 @@ class Worker:
                  name, preset.step_size, preset.leakage, preset.intensity)
 
     def set_user_intensity(self, intensity: float) -> None:
+        self.engine.set_intensity(self.preset_intensity * float(intensity))  # raises before anything changes
         self.user_intensity = float(intensity)
-        self.engine.set_intensity(self.preset_intensity * self.user_intensity)
 
     def set_preset_override(self, name: str | None) -> None:
         """Force a class's preset (None: let the classifier choose again)."""

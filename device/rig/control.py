@@ -54,14 +54,21 @@ class RuntimeControl:
             return
         if settings is None:
             return
-        self.desired_error = None
         worker = self.worker
-        if "anc_enabled" in settings:
-            worker.engine.set_enabled(settings["anc_enabled"])
-        if "anc_intensity" in settings:
-            worker.set_user_intensity(settings["anc_intensity"])
-        if "preset" in settings:
-            worker.set_preset_override(None if settings["preset"] == "auto" else settings["preset"])
+        try:
+            # The intensity goes first: the engine refuses a value the validation let through,
+            # and then nothing else of this file is applied either.
+            if "anc_intensity" in settings:
+                worker.set_user_intensity(settings["anc_intensity"])
+            if "anc_enabled" in settings:
+                worker.engine.set_enabled(settings["anc_enabled"])
+            if "preset" in settings:
+                worker.set_preset_override(None if settings["preset"] == "auto" else settings["preset"])
+        except UserError as exc:
+            self.desired_error = f"{self.desired.path}: {exc}"
+            log.error("desired settings refused by the engine: %s", self.desired_error)
+            return
+        self.desired_error = None
         self.applied.update(settings)
         log.info("applied desired settings %s", json.dumps(settings, sort_keys=True))
 
