@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from device.contract.config import Key, _validate, default_file
-from device.contract.control_channel import write_json_atomic
+from device.contract.files import utc_now_iso, write_json_atomic, write_text_atomic
 from device.contract.errors import ConfigError, UserError
 
 log = logging.getLogger("cloud_sync")
@@ -107,9 +107,8 @@ def _set_thing_name(config_path: Path, thing: str, cert: Path, key: Path) -> Non
                     r"^(  key_file:)[^#\n]*": rf"\g<1> {key}  "}
     for pattern, new in replacements.items():
         text = re.sub(pattern, new, text, count=1, flags=re.MULTILINE)
-    tmp = config_path.with_name(f".{config_path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, config_path)
+    # Keep the file's mode: it may be 0640 (root:anc) and must not become world-readable.
+    write_text_atomic(config_path, text, stat.S_IMODE(config_path.stat().st_mode))
 
 
 # -- run ------------------------------------------------------------------------------------------
@@ -183,7 +182,7 @@ class Agent:
             "dropped_oversize": stats["dropped_oversize"],
             "delivered_this_run": delivered,
             "last_error": self.client.last_error if self.client else None,
-            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "updated_at": utc_now_iso(),
         }
 
     def write_health(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from device.contract.config import Config
+from device.contract.files import utc_iso
 from device.core.engine import AncEngine, SafetyEvent
 from device.core.ringbuffer import BlockRing
 
@@ -369,7 +370,7 @@ class Worker:
             self.engine.set_step_factor(factor)
 
     def _timestamp(self) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.wall_clock())) + "Z"
+        return utc_iso(self.wall_clock())
 
     def _flush(self) -> None:
         if not self._pending:

@@ -9,14 +9,12 @@ import subprocess
 import sys
 import time
 
-import pytest
 import yaml
 
 from cloud_sync.agent import main
 from device.contract.spool import Spool
 from device.core import features
 from device.contract.control_channel import read_desired, write_reported
-from device.contract.records import RecordFactory
 
 from .emulator import IotCoreEmulator
 from .test_mqtt import Collector, make_metrics
