@@ -31,13 +31,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from device.contract.files import MODE_GROUP_WRITE, utc_stamp
+from device.contract.records import DROP_ORDER
 
 log = logging.getLogger(__name__)
 
 # Both services (different users, group ``anc``) read and write the spool and its -wal/-shm.
 FILE_MODE = MODE_GROUP_WRITE
 # Drop order when over budget: lower number goes first.
-DROP_PRIORITY = {"processing_metric": 0, "noise_detection": 1, "session": 2}
+DROP_PRIORITY = {kind: rank for rank, kind in enumerate(DROP_ORDER)}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     rowid INTEGER PRIMARY KEY AUTOINCREMENT,
