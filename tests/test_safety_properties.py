@@ -276,30 +276,36 @@ def test_systemd_watchdog_is_not_pinged_while_the_worker_is_stalled(cfg, headpho
 
     run_cfg = cfg.replace("runtime", state_dir=str(tmp_path / "state")).replace("classifier", enabled=False)
     session = Session(run_cfg, AncEngine.from_config(run_cfg, headphone_estimate))
-    stalled, release = threading.Event(), threading.Event()
+    stalled, blocked, release = threading.Event(), threading.Event(), threading.Event()
     poll = session.worker.poll
 
     def worker_poll():
         if stalled.is_set():
-            release.wait(10)
+            blocked.set()
+            release.wait(30)
         return poll()
 
     monkeypatch.setattr(session.worker, "poll", worker_poll)
     supervisor = Supervisor(run_cfg, None, session, _FakeStream(session), quiet=True)
-    counts = {}
+    counts = {"healthy": 0, "stalled": 0, "recovered": 0}
+
+    def wait_for_pings(name, at_least, limit_s=30.0):
+        deadline = time.monotonic() + limit_s  # generous: start-up on a loaded machine is slow
+        while counts[name] < at_least and time.monotonic() < deadline:
+            time.sleep(0.05)
+            counts[name] += pings()
 
     def scenario():
         try:
-            time.sleep(0.6)
-            counts["healthy"] = pings()
+            wait_for_pings("healthy", 3)
             stalled.set()
-            time.sleep(0.3)  # the worker finishes its pass and blocks in the next
+            assert blocked.wait(30)
+            time.sleep(0.2)  # a ping for the pass that finished just before may still come
             pings()
-            time.sleep(0.8)
+            time.sleep(1.0)  # 20 ping periods
             counts["stalled"] = pings()
             release.set()
-            time.sleep(0.4)
-            counts["recovered"] = pings()
+            wait_for_pings("recovered", 1)
         finally:
             release.set()
             supervisor.request_stop()
@@ -307,10 +313,10 @@ def test_systemd_watchdog_is_not_pinged_while_the_worker_is_stalled(cfg, headpho
     helper = threading.Thread(target=scenario)
     helper.start()
     try:
-        supervisor.run(duration_s=10.0)  # signal handlers need the main thread
+        supervisor.run(duration_s=120.0)  # signal handlers need the main thread; the helper stops it
     finally:
         release.set()
-        helper.join(15)
+        helper.join(60)
         receiver.close()
     assert counts["healthy"] >= 3, counts
     assert counts["stalled"] == 0, f"the watchdog was pinged while the worker was stuck: {counts}"

@@ -54,19 +54,11 @@ class RuntimeControl:
             return
         if settings is None:
             return
-        worker = self.worker
         try:
-            # The intensity goes first: the engine refuses a value the validation let through,
-            # and then nothing else of this file is applied either.
-            if "anc_intensity" in settings:
-                worker.set_user_intensity(settings["anc_intensity"])
-            if "anc_enabled" in settings:
-                worker.engine.set_enabled(settings["anc_enabled"])
-            if "preset" in settings:
-                worker.set_preset_override(None if settings["preset"] == "auto" else settings["preset"])
-        except UserError as exc:
+            self.worker.apply_settings(settings)
+        except UserError as exc:  # the engine refused a value the validation let through: nothing applied
             self.desired_error = f"{self.desired.path}: {exc}"
-            log.error("desired settings refused by the engine: %s", self.desired_error)
+            log.error("desired settings refused, nothing applied: %s", self.desired_error)
             return
         self.desired_error = None
         self.applied.update(settings)
@@ -97,9 +89,7 @@ class RuntimeControl:
         worker, engine = self.worker, self.worker.engine
         metrics = worker.report.metrics[-1] if worker.report.metrics else None
         return {
-            "anc_enabled": bool(engine.enabled),
-            "anc_intensity": round(float(worker.user_intensity), 4),
-            "preset": worker.preset_override or "auto",
+            **worker.settings.reported(),
             "mode": engine.mode,
             "noise_type": worker.current_class,
             "estimated_cancellation_db": None if metrics is None or metrics.estimated_cancellation_db is None

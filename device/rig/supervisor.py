@@ -71,6 +71,7 @@ class Supervisor:
         self._blocks_before = 0  # blocks and xruns of earlier streams (a restart starts new counters)
         self._xruns_before = 0
         self.unmuted_pending = True
+        self._silence_reported_at = 0  # worker sample count at the last silence report
         self.control = RuntimeControl(cfg.runtime.state_dir, session.worker, health=self.health)
 
     # -- shared read-outs ----------------------------------------------------------------------
@@ -227,10 +228,12 @@ class Supervisor:
                 failure = "the stream stopped (device gone or PortAudio error)"
             elif now - last_progress > STALL_S:
                 failure = f"no audio callback for {STALL_S:.0f} s"
-            elif worker.samples - worker.last_signal_sample > SILENCE_S * self.stream.spec.sample_rate:
+            elif worker.samples - max(worker.last_signal_sample, self._silence_reported_at) \
+                    > SILENCE_S * self.stream.spec.sample_rate:
                 # JACK keeps a stream running when the client it was connected to vanishes, and a
                 # dead USB card may deliver zeros: reopening re-finds and reconnects the device.
-                worker.last_signal_sample = worker.samples
+                # The worker owns last_signal_sample; this thread only notes what it reported.
+                self._silence_reported_at = worker.samples
                 failure = f"both microphones digitally silent for {SILENCE_S:.0f} s (device disconnected?)"
             if failure is not None:
                 self._report_stream_error(failure)
