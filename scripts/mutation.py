@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Mutation run over the safety, delivery and validation code (mutants in scripts/mutants.toml).
 
-For each mutant: copy the source tree (no .git, .venv or caches) to a work directory, replace
-the mutant's exact snippets, and run its subset of the test suite there with a time limit.
-A mutant is
+The source tree (no .git, .venv or caches) is copied once at the start; for each mutant a
+fresh copy of that snapshot is made in the work directory, the mutant's exact snippets are
+replaced, and its subset of the test suite runs there with a time limit. A mutant is
 
   killed     some test failed (the first failing test is named),
   ALIVE      every selected test passed: the suite does not notice the broken promise,
@@ -110,11 +110,21 @@ def apply(mutant: Mutant, tree: Path) -> list[str]:
     return problems
 
 
-def copy_tree(work: Path) -> Path:
+def snapshot(work: Path) -> Path:
+    """The source tree as it is now: edits made while the run goes on do not leak into it."""
+    source = work / "source"
+    if source.exists():
+        shutil.rmtree(source)
+    shutil.copytree(ROOT, source, ignore=IGNORED)  # copy2 keeps mtimes: numba's cache stays valid
+    return source
+
+
+def copy_tree(work: Path, source: Path) -> Path:
+    """A fresh copy of the snapshot, always at the same path (so numba's cache is reused)."""
     tree = work / "tree"
     if tree.exists():
         shutil.rmtree(tree)
-    shutil.copytree(ROOT, tree, ignore=IGNORED)  # copy2 keeps mtimes: numba's cache stays valid
+    shutil.copytree(source, tree)
     return tree
 
 
@@ -188,15 +198,16 @@ def main() -> int:
         mutants = [m for m in mutants if m.name in args.only]
 
     args.work.mkdir(parents=True, exist_ok=True)
+    source = snapshot(args.work)
     if args.check:
         bad = 0
         for mutant in mutants:
-            problems = apply(mutant, copy_tree(args.work))
+            problems = apply(mutant, copy_tree(args.work, source))
             bad += bool(problems)
             print(f"{mutant.name:45s} {'ok' if not problems else '; '.join(problems)}")
         return 1 if bad else 0
 
-    tree = copy_tree(args.work)
+    tree = copy_tree(args.work, source)
     env = environment(args.work, tree)
     check_imports(args.python, tree, env)
     if not args.no_baseline:
@@ -211,7 +222,7 @@ def main() -> int:
 
     outcomes = []
     for index, mutant in enumerate(mutants, 1):
-        tree = copy_tree(args.work)
+        tree = copy_tree(args.work, source)
         problems = apply(mutant, tree)
         if problems:
             outcome = Outcome(mutant, "not found", detail=problems)

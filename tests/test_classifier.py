@@ -239,10 +239,10 @@ def test_missing_model_and_card_are_refused(small_model, tmp_path):
     _refused(path, "not valid JSON")
 
 
-def test_corrupt_bytes_are_refused(small_model, tmp_path):
+def test_corrupt_bytes_are_refused(tmp_path):
     import hashlib
 
-    path = _copy(small_model, tmp_path)
+    path = _copy(SHIPPED, tmp_path)  # the shipped model: this refusal needs no training extra
     data = bytearray(path.read_bytes())
     data[10:400] = b"\xff" * 390
     path.write_bytes(bytes(data))
@@ -252,8 +252,8 @@ def test_corrupt_bytes_are_refused(small_model, tmp_path):
     _refused(path, "not a valid ONNX model")
 
 
-def test_sha_mismatch_is_refused(small_model, tmp_path):
-    path = _copy(small_model, tmp_path)
+def test_sha_mismatch_is_refused(tmp_path):
+    path = _copy(SHIPPED, tmp_path)
     _edit_card(path, sha256="0" * 64)
     _refused(path, "sha256 .* does not match")
 
