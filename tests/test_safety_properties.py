@@ -153,6 +153,21 @@ def test_watchdog_trips_on_weight_norm_alone(cfg, headphone):
     assert np.max(np.abs(result.output)) < 10 ** (cfg.safety.output_ceiling_dbfs / 20)
 
 
+def test_watchdog_trips_on_sustained_heavy_limiting_alone(cfg, headphone):
+    """A filter whose output the limiter must hold 12 dB down for longer than the hold time is
+    reset for sustained limiting, while the error level and the weight norm are normal."""
+    engine = _engine(cfg, headphone.full_secondary_path()[:256], baseline_ms=20.0)
+    _fixed_filter(engine, 20.0)  # norm 20 < max_weight_norm 50
+    t = np.arange(FS // 4) / FS
+    out = _run(engine, 0.1 * np.sin(2 * np.pi * 500 * t), _noise(2, t.size, 0.05))
+    events = engine.drain_events()
+    assert events, "no trip although the limiter held the gain 12 dB down"
+    assert events[0].kind == "sustained_limiting", events
+    assert events[0].value < -6.0
+    assert events[0].time_s < 0.02 + 0.005 + cfg.safety.watchdog_hold_ms * 1e-3 + 0.02  # baseline, fade, hold
+    assert np.max(np.abs(out)) <= 10 ** (cfg.safety.output_ceiling_dbfs / 20) * (1 + 1e-12)
+
+
 # -- normalization -------------------------------------------------------------------------------
 def test_adaptation_does_not_depend_on_the_noise_level(cfg, headphone):
     """The step is normalized by the filtered-reference power: the same scene 30x quieter or
