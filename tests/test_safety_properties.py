@@ -168,6 +168,23 @@ def test_watchdog_trips_on_sustained_heavy_limiting_alone(cfg, headphone):
     assert np.max(np.abs(out)) <= 10 ** (cfg.safety.output_ceiling_dbfs / 20) * (1 + 1e-12)
 
 
+def test_watchdog_gives_up_and_stays_silent_when_it_trips_again_at_the_minimum_step(cfg, headphone):
+    """A rise that comes back after every reset means the model no longer fits the plant: once
+    the step is backed off to its floor, the next trip stops the engine for good."""
+    cfg = cfg.replace("safety", min_step_size=cfg.controller.step_size * cfg.safety.step_backoff)
+    engine = _engine(cfg, headphone.full_secondary_path()[:256], baseline_ms=20.0)
+    _fixed_filter(engine, 0.5)
+    n = FS
+    reference = 0.1 * np.sin(2 * np.pi * 500 * np.arange(n) / FS)
+    error = _noise(2, n, 0.05)
+    error[int(0.1 * FS):] *= 10.0  # +20 dB from 100 ms on, for good
+    out = _run(engine, reference, error)
+    kinds = [event.kind for event in engine.drain_events()]
+    assert kinds == ["error_rise", "error_rise", "stopped_reidentify"], kinds
+    assert engine.mode == "stop" and engine.is_silent
+    assert not np.any(out[-FS // 4:])
+
+
 # -- normalization -------------------------------------------------------------------------------
 def test_adaptation_does_not_depend_on_the_noise_level(cfg, headphone):
     """The step is normalized by the filtered-reference power: the same scene 30x quieter or
