@@ -185,6 +185,30 @@ def test_watchdog_gives_up_and_stays_silent_when_it_trips_again_at_the_minimum_s
     assert not np.any(out[-FS // 4:])
 
 
+# -- bad input samples ---------------------------------------------------------------------------
+def test_a_nan_or_inf_microphone_sample_is_a_zero_and_control_carries_on(cfg, headphone):
+    """One NaN on the reference and one Inf on the error mic (a glitching converter): they are
+    counted and replaced, nothing trips, and the output goes on as if the samples were zero,
+    instead of the NaN settling in the filter states."""
+    t = np.arange(FS // 4) / FS
+    reference = 0.1 * np.sin(2 * np.pi * 500 * t)
+    error = _noise(2, t.size, 0.05)
+    outputs = {}
+    for glitch in (False, True):
+        engine = _engine(cfg, headphone.full_secondary_path()[:256])
+        _fixed_filter(engine, 0.5)
+        r, e = reference.copy(), error.copy()
+        if glitch:
+            r[2403], e[2407] = np.nan, np.inf
+        else:
+            r[2403], e[2407] = 0.0, 0.0
+        outputs[glitch] = _run(engine, r, e)
+        assert engine.drain_events() == []
+        assert engine.snapshot()["nonfinite_inputs"] == (2 if glitch else 0)
+    assert np.any(outputs[True][-FS // 10:])
+    np.testing.assert_allclose(outputs[True], outputs[False], rtol=0, atol=1e-12)
+
+
 # -- normalization -------------------------------------------------------------------------------
 def test_adaptation_does_not_depend_on_the_noise_level(cfg, headphone):
     """The step is normalized by the filtered-reference power: the same scene 30x quieter or
