@@ -120,7 +120,7 @@ def test_kinesis_record_over_the_record_limit_is_discarded_counted_and_the_rest_
 
 
 # -- what the agent trusts -----------------------------------------------------------------------
-@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660, 0o610, 0o601])
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660, 0o610, 0o601], ids=lambda m: f"{m:04o}")
 def test_private_key_readable_by_group_or_others_is_refused(tmp_path, mode):
     key = tmp_path / "device.key"
     key.write_text("-----BEGIN PRIVATE KEY-----\nnot a real key\n-----END PRIVATE KEY-----\n")
@@ -130,7 +130,7 @@ def test_private_key_readable_by_group_or_others_is_refused(tmp_path, mode):
     assert "BEGIN" not in str(info.value)
 
 
-@pytest.mark.parametrize("mode", [0o600, 0o400])
+@pytest.mark.parametrize("mode", [0o600, 0o400], ids=lambda m: f"{m:04o}")
 def test_private_key_for_the_owner_alone_is_accepted(tmp_path, mode):
     key = tmp_path / "device.key"
     key.write_text("key")
