@@ -35,6 +35,7 @@ from device.rig import sdnotify
 from device.rig.audio import DuplexStream, process_age_s, rescan_devices, resolve_stream
 from device.contract.config import Config
 from device.rig.control import RuntimeControl
+from device.rig.memory import page_out_cold_libraries, return_freed_memory
 from device.contract.errors import UserError
 from device.core.session import Session
 from device.core.worker import memory_mb
@@ -164,7 +165,8 @@ class Supervisor:
             gc.collect()
             gc.freeze()
             gc.disable()
-            _return_freed_memory()
+            return_freed_memory()
+            page_out_cold_libraries()
             sys.setswitchinterval(SWITCH_INTERVAL_S)
             status = self._loop(duration_s)
         finally:
@@ -298,17 +300,6 @@ class Supervisor:
         p99 = summary["callback_p99_ms"]
         summary["callback_p99_of_period"] = None if p99 is None else round(p99 / period_ms, 4)
         return summary
-
-
-def _return_freed_memory() -> None:
-    """glibc keeps the heap that start-up freed (model parsing, imports) mapped; hand it back
-    once before the stream starts (about 9 MiB here). A no-op without glibc."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _value(value) -> str:
