@@ -427,10 +427,14 @@ def _masked(X: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return out
 
 
-def inner_folds(clips: list[Clip], members: np.ndarray) -> np.ndarray:
-    """Two inner folds (0/1) for the clips `members` (indices into `clips`): a class's recordings
-    alternate between the folds; a class left with ONE recording is split by time into halves."""
+def inner_folds(clips: list[Clip], members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two inner folds (0/1) for the clips `members` (indices into `clips`), and which clips count
+    in the inner score. A class's recordings alternate between the folds and count; a class left
+    with ONE recording is split by time into halves so that both inner trainings still know it,
+    but it does not count: other moments of the same recording measure the recording, not the
+    class, and would favour the features that describe the recording."""
     fold = np.full(len(clips), -1)
+    counts = np.zeros(len(clips), dtype=bool)
     by_class: dict[str, dict[str, list[int]]] = {}
     for i in members:
         by_class.setdefault(clips[i].label, {}).setdefault(clips[i].recording, []).append(int(i))
@@ -445,7 +449,8 @@ def inner_folds(clips: list[Clip], members: np.ndarray) -> np.ndarray:
         for r, name in enumerate(names):
             for k in recordings[name]:
                 fold[k] = r % 2
-    return fold
+                counts[k] = True
+    return fold, counts
 
 
 def source_group(clip: Clip) -> str:
@@ -470,7 +475,7 @@ def select_candidate(clips: list[Clip], rows: Rows, members: np.ndarray, allowed
                      params: dict) -> tuple[str, dict[str, float]]:
     """The candidate feature set with the best balanced accuracy on the inner split of `members`
     (training rows limited to `allowed`); ties go to the earlier candidate."""
-    fold = inner_folds(clips, members)
+    fold, counts = inner_folds(clips, members)
     keys = np.array([c.key for c in clips])
     scores = {}
     for name, dropped in CANDIDATES.items():
@@ -479,7 +484,7 @@ def select_candidate(clips: list[Clip], rows: Rows, members: np.ndarray, allowed
         for f in (0, 1):
             test_clips = np.flatnonzero(fold == f)
             train = _train_rows(rows, set(keys[test_clips]), allowed)
-            test = rows.clean & np.isin(rows.clip, test_clips)
+            test = rows.clean & np.isin(rows.clip, test_clips[counts[test_clips]])
             if not test.any() or not train.any():
                 continue
             forest = make_forest(seed, params)
@@ -686,8 +691,9 @@ def cross_validate(clips: list[Clip], rows: Rows, seed: int, params: dict, log=p
         "method": ("leave-one-source-out: every source recording held out in turn (its windows, and every "
                    "augmented row built from it, also as mixed-in background, absent from training); the "
                    "feature set chosen in each fold on a two-way inner split of the training recordings "
-                   "(recordings alternate; a class left with one recording split by time), never on the "
-                   "held-out recording; evaluation on the clean 2 s windows (0.5 s hop)"),
+                   "(recordings alternate; a class left with one recording is split by time for training "
+                   "and left out of the inner score), never on the held-out recording; evaluation on the "
+                   "clean 2 s windows (0.5 s hop)"),
         "folds": len(recordings),
         "real_accuracy": _accuracy(y_true[is_real], pred[is_real]),
         "real_balanced_accuracy": round(float(np.mean([v for v in real_per_class.values()])), 4),

@@ -68,6 +68,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from device.contract.model_card import FEATURE_VERSION, N_FEATURES
+
 SAMPLE_RATE = 16000
 N_FFT = 512
 WIN_LENGTH = 512
@@ -82,8 +84,6 @@ TARGET_RMS_DBFS = -20.0  # level every window is scaled to before the analysis
 SILENCE_RMS = 1e-7       # below this RMS (-140 dBFS) a window is left unscaled
 FLATNESS_BAND_HZ = (50.0, 7500.0)
 N_DELTA = N_MFCC
-FEATURE_VERSION = 3  # 2: + spectral flux (mean, std, p90); 3: + modulation, comodulation, onsets, tonality
-
 # Acoustic bands (Hz) whose dB envelopes give the modulation features, and the modulation
 # bands (Hz, of the envelope): slow swells (passing vehicles), syllabic rate (speech babble,
 # ~4 Hz), fast (tool strokes, footsteps), very fast (clicks, impulses). The frame rate is
@@ -104,7 +104,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     + ("onset_rate_hz", "onset_strength_db")
     + ("crest_mean_db", "crest_std_db", "peak_persistence")
 )
-N_FEATURES: int = len(FEATURE_NAMES)
+if len(FEATURE_NAMES) != N_FEATURES:  # the model card's contract (device.contract.model_card)
+    raise ImportError(f"features compute {len(FEATURE_NAMES)} values, the model contract says {N_FEATURES}")
 MIN_SAMPLES = WIN_LENGTH + HOP_LENGTH  # at least two frames, so deltas exist
 
 
