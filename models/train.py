@@ -1,6 +1,6 @@
 """Train the noise classifier: Random Forest on `device.core.features`, exported to ONNX with a model card.
 
-    python -m models.train [--data DIR] [--out models/noise_classifier.onnx] [--seed 0] [--quick]
+    python -m models.train [--data DIR] [--out models/noise_classifier.onnx] [--seed 0] [--no-eval]
 
 Data: the real recordings in ``<repo>/../shared/data/noise/<class>/*.wav`` (16 kHz mono; its
 README gives sources, licences and attribution, copied into the model card) plus seeded
@@ -23,7 +23,9 @@ each step drawn from a seeded generator:
   brown/pink/white noise, or a hum;
 * microphone self-noise (white, 35-60 dB below), a gain of -40..+6 dB;
 * a slow gain swell (recordings only): 2-8 dB at 0.1-0.6 Hz, as a vehicle passing or people
-  moving nearer; then clipping at full scale and 16-bit quantisation.
+  moving nearer; then clipping at full scale and 16-bit quantisation;
+* speed and pitch (recordings only, applied first): playback 0.9-1.1x by polyphase resampling
+  (an engine, a saw, voices a little faster or slower).
 
 `AUG_PARAMS` holds the probabilities and ranges (copied into the model card); `models/ablation.py`
 measures the feature groups under the same leave-one-source-out protocol.
@@ -35,13 +37,16 @@ chainsaw recording; the generated white/pink "recordings" of one generator index
 held out in turn; its windows, and every augmented row built from it (also as mixed-in
 background), are absent from training. In each outer fold the feature set (`CANDIDATES`:
 every feature, or without the lowest MFCC means that carry the microphone's EQ) is chosen on a
-two-way inner split of the training recordings (`select_candidate`), never on the held-out one.
+two-way inner split of the training recordings (`select_candidate`: a class left with one
+recording is split by time for training but not scored), never on the held-out one.
 The fold also computes the out-of-distribution statistics from its training rows and reports
 which held-out windows the device's `unknown` rule (config `classifier.unknown_*`) would
 answer `unknown`, and a reliability curve of the forest's probabilities.
 
-The final model is trained on everything and written with its card (classes, feature spec,
-data summary and attribution, hyper-parameters, evaluation, sha256 of the ONNX file).
+The final model is trained on everything, with the feature set the inner split of all
+recordings chooses, and written with its card (classes, feature spec, data summary and
+attribution, hyper-parameters, evaluation, out-of-distribution statistics, sha256 of the ONNX
+file).
 Deterministic: the same command and data give the same bytes.
 """
 
