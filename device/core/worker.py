@@ -6,7 +6,7 @@ It drains the block ring and, in audio time:
   * summarises callback timing (duration, start jitter, xrun flags) per metrics interval;
   * decimates the reference mic to 16 kHz and classifies the last window every hop, with a
     confidence threshold and hysteresis, switching the controller preset when the class
-    changes;
+    changes (`unknown`, a window unlike every class: the neutral controller settings);
   * emits processing-metric, noise-detection and session records to a sink (the spool).
 
 It runs on a thread on the device and synchronously in the simulator (`poll`), so both give
@@ -282,7 +282,9 @@ class Worker:
 
     # -- settings from the control channel ------------------------------------------------------
     def _apply_preset(self, name: str) -> None:
-        if name == "unknown":
+        from device.core.classifier import UNKNOWN
+
+        if name == UNKNOWN:
             # Unlike every class the model knows: the neutral settings of the controller section.
             controller = self.cfg.controller
             self.preset_intensity = 1.0
