@@ -15,9 +15,9 @@ import numpy as np
 
 from device.contract.config import Config
 from device.core.dsp.identification import IdentificationResult, configured_probe, identify_path
-from device.core.engine import AncEngine
 from device.contract.errors import UserError
-from device.core.session import Session, load_classifier
+from device.core import summary as session_summary_parts
+from device.core.session import Session, compose_session
 from simulator import report
 from simulator.optimum import causal_optimum
 from simulator.plant import ClosedLoopResult, Plant, run_closed_loop
@@ -77,11 +77,8 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
     fs = plant.sample_rate
 
     secondary, feedback = identify_plant(cfg, plant, seed)
-    engine = AncEngine.from_config(cfg, secondary.estimate, None if feedback is None else feedback.estimate,
-                                   sample_rate=fs, block_size=block_size)
-    engine.warm_up()
-    classifier, classifier_error = load_classifier(cfg)
-    session = Session(cfg, engine, classifier=classifier, spool=spool, classifier_error=classifier_error)
+    session = compose_session(cfg, secondary.estimate, None if feedback is None else feedback.estimate,
+                              sample_rate=fs, block_size=block_size, spool=spool)
 
     counter = [0]
 
@@ -106,17 +103,9 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
     optimum_db = report.attenuation_db(off, optimum.error[window])
     optimum_band_db = report.band_attenuation_db(off, optimum.error[window], fs)
     causality = plant.causality()
-    events = [event.to_dict() for event in session.worker.report.safety_events]
     worker = session.worker.report
-    classes = [{"time_s": round(c.time_s, 3), "noise_type": c.noise_type, "confidence": round(c.confidence, 3)}
-               for c in worker.class_changes]
-    dominant = None
-    dominant_confidence = None
-    if worker.detections:
-        labels = [d["noise_type"] for d in worker.detections]
-        dominant = max(sorted(set(labels)), key=labels.count)
-        dominant_confidence = round(float(np.mean([d["confidence"] for d in worker.detections
-                                                   if d["noise_type"] == dominant])), 3)
+    shared = session_summary_parts.session_parts(session)
+    dominant, dominant_confidence = session_summary_parts.dominant_class(worker)
     ceiling_dbfs = cfg.safety.output_ceiling_dbfs
     peak = float(np.max(np.abs(result.output))) if result.output.size else 0.0
     summary = {
@@ -145,30 +134,23 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
         "feedback_path_in_plant": plant.feedback_path is not None,
         "real_time_factor": round(result.duration_s / max(result.wall_time_s, 1e-9), 1),
         "engine_real_time_factor": round(result.duration_s / max(result.engine_time_s, 1e-9), 1),
-        "safety_events": events,
+        "safety_events": shared["safety_events"],
         "watchdog_trips": session_summary["watchdog_trips"],
         "diverged": session_summary["watchdog_trips"] > 0,
         "output_peak_dbfs": round(20 * np.log10(max(peak, 1e-12)), 2),
         "output_ceiling_dbfs": ceiling_dbfs,
-        "estimated_cancellation_db": _device_estimate(worker.metrics, window.start / fs),
+        "estimated_cancellation_db": session_summary_parts.mean_cancellation_db(worker.metrics, after_s=window.start / fs),
         "session_avg_cancellation_db": session_summary["avg_cancellation_db"],
-        "noise_classes": classes,
+        "noise_classes": shared["noise_classes"],
         "dominant_class": dominant,
         "dominant_class_confidence": dominant_confidence,
         "detections": len(worker.detections),
-        "classifier": "on" if worker.classifier_error is None else f"off: {worker.classifier_error}",
-        "records_written": worker.records_written,
-        "session_id": session.session_id,
+        "classifier": shared["classifier"],
+        "records_written": shared["records_written"],
+        "session_id": shared["session_id"],
     }
     metrics = per_second_metrics(result, session)
     return Simulation(scene, plant, cfg, result, secondary, feedback, optimum.error, summary, metrics, session)
-
-
-def _device_estimate(metrics, steady_start_s: float) -> float | None:
-    """The device's own cancellation estimate over the steady state (mean of its intervals)."""
-    values = [m.estimated_cancellation_db for m in metrics
-              if m.estimated_cancellation_db is not None and m.time_s > steady_start_s + 1e-9]
-    return None if not values else round(float(np.mean(values)), 2)
 
 
 def per_second_metrics(result: ClosedLoopResult, session: Session) -> list[dict]:
@@ -263,8 +245,7 @@ def write_outputs(sim: Simulation, out: Path) -> list[Path]:
 
 
 def format_summary(summary: dict) -> str:
-    def db(value):
-        return "n/a" if value is None else f"{value:.1f} dB"
+    db = session_summary_parts.db
 
     lines = [
         f"scene        {summary['scene']}  ({summary['duration_s']:.1f} s, {summary['scene_sample_rate']} Hz"
@@ -290,15 +271,7 @@ def format_summary(summary: dict) -> str:
     if summary["feedback_path_in_plant"] and summary["feedback_identification"] is None:
         lines.append("feedback     the plant leaks the speaker into the reference mic and "
                      "controller.feedback_neutralization is off")
-    if summary["safety_events"]:
-        lines.append(f"safety       {len(summary['safety_events'])} watchdog events:")
-        for event in summary["safety_events"][:10]:
-            lines.append(f"             {event['time_s']:.3f} s  {event['kind']} ({event['value']:.1f}), "
-                         f"step size was {event['step_size']:.4g}")
-        if any(event["kind"] == "stopped_reidentify" for event in summary["safety_events"]):
-            lines.append("             anti-noise stopped: the secondary path no longer matches; run `anc-device identify`")
-    else:
-        lines.append("safety       no watchdog events")
+    lines.extend(session_summary_parts.safety_lines(summary["safety_events"]))
     if summary["classifier"] != "on":
         lines.append(f"classes      classifier {summary['classifier']}")
     elif summary["noise_classes"]:

@@ -51,9 +51,8 @@ def run(args) -> int:
     cfg = load_config(args.config)
 
     from device.rig.audio import DuplexStream, import_sounddevice, resolve_stream
-    from device.core.engine import AncEngine
     from device.rig.estimates import load_estimates
-    from device.core.session import Session, load_classifier
+    from device.core.session import compose_session
     from device.rig.supervisor import Supervisor, format_summary
 
     sd = import_sounddevice()
@@ -62,13 +61,10 @@ def run(args) -> int:
     if cfg.controller.feedback_neutralization and estimates.feedback_path is None:
         raise UserError("controller.feedback_neutralization: the stored estimate has no feedback path; "
                         "run `anc-device identify` again with this setting")
-    engine = AncEngine.from_config(cfg, estimates.secondary_path, estimates.feedback_path,
-                                   sample_rate=spec.sample_rate, block_size=spec.block_size)
-    engine.warm_up()
-    classifier, classifier_error = load_classifier(cfg)
     spool = open_spool(cfg)
     try:
-        session = Session(cfg, engine, classifier=classifier, spool=spool, classifier_error=classifier_error)
+        session = compose_session(cfg, estimates.secondary_path, estimates.feedback_path,
+                                  sample_rate=spec.sample_rate, block_size=spec.block_size, spool=spool)
         stream = DuplexStream(sd, spec, session)
         logging.getLogger(__name__).info(
             "secondary path: %d taps, modelling error %s dB, identified %s",
