@@ -58,11 +58,12 @@ def record_factory(cfg: Config, session_id: str) -> Any | None:
 def compose_session(cfg: Config, secondary_path: np.ndarray, feedback_path: np.ndarray | None, *,
                     sample_rate: int, block_size: int, spool: Any | None = None,
                     classifier: tuple[Any | None, str | None] | None = None) -> "Session":
-    """The one way a backend builds a session: the classifier first, then the engine from the configuration and the
+    """The one way a backend builds a session: the classifier first (a missing or refused model
+    is a UserError before anything is compiled), then the engine from the configuration and the
     path estimates, compiled and warmed up, then the session around both and the spool.
-    `classifier`: what `load_classifier(cfg)` returned, when the caller checked it
+    `classifier`: what `load_classifier(cfg, required=True)` returned, when the caller checked it
     earlier (before creating outputs)."""
-    model, classifier_error = classifier if classifier is not None else load_classifier(cfg)
+    model, classifier_error = classifier if classifier is not None else load_classifier(cfg, required=True)
     engine = AncEngine.from_config(cfg, secondary_path, feedback_path, sample_rate=sample_rate, block_size=block_size)
     engine.warm_up()
     return Session(cfg, engine, classifier=model, spool=spool, classifier_error=classifier_error)

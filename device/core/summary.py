@@ -77,6 +77,16 @@ def class_names(classes: list[dict[str, Any]]) -> str:
     return ", ".join(c["noise_type"] for c in classes) or "-"
 
 
+def class_intervals(classes: list[dict[str, Any]], end_s: float) -> str:
+    """The class timeline as intervals: "2.0-10.0 s pink, 10.0-20.0 s construction" (a class
+    holds from its switch to the next one; before the first switch nothing was classified)."""
+    parts = []
+    for index, change in enumerate(classes):
+        until = classes[index + 1]["time_s"] if index + 1 < len(classes) else end_s
+        parts.append(f"{change['time_s']:.1f}-{until:.1f} s {change['noise_type']}")
+    return ", ".join(parts) or "-"
+
+
 def safety_lines(events: list[dict[str, Any]], limit: int = 10) -> list[str]:
     """The `safety` lines of a summary: none, or each watchdog event with its time and value."""
     if not events:
