@@ -104,6 +104,9 @@ SCHEMA: dict[str, Any] = {
         "duration_s": Key("float", "s", 0.1, 60.0),
         "fade_ms": Key("float", "ms", 0.0, 1000.0),
         "seed": Key("int", "", 0, 2**32 - 1),
+        "max_left_out_db": Key("float", "dB", -80.0, -10.0),
+        "feedback_threshold_db": Key("float", "dB", -80.0, 20.0),
+        "ambient_s": Key("float", "s", 0.0, 60.0),
     },
     "classifier": {
         "enabled": Key("bool"),
