@@ -43,6 +43,10 @@ class Plant:
     sensor_noise_dbfs: float | None
     source: str
     description: str = ""
+    # The real plant changing mid-run (the controller is not told): from `at_sample` on, the
+    # speaker reaches the error mic through `secondary_path` (and the reference mic through
+    # `feedback_path`, when given).
+    path_changes: list["PathChange"] = field(default_factory=list)
 
     # -- loading -------------------------------------------------------------------------
     @classmethod
@@ -73,7 +77,7 @@ class Plant:
     @classmethod
     def _from_spec(cls, spec: dict, path: Path) -> "Plant":
         allowed = {"name", "description", "sample_rate", "latency_samples", "reference_path", "primary_path",
-                   "secondary_path", "feedback_path", "sensor_noise_dbfs"}
+                   "secondary_path", "feedback_path", "sensor_noise_dbfs", "path_changes"}
         for key in spec:
             if key not in allowed:
                 raise UserError(f"{path}: {key}: unknown plant key (allowed: {', '.join(sorted(allowed))})")
@@ -99,6 +103,8 @@ class Plant:
             return _read_response(path, key, value, rate)
 
         reference = response("reference_path", False)
+        feedback = response("feedback_path", False)
+        changes = _read_path_changes(path, spec.get("path_changes"), rate, feedback is not None)
         return cls(
             name=str(spec.get("name", path.stem)),
             description=str(spec.get("description", "")),
@@ -107,9 +113,10 @@ class Plant:
             primary_path=response("primary_path", True),
             secondary_path=response("secondary_path", True),
             reference_path=np.array([1.0]) if reference is None else reference,
-            feedback_path=response("feedback_path", False),
+            feedback_path=feedback,
             sensor_noise_dbfs=None if noise is None else float(noise),
             source=str(path),
+            path_changes=changes,
         )
 
     def check_block_size(self, block_size: int) -> None:
@@ -135,9 +142,17 @@ class Plant:
             sample_rate=self.sample_rate,
         )
 
-    def full_secondary_path(self) -> np.ndarray:
-        """The secondary path as the controller sees it: latency included."""
-        return np.concatenate([np.zeros(self.latency_samples), self.secondary_path])
+    def secondary_path_at(self, sample: int) -> np.ndarray:
+        """The real secondary path in effect at `sample`, after the `path_changes` before it."""
+        path = self.secondary_path
+        for change in self.path_changes:
+            if change.at_sample <= sample:
+                path = change.secondary_path
+        return path
+
+    def full_secondary_path(self, at_sample: int = 0) -> np.ndarray:
+        """The secondary path as the controller sees it (latency included), at `at_sample`."""
+        return np.concatenate([np.zeros(self.latency_samples), self.secondary_path_at(at_sample)])
 
     def full_feedback_path(self) -> np.ndarray | None:
         if self.feedback_path is None:
@@ -163,6 +178,42 @@ class Plant:
             err = err + scipy.signal.fftconvolve(ambient, self.primary_path)[:n]
             ref = ref + scipy.signal.fftconvolve(ambient, self.reference_path)[:n]
         return ref, err
+
+
+@dataclass(frozen=True)
+class PathChange:
+    at_sample: int
+    secondary_path: np.ndarray
+    feedback_path: np.ndarray | None = None
+
+
+def _read_path_changes(yaml_path: Path, value, rate: int, has_feedback: bool) -> list[PathChange]:
+    """`path_changes: [{at_s: 8.0, secondary_path: FILE, feedback_path: FILE}]`, in time order."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise UserError(f"{yaml_path}: path_changes: expected a list of {{at_s, secondary_path}} entries, got {value!r}")
+    changes = []
+    for index, entry in enumerate(value):
+        where = f"path_changes[{index}]"
+        if not isinstance(entry, dict):
+            raise UserError(f"{yaml_path}: {where}: expected a mapping with at_s and secondary_path, got {entry!r}")
+        for key in entry:
+            if key not in ("at_s", "secondary_path", "feedback_path"):
+                raise UserError(f"{yaml_path}: {where}.{key}: unknown key (allowed: at_s, secondary_path, feedback_path)")
+        at_s = entry.get("at_s")
+        if isinstance(at_s, bool) or not isinstance(at_s, (int, float)) or not 0 <= at_s <= 86400 or at_s != at_s:
+            raise UserError(f"{yaml_path}: {where}.at_s: expected a time in [0, 86400] s, got {at_s!r}")
+        if "secondary_path" not in entry:
+            raise UserError(f"{yaml_path}: {where}.secondary_path: missing key")
+        secondary = _read_response(yaml_path, f"{where}.secondary_path", entry["secondary_path"], rate)
+        feedback = None
+        if entry.get("feedback_path") is not None:
+            if not has_feedback:
+                raise UserError(f"{yaml_path}: {where}.feedback_path: the plant has no feedback_path to change")
+            feedback = _read_response(yaml_path, f"{where}.feedback_path", entry["feedback_path"], rate)
+        changes.append(PathChange(int(round(float(at_s) * rate)), secondary, feedback))
+    return sorted(changes, key=lambda change: change.at_sample)
 
 
 def _read_response(yaml_path: Path, key: str, value, rate: int) -> np.ndarray:
@@ -271,8 +322,9 @@ class ClosedLoop:
     `process_block(ref, err, out, meta)` runs once per block exactly as in the audio callback;
     the speaker block reaches the microphones `latency_samples` later through the secondary
     and feedback paths. Memory is bounded by the chunk length, not the scene's.
-    `secondary_path_changes` [(sample index, new path)] changes the real plant mid-run (the
-    controller is not told), e.g. to test the watchdog."""
+    The plant's own `path_changes` and `secondary_path_changes` [(sample index, new path)]
+    change the real plant mid-run (the controller is not told), e.g. to test the watchdog or
+    path tracking."""
 
     def __init__(self, plant: Plant, process_block: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None],
                  block_size: int, seed: int, secondary_path_changes: list[tuple[int, np.ndarray]] | None = None):
@@ -285,10 +337,13 @@ class ClosedLoop:
         self.reference_fir = StreamingFir(plant.reference_path)
         self.primary_fir = StreamingFir(plant.primary_path)
         self.secondary = plant.secondary_path
-        self.changes = sorted(secondary_path_changes or [], key=lambda change: change[0])
-        self.tail = max(max(self.secondary.size, *(path.size for _, path in self.changes)) if self.changes
-                        else self.secondary.size,
-                        0 if plant.feedback_path is None else plant.feedback_path.size)
+        self.feedback = plant.feedback_path
+        self.changes = sorted([*plant.path_changes, *(PathChange(int(at), np.asarray(path, dtype=np.float64))
+                                                      for at, path in (secondary_path_changes or []))],
+                              key=lambda change: change.at_sample)
+        self.tail = max([self.secondary.size, 0 if self.feedback is None else self.feedback.size]
+                        + [max(c.secondary_path.size, 0 if c.feedback_path is None else c.feedback_path.size)
+                           for c in self.changes])
         # Speaker contributions still to land, from `position` on.
         self.to_error = np.zeros(plant.latency_samples + block_size + self.tail)
         self.to_reference = np.zeros_like(self.to_error)
@@ -313,7 +368,6 @@ class ClosedLoop:
         reference_free = self.reference_fir(s) + plant.sensor_noise(n, self.reference_noise)
         error_off = self.primary_fir(s) + plant.sensor_noise(n, self.error_noise)
         latency = plant.latency_samples
-        feedback = plant.feedback_path
         keep = self.to_error.size
         to_error = np.zeros(n + keep)
         to_error[:keep] = self.to_error
@@ -329,10 +383,13 @@ class ClosedLoop:
         process_block = self.process_block
         engine_time = 0.0
         no_feedback = np.zeros(0)
-        feedback_path = no_feedback if feedback is None else feedback
+        feedback_path = no_feedback if self.feedback is None else self.feedback
         for a in range(0, n, block_size):
-            while changes and changes[0][0] <= base + a:
-                secondary = self.secondary = np.asarray(changes.pop(0)[1], dtype=np.float64)
+            while changes and changes[0].at_sample <= base + a:
+                change = changes.pop(0)
+                secondary = self.secondary = change.secondary_path
+                if change.feedback_path is not None:
+                    self.feedback = feedback_path = change.feedback_path
             _microphone_blocks(reference_free, error_off, to_reference, to_error, a, ref_block, err_block)
             t0 = clock()
             meta[0] = t0 - self._clock_zero

@@ -24,13 +24,14 @@ from typing import Any
 import numpy as np
 
 from device.contract.config import Config
-from device.core.dsp.identification import IdentificationResult, configured_probe, identify_path
+from device.core.dsp.identification import (IdentificationResult, RigIdentification, configured_probe,
+                                            controller_tap_budget, identify_rig, resolved_controller_taps)
 from device.contract.errors import UserError
 from device.core import summary as session_summary_parts
 from device.core.session import Session, compose_session, load_classifier
 from simulator import report
-from simulator.optimum import causal_optimum
-from simulator.plant import ClosedLoop, ClosedLoopChunk, ClosedLoopResult, Plant
+from simulator.optimum import causal_optima
+from simulator.plant import ClosedLoop, ClosedLoopChunk, ClosedLoopResult, PathChange, Plant
 from simulator.scenes import SceneStream
 
 POLL_EVERY_BLOCKS = 16
@@ -54,16 +55,24 @@ class Simulation:
     plot_data: tuple | None = None           # steady-window signals and attenuation over time, for report.png
 
 
-def identify_plant(cfg: Config, plant: Plant, seed: int) -> tuple[IdentificationResult, IdentificationResult | None]:
-    """What `anc-device identify` does on a rig, against the simulated plant."""
+def identify_rig_of_plant(cfg: Config, plant: Plant, seed: int, ambient: np.ndarray | None = None) -> RigIdentification:
+    """What `anc-device identify` does on a rig, against the simulated plant: `ambient`
+    (the scene before control starts, speaker silent) sizes the controller, then the probe
+    measures the secondary and feedback paths."""
     fs = plant.sample_rate
     probe = configured_probe(cfg.identification, fs)
     reference, error = plant.open_loop(probe, seed)
-    secondary = identify_path(probe, error, cfg.controller.secondary_path_taps)
-    feedback = None
-    if cfg.controller.feedback_neutralization and plant.feedback_path is not None:
-        feedback = identify_path(probe, reference, cfg.controller.feedback_path_taps)
-    return secondary, feedback
+    ambient_reference = ambient_error = None
+    if ambient is not None and ambient.size:
+        ambient_reference, ambient_error = plant.open_loop(np.zeros(ambient.size), seed + 1, ambient=ambient)
+    return identify_rig(probe, reference, error, cfg.controller, cfg.identification, fs,
+                        controller_tap_budget(cfg.controller), ambient_reference, ambient_error)
+
+
+def identify_plant(cfg: Config, plant: Plant, seed: int) -> tuple[IdentificationResult, IdentificationResult | None]:
+    """The secondary-path estimate and, where neutralization is on, the feedback-path one."""
+    rig = identify_rig_of_plant(cfg, plant, seed)
+    return rig.secondary, rig.feedback if rig.neutralize_feedback else None
 
 
 def _progress_printer(enabled: bool):
@@ -227,6 +236,10 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
     scene, plant, configuration and classifier have been checked). `keep_signals` also keeps
     the whole signals in memory (`Simulation.result`), for tests on short scenes."""
     plant = Plant.load(plant_name or cfg.simulator.plant)
+    if secondary_path_changes:
+        plant.path_changes = sorted([*plant.path_changes, *(PathChange(int(at), np.asarray(path, dtype=np.float64))
+                                                             for at, path in secondary_path_changes)],
+                                    key=lambda change: change.at_sample)
     block_size = cfg.audio.block_size
     plant.check_block_size(block_size)
     scene = SceneStream(scene_path, plant.sample_rate)
@@ -234,7 +247,13 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
     fs = plant.sample_rate
     classifier = load_classifier(cfg, required=True)
 
-    secondary, feedback = identify_plant(cfg, plant, seed)
+    ambient = scene.head(int(cfg.identification.ambient_s * fs))
+    rig = identify_rig_of_plant(cfg, plant, seed, ambient)
+    secondary = rig.secondary
+    feedback = rig.feedback if rig.neutralize_feedback else None
+    # What identification decided becomes the configuration the runtime runs with.
+    cfg = cfg.replace("controller", feedback_neutralization=rig.neutralize_feedback,
+                      taps=resolved_controller_taps(cfg.controller, rig.recommended_taps))
     out_dir = prepare_out_dir(out) if out is not None else None
     own_spool = None
     if out_dir is not None and spool is None:
@@ -249,8 +268,8 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
         session = compose_session(cfg, secondary.estimate, None if feedback is None else feedback.estimate,
                                   sample_rate=fs, block_size=block_size, spool=spool, classifier=classifier)
         outputs = _Outputs(out_dir, fs) if out_dir is not None else None
-        sim = _run(scene, plant, cfg, session, secondary, feedback, secondary_path_changes, outputs,
-                   _progress_printer(progress), keep_signals, str(scene_path))
+        sim = _run(scene, plant, cfg, session, rig, outputs, _progress_printer(progress), keep_signals,
+                   str(scene_path))
     except BaseException:
         if outputs is not None:
             outputs.discard()
@@ -268,8 +287,10 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
     return sim
 
 
-def _run(scene: SceneStream, plant: Plant, cfg: Config, session: Session, secondary, feedback,
-         secondary_path_changes, outputs, on_progress, keep_signals: bool, scene_name: str) -> Simulation:
+def _run(scene: SceneStream, plant: Plant, cfg: Config, session: Session, rig: RigIdentification,
+         outputs, on_progress, keep_signals: bool, scene_name: str) -> Simulation:
+    secondary = rig.secondary
+    feedback = rig.feedback if rig.neutralize_feedback else None
     fs = plant.sample_rate
     block_size = cfg.audio.block_size
     counter = [0]
@@ -280,8 +301,9 @@ def _run(scene: SceneStream, plant: Plant, cfg: Config, session: Session, second
         if counter[0] % POLL_EVERY_BLOCKS == 0:
             session.poll()
 
-    loop = ClosedLoop(plant, process_block, block_size, cfg.simulator.seed, secondary_path_changes)
-    full_secondary = plant.full_secondary_path()
+    loop = ClosedLoop(plant, process_block, block_size, cfg.simulator.seed)
+    steady_start = report.steady_window(scene.samples, fs).start
+    full_secondary = plant.full_secondary_path(steady_start)
     history = cfg.controller.taps + full_secondary.size + plant.reference_path.size
     measured = Measurements(scene.samples, fs, history, session, None if outputs is None else outputs.metrics)
     chunk_length = max(1, int(CHUNK_S * fs) // block_size) * block_size
@@ -305,11 +327,14 @@ def _run(scene: SceneStream, plant: Plant, cfg: Config, session: Session, second
     attenuation = report.attenuation_db(off, on)
     band = report.band_attenuation_db(off, on, fs)
     start = window.start - measured.kept_from
-    optimum = causal_optimum(measured.kept["disturbance_reference"], measured.kept["error_off"], full_secondary,
-                             cfg.controller.taps, start, measured.kept["error_off"].size)
+    optima = causal_optima(measured.kept["disturbance_reference"], measured.kept["error_off"], full_secondary,
+                           cfg.controller.taps, start, measured.kept["error_off"].size, cfg.safety.max_weight_norm)
+    optimum = optima.reachable
     optimum_error = optimum.error[start:]
     optimum_db = report.attenuation_db(off, optimum_error)
     optimum_band_db = report.band_attenuation_db(off, optimum_error, fs)
+    unconstrained_error = optima.unconstrained.error[start:]
+    unconstrained_db = report.attenuation_db(off, unconstrained_error)
     times, att = measured.attenuation_over_time()
     settled = report.convergence(times, att, attenuation)
     causality = plant.causality()
@@ -326,7 +351,8 @@ def _run(scene: SceneStream, plant: Plant, cfg: Config, session: Session, second
         "plant": plant.name,
         "block_size": block_size,
         "taps": cfg.controller.taps,
-        "secondary_path_taps": cfg.controller.secondary_path_taps,
+        "secondary_path_taps": int(secondary.estimate.size),
+        "secondary_path_max_taps": cfg.controller.secondary_path_taps,
         "latency_samples": plant.latency_samples,
         "steady_state_s": [round(window.start / fs, 3), round(window.stop / fs, 3)],
         "attenuation_db": round(attenuation, 2),
@@ -337,10 +363,23 @@ def _run(scene: SceneStream, plant: Plant, cfg: Config, session: Session, second
         "wiener_bound_db": round(optimum_db, 2),
         "wiener_bound_band_db": round(optimum_band_db, 2),
         "gap_to_optimum_db": round(optimum_db - attenuation, 2),
+        # wiener_bound_* is the optimum reachable within ||w|| <= safety.max_weight_norm; the
+        # unconstrained least-squares optimum beside it (simulator/optimum.py).
+        "optimum_unconstrained_db": round(unconstrained_db, 2),
+        "optimum_unconstrained_band_db": round(report.band_attenuation_db(off, unconstrained_error, fs), 2),
+        "optimum_weight_norm": round(optimum.weight_norm, 2),
+        "optimum_unconstrained_weight_norm": round(optima.unconstrained.weight_norm, 2),
+        "optimum_max_weight_norm": optima.max_weight_norm,
+        "optimum_loading": optimum.loading,
         "causality": causality.to_dict(),
         "causality_verdict": causality.explain(),
         "identification": secondary.to_dict(),
         "feedback_identification": None if feedback is None else feedback.to_dict(),
+        "feedback_measured": None if rig.feedback is None else rig.feedback.to_dict(),
+        "feedback_ratio_db": None if rig.feedback_ratio_db is None else round(rig.feedback_ratio_db, 2),
+        "feedback_neutralization": rig.neutralize_feedback,
+        "primary_span_samples": rig.primary_span_samples,
+        "recommended_controller_taps": rig.recommended_taps,
         "feedback_path_in_plant": plant.feedback_path is not None,
         "real_time_factor": round(duration_s / max(loop.wall_time_s, 1e-9), 1),
         "engine_real_time_factor": round(duration_s / max(loop.engine_time_s, 1e-9), 1),

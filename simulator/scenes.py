@@ -198,6 +198,18 @@ class SceneStream:
             if exhausted:
                 break
 
+    def head(self, samples: int) -> np.ndarray:
+        """The first `samples` samples at the plant rate (fewer if the scene is shorter)."""
+        if samples <= 0:
+            return np.zeros(0)
+        parts, count = [], 0
+        for piece in self._resampled():
+            parts.append(piece[:samples - count])
+            count += parts[-1].size
+            if count >= samples:
+                break
+        return np.concatenate(parts)
+
     def chunks(self, length: int):
         """Plant-rate float64 mono in pieces of exactly `length` samples (the last may be shorter)."""
         buffer = np.empty(length)
