@@ -25,6 +25,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", help="YAML file overriding config/default.yaml")
     parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until SIGTERM/SIGINT)")
     parser.add_argument("--json", action="store_true", help="print the exit summary as exactly one JSON object on stdout")
+    parser.add_argument("--no-live-view", action="store_true",
+                        help="no status line on the terminal (it is off anyway when stderr is not a terminal or "
+                             "under systemd)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                         help="log level on stderr (default info)")
 
@@ -54,6 +57,8 @@ def run(args) -> int:
     from device.rig.estimates import load_estimates
     from device.core.session import compose_session
     from device.rig.supervisor import Supervisor, format_summary
+    from device.commands import live_view
+    from device.commands.live_view import LiveView
 
     sd = import_sounddevice()
     spec = resolve_stream(sd, cfg)
@@ -69,7 +74,15 @@ def run(args) -> int:
         logging.getLogger(__name__).info(
             "secondary path: %d taps, modelling error %s dB, identified %s",
             estimates.secondary_path.size, estimates.metadata.get("quality_db"), estimates.metadata.get("created_at"))
-        summary = Supervisor(cfg, sd, session, stream, spool=spool).run(args.duration)
+        supervisor = Supervisor(cfg, sd, session, stream, spool=spool)
+        view = LiveView(supervisor) if live_view.wanted() and not args.no_live_view else None
+        if view is not None:
+            view.start()
+        try:
+            summary = supervisor.run(args.duration)
+        finally:
+            if view is not None:
+                view.stop()
     finally:
         if spool is not None:
             spool.close()
