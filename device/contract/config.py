@@ -88,6 +88,8 @@ SCHEMA: dict[str, Any] = {
         "baseline_ms": Key("float", "ms", 0.0, 10000.0, exclusive_minimum=True),
         "watchdog_rise_db": Key("float", "dB", 0.0, 60.0, exclusive_minimum=True),
         "watchdog_hold_ms": Key("float", "ms", 0.0, 10000.0, exclusive_minimum=True),
+        "sustained_rise_db": Key("float", "dB", 0.0, 20.0, exclusive_minimum=True),
+        "sustained_hold_ms": Key("float", "ms", 0.0, 60000.0, exclusive_minimum=True),
         "max_weight_norm": Key("float", "L2 norm", 0.0, 1e6, exclusive_minimum=True),
         "step_backoff": Key("float", "factor", 0.0, 1.0, exclusive_minimum=True),
         "min_step_size": Key("float", "normalized step (mu)", 0.0, 2.0, exclusive_minimum=True),
@@ -102,6 +104,9 @@ SCHEMA: dict[str, Any] = {
         "duration_s": Key("float", "s", 0.1, 60.0),
         "fade_ms": Key("float", "ms", 0.0, 1000.0),
         "seed": Key("int", "", 0, 2**32 - 1),
+        "max_left_out_db": Key("float", "dB", -80.0, -10.0),
+        "feedback_threshold_db": Key("float", "dB", -80.0, 20.0),
+        "ambient_s": Key("float", "s", 0.0, 60.0),
     },
     "classifier": {
         "enabled": Key("bool"),
