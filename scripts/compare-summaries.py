@@ -64,7 +64,8 @@ def compare(path: str, expected, actual, tolerance_db: float, out: list[str]) ->
             return
         tol = tolerance(key, tolerance_db)
         if not (math.isfinite(expected) and math.isfinite(actual)) or abs(expected - actual) > tol:
-            out.append(f"{path}: expected {expected}, got {actual} (tolerance {tol:g})")
+            out.append(f"{path}: expected {expected:.6g}, got {actual:.6g}, off by {abs(expected - actual):.3g}"
+                       f" (tolerance {tol:g})")
         return
     if expected != actual:
         out.append(f"{path}: expected {expected!r}, got {actual!r} (exact)")
