@@ -1,0 +1,381 @@
+#!/usr/bin/env bash
+# Runs the tests that do not need real time on arm64 Debian 12 (bookworm, Python 3.11), the
+# base of 64-bit Raspberry Pi OS, under qemu user emulation, then runs `anc-device --simulate`
+# on the bundled scenes there and natively and compares the figures.
+#
+# 1. Builds an arm64 root with mmdebstrap and a virtual environment in it with the project's
+#    dependencies, wheels only (`--only-binary=:all:`: a dependency without an aarch64 wheel
+#    fails the run instead of building from source). The root is cached outside the checkout
+#    in $ANC_AARCH64_CACHE (default /var/cache/anc-device/aarch64), keyed on a hash of the
+#    dependency list in pyproject.toml and of this script's recipe; a change of either builds
+#    a new root and removes the old one.
+# 2. Copies the checkout into the root, installs the project itself (editable, --no-deps) and
+#    runs the emulated tests (list and what is left out: EMULATED_TESTS and DESELECTED below).
+# 3. Runs every bundled scene through `anc-device --simulate --json` in the root and in the
+#    native .venv (scripts/setup.sh) and compares the summaries: dB figures within
+#    $ANC_AARCH64_TOLERANCE_DB (default 0.1 dB), speed figures excluded.
+#
+# Needs root (chroot, mounts) and installs qemu-user-static, binfmt-support and mmdebstrap
+# with apt-get if missing. Safe to run again; every mount it makes is undone on exit, also
+# when interrupted. Exit status: 0 if everything passed, 1 otherwise. Details: docs/install.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+cache=${ANC_AARCH64_CACHE:-/var/cache/anc-device/aarch64}
+tolerance_db=${ANC_AARCH64_TOLERANCE_DB:-0.1}
+# Wall-clock limit for the emulated pytest run, seconds: CI's whole budget is 45 minutes.
+pytest_timeout=${ANC_AARCH64_PYTEST_TIMEOUT:-1500}
+
+# -- the root's recipe (part of the cache key) -------------------------------------------------
+suite=bookworm
+# python3-venv brings pip's wheel for the venv; the system pip is not needed.
+# mosquitto: tests/cloud start a real TLS broker of their own.
+root_packages=python3,python3-venv,libportaudio2,libsndfile1,ca-certificates,mosquitto
+# The extras the emulated tests import: plots (test_cli's report.png), train (ONNX export
+# against scikit-learn), cloud and test. Not hil: tests/hil is not run here.
+extras=cloud,plots,test,train
+venv=/opt/anc-device/venv
+# The Raspberry Pi 4's core. qemu's default CPU ("max") has instructions no Pi 4 has (SVE,
+# LSE atomics...), which numba's LLVM and OpenBLAS would otherwise use.
+qemu_cpu=cortex-a72
+
+# The tests that need no real time, by file. Not here: tests/hil (JACK in real time);
+# tests/test_systemd.py (systemd-analyze against the unit files and install.sh: text and
+# shell, the same on every architecture, and systemd is not in the root); tests/test_runtime.py
+# and tests/test_rig.py (threads, queues, fake sound devices and run-long timing
+# percentiles: their figures are about timing, which emulation does not reproduce, and the
+# numerics they touch are covered by the kernel and simulator tests).
+EMULATED_TESTS=(
+    tests/test_kernel.py
+    tests/test_config.py
+    tests/test_simulator.py
+    tests/test_classifier.py
+    tests/test_features.py
+    tests/cloud
+    tests/test_cli.py
+)
+# The slowest of those under emulation (about 13 times native), left to the native suite to
+# keep the emulated run inside CI's budget. Each is either covered here by something else or
+# checks nothing that depends on the architecture. Native seconds on the 2-core CI machine.
+DESELECTED=(
+    # librosa's own numba JIT compiles for minutes under emulation (52 s native); our MFCC
+    # and mel filterbank are still checked on aarch64 through the classifier tests and the
+    # --simulate comparison of the detected classes.
+    tests/test_features.py::test_mfcc_matches_librosa
+    tests/test_features.py::test_mel_filterbank_matches_librosa
+    # Compiles every kernel again into a fresh cache in a subprocess (22 s native); the other
+    # kernel tests compile and cache them on aarch64 already.
+    tests/test_kernel.py::test_kernels_compile_into_numba_cache_dir
+    # The tonal headphone scene (14 s native) is what the --simulate comparison runs, figure
+    # for figure against x86_64.
+    tests/test_simulator.py::test_tonal_scene_on_headphone_reaches_25_db_within_6_db_of_the_optimum
+    # Training twice for bit-identical models (8 s native): determinism on one machine; the
+    # ONNX export is checked against scikit-learn on aarch64 by test_onnx_agrees_with_sklearn.
+    tests/test_classifier.py::test_training_is_deterministic_and_its_model_is_accepted
+    # SIGKILL and restart of the agent mid-batch (8 s native): process handling, and timing
+    # under emulation; the agent's delivery is tested on aarch64 by the other cloud tests.
+    tests/cloud/test_agent.py::test_agent_sigkilled_mid_batch_then_restarted_delivers_everything
+    # cfn-lint on the CloudFormation templates: text, the same on every architecture.
+    tests/cloud/test_cloudformation.py::test_cfn_lint_passes
+    # Argument and config errors, each a fresh `anc-device` process (2-4 s native each):
+    # argument handling, the same on every architecture.
+    tests/test_cli.py::test_user_mistakes_give_one_line_and_exit_2
+    tests/test_cli.py::test_block_size_above_plant_latency_is_refused
+    tests/test_cli.py::test_subcommand_form_is_the_same_command
+    tests/test_config.py::test_cli_reports_config_errors_in_one_line_with_exit_2
+)
+
+build_root() { # DIR: an arm64 Debian root with the packages above
+    mmdebstrap --quiet --arch=arm64 --variant=apt --include="$root_packages" "$suite" "$1" "${mirrors[@]}"
+}
+
+install_dependencies() { # DIR: the venv with every dependency, from wheels only
+    local dir=$1
+    trust_host_certificates "$dir"
+    install -m 0644 /etc/resolv.conf "$dir/etc/resolv.conf"
+    mkdir -p "$dir/opt/anc-device"
+    dependency_list > "$dir/opt/anc-device/requirements.txt"
+    in_root "$dir" python3 -m venv "$venv"
+    in_root "$dir" "$venv/bin/python" -m pip install -q --only-binary=:all: --upgrade pip
+    # --no-compile: byte-compiling every module under emulation takes minutes; Python
+    # compiles what is imported on first use, into the cached root.
+    in_root "$dir" "$venv/bin/python" -m pip install -q --only-binary=:all: --no-compile --no-cache-dir \
+        "setuptools>=77" wheel -r /opt/anc-device/requirements.txt
+    in_root "$dir" "$venv/bin/python" -m pip freeze > "$dir/opt/anc-device/freeze.txt"
+}
+
+# -- helpers -----------------------------------------------------------------------------------
+say() { printf 'aarch64: %s\n' "$*"; }
+die() { printf 'aarch64: error: %s\n' "$*" >&2; exit 1; }
+
+# The dependencies of the project and of the chosen extras, one requirement a line, from
+# pyproject.toml (self-references like "anc-device[plots]" expanded).
+dependency_list() {
+    python3 - "$extras" <<'EOF'
+import sys, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+name, optional = project["name"], project.get("optional-dependencies", {})
+out, seen = set(project["dependencies"]), set()
+todo = [e for e in sys.argv[1].split(",") if e]
+while todo:
+    extra = todo.pop()
+    if extra in seen:
+        continue
+    seen.add(extra)
+    for req in optional[extra]:
+        if req.replace(" ", "").startswith(name + "["):
+            todo += req.split("[", 1)[1].rstrip("]").split(",")
+        else:
+            out.add(req)
+print("\n".join(sorted(out)))
+EOF
+}
+
+# The synthetic /proc/cpuinfo of a Raspberry Pi 4. qemu 7.2 shows the guest the host's x86
+# /proc/cpuinfo, on which onnxruntime's and LLVM's aarch64 CPU detection fail.
+write_cpuinfo() {
+    local n
+    for n in 0 1 2 3; do
+        printf 'processor\t: %s\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n' "$n"
+        printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n'
+    done
+    printf 'Hardware\t: BCM2835\nModel\t\t: Raspberry Pi 4 Model B (emulated)\n'
+}
+
+# pip in the root must trust what the host trusts (a TLS-inspecting proxy's CA, for one).
+trust_host_certificates() {
+    local dir=$1
+    if [ -d /usr/local/share/ca-certificates ]; then
+        mkdir -p "$dir/usr/local/share/ca-certificates"
+        cp -a /usr/local/share/ca-certificates/. "$dir/usr/local/share/ca-certificates/"
+    fi
+    in_root "$dir" update-ca-certificates > "$dir/opt/anc-device/ca-certificates.log" 2>&1 \
+        || { cat "$dir/opt/anc-device/ca-certificates.log" >&2; die "update-ca-certificates failed in the root"; }
+}
+
+is_mounted() { mountpoint -q "$1" 2>/dev/null || findmnt -rn --mountpoint "$1" >/dev/null 2>&1; }
+
+# Every mount point under DIR, deepest and most recent first.
+mounts_under() {
+    findmnt -rn -o TARGET | tac | while IFS= read -r target; do
+        case "$target" in "$1"/*) printf '%s\n' "$target" ;; esac
+    done
+}
+
+# Processes whose root directory is under DIR: what this script started in a root.
+processes_in() {
+    local p r
+    for p in /proc/[0-9]*; do
+        r=$(readlink "$p/root" 2>/dev/null) || continue
+        case "$r" in "$1"|"$1"/*) printf '%s\n' "${p#/proc/}" ;; esac
+    done
+}
+
+# Ends what runs in the roots under DIR, then undoes every mount there, in reverse order.
+release() {
+    local dir=$1 pids target i
+    pids=$(processes_in "$dir")
+    if [ -n "$pids" ]; then
+        # shellcheck disable=SC2086
+        kill -TERM $pids 2>/dev/null || true
+        for i in 1 2 3 4 5 6 7 8 9 10; do
+            pids=$(processes_in "$dir")
+            [ -n "$pids" ] || break
+            sleep 0.5
+        done
+        # shellcheck disable=SC2086
+        [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
+    fi
+    for i in 1 2 3; do
+        mounts_under "$dir" | while IFS= read -r target; do
+            is_mounted "$target" || continue
+            umount "$target" 2>/dev/null || { [ "$i" -lt 3 ] || umount -l "$target" 2>/dev/null || true; }
+        done
+        [ -n "$(mounts_under "$dir")" ] || return 0
+        sleep 1
+    done
+    [ -z "$(mounts_under "$dir")" ] || { printf 'aarch64: error: still mounted under %s:\n' "$dir" >&2; mounts_under "$dir" >&2; return 1; }
+}
+
+# rm -rf, but never through a mount: refuses if anything under DIR is still mounted.
+remove_tree() {
+    local dir=$1
+    [ -e "$dir" ] || return 0
+    release "$dir" || die "not removing $dir: something is still mounted under it"
+    [ -z "$(mounts_under "$dir")" ] || die "not removing $dir: something is still mounted under it"
+    rm -rf --one-file-system -- "$dir"
+}
+
+mount_root() { # DIR
+    local dir=$1
+    mount --bind /proc "$dir/proc"
+    mount --bind "$dir/opt/anc-device/cpuinfo" "$dir/proc/cpuinfo"
+    mount --bind /sys "$dir/sys"
+    mount -o remount,bind,ro "$dir/sys"
+    mount --bind /dev "$dir/dev"
+    mount --bind /dev/pts "$dir/dev/pts"
+    mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$dir/dev/shm"
+    mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$dir/tmp"
+}
+
+# Runs a command in the root DIR with a clean environment: nothing of the host's pip
+# configuration, indexes or PIP_* variables. In the background and waited for, so that a
+# signal reaches the trap at once instead of after the command.
+in_root() {
+    local dir=$1
+    shift
+    env -i HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" \
+        PATH="$venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+        PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
+        PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_ROOT_USER_ACTION=ignore \
+        QEMU_CPU="$qemu_cpu" NUMBA_CACHE_DIR=/var/cache/anc-device/numba \
+        chroot "$dir" "$@" &
+    wait $!
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [ -d "$cache" ]; then
+        release "$cache" || rc=1
+    fi
+    [ -z "${workdir:-}" ] || rm -rf -- "$workdir"
+    exit "$rc"
+}
+
+# -- the host: emulator, binfmt, mmdebstrap ----------------------------------------------------
+[ "$(id -u)" -eq 0 ] || die "needs root (mmdebstrap, chroot, mounts): sudo $0"
+missing=()
+for package in qemu-user-static binfmt-support mmdebstrap; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+binfmt=/proc/sys/fs/binfmt_misc
+[ -e "$binfmt/status" ] || mount -t binfmt_misc binfmt_misc "$binfmt" \
+    || die "binfmt_misc is not mounted at $binfmt and cannot be"
+[ -e "$binfmt/qemu-aarch64" ] || update-binfmts --enable qemu-aarch64 >/dev/null \
+    || die "cannot register qemu-aarch64 with binfmt_misc (update-binfmts --enable qemu-aarch64)"
+grep -qx enabled "$binfmt/qemu-aarch64" || die "$binfmt/qemu-aarch64 is registered but disabled"
+interpreter=$(awk '$1 == "interpreter" {print $2}' "$binfmt/qemu-aarch64")
+# With F the kernel opened the emulator at registration; otherwise it must be in the root.
+grep -q '^flags:.*F' "$binfmt/qemu-aarch64" && interpreter=""
+
+mirrors=()
+for sources in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+    [ -f "$sources" ] && grep -Eq '^[^#]*(debian\.org|/debian)' "$sources" && mirrors+=("$sources")
+done
+[ ${#mirrors[@]} -gt 0 ] || mirrors=(http://deb.debian.org/debian)
+
+# -- the cached root ---------------------------------------------------------------------------
+mkdir -p "$cache"
+cache=$(realpath "$cache")
+exec 9>"$cache/.lock"
+flock -w 3600 9 || die "another run holds $cache/.lock"
+workdir=$(mktemp -d)
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+release "$cache" || die "cannot undo the mounts a previous run left under $cache"
+
+key=$({
+    printf '%s\n' "$suite" "$root_packages" "$extras" "$venv" "$qemu_cpu"
+    declare -f build_root install_dependencies trust_host_certificates write_cpuinfo dependency_list
+    dependency_list
+} | sha256sum | cut -c1-16)
+root=$cache/root-$key
+
+for old in "$cache"/root-* "$cache"/build-*; do
+    [ -e "$old" ] && [ "$old" != "$root" ] || continue
+    say "removing the outdated root $old"
+    remove_tree "$old"
+done
+
+if [ ! -d "$root" ]; then
+    build=$cache/build-$key
+    started=$SECONDS
+    say "building the arm64 $suite root in $root (a few minutes)"
+    build_root "$build"
+    mkdir -p "$build/opt/anc-device"
+    write_cpuinfo > "$build/opt/anc-device/cpuinfo"
+    if [ -n "$interpreter" ]; then
+        mkdir -p "$build$(dirname "$interpreter")"
+        cp -L "$interpreter" "$build$interpreter"
+    fi
+    mount_root "$build"
+    say "installing the dependencies from wheels only"
+    install_dependencies "$build"
+    release "$build"
+    mv "$build" "$root"
+    say "root ready in $((SECONDS - started)) s: $(du -sh --one-file-system "$root" | cut -f1)"
+else
+    say "using the cached root $root"
+fi
+
+# -- the project in the root -------------------------------------------------------------------
+remove_tree "$root/src"
+mkdir -p "$root/src"
+tar -C "$repo" --exclude=./.git --exclude=./.venv --exclude=./.cache --exclude=./out \
+    --exclude=./.pytest_cache --exclude=./.state --exclude='__pycache__' --exclude='*.egg-info' \
+    -cf - . | tar -C "$root/src" -xf -
+mount_root "$root"
+in_root "$root" "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e /src \
+    > "$workdir/install.log" 2>&1 || { cat "$workdir/install.log" >&2; die "installing the project in the root failed"; }
+# The project's own requirements are met by what the cached venv holds.
+in_root "$root" "$venv/bin/python" -m pip check >&2 || die "pip check failed in the root"
+say "$(in_root "$root" "$venv/bin/python" -c 'import platform, numpy, numba, onnxruntime; print(platform.machine(), "Python", platform.python_version(), "numpy", numpy.__version__, "numba", numba.__version__, "onnxruntime", onnxruntime.__version__)')"
+
+failed=0
+
+# -- the emulated tests ------------------------------------------------------------------------
+deselect=()
+for test in "${DESELECTED[@]}"; do deselect+=(--deselect "$test"); done
+say "running ${EMULATED_TESTS[*]} under emulation"
+started=$SECONDS
+rc=0
+in_root "$root" timeout -k 30 "$pytest_timeout" env -C /src "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+    --durations=15 "${deselect[@]}" "${EMULATED_TESTS[@]}" || rc=$?
+say "emulated tests took $((SECONDS - started)) s"
+if [ "$rc" -eq 124 ]; then
+    say "FAILED: the emulated tests ran over ${pytest_timeout} s"
+    failed=1
+elif [ "$rc" -ne 0 ]; then
+    failed=1
+fi
+
+# -- the same figures on both architectures ----------------------------------------------------
+scripts/setup.sh
+export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$repo/.cache/numba}"
+mismatched=0
+for scene in simulator/scenes/*.wav; do
+    name=$(basename "$scene" .wav)
+    started=$SECONDS
+    if ! .venv/bin/anc-device --simulate "$scene" --json > "$workdir/$name.x86_64.json" 2> "$workdir/$name.x86_64.err"; then
+        say "FAILED: native anc-device --simulate $scene: $(tail -n 1 "$workdir/$name.x86_64.err")"
+        mismatched=1
+        continue
+    fi
+    if ! in_root "$root" env -C /src anc-device --simulate "$scene" --json > "$workdir/$name.aarch64.json" 2> "$workdir/$name.aarch64.err"; then
+        say "FAILED: aarch64 anc-device --simulate $scene: $(tail -n 1 "$workdir/$name.aarch64.err")"
+        mismatched=1
+        continue
+    fi
+    if python3 scripts/compare-summaries.py --tolerance-db "$tolerance_db" "$scene" \
+            "$workdir/$name.x86_64.json" "$workdir/$name.aarch64.json"; then
+        say "$scene: the aarch64 figures agree with x86_64 (dB within $tolerance_db; $((SECONDS - started)) s)"
+    else
+        mismatched=1
+    fi
+done
+[ "$mismatched" -eq 0 ] || { say "FAILED: anc-device --simulate differs between aarch64 and x86_64"; failed=1; }
+
+release "$root" || failed=1
+if [ "$failed" -ne 0 ]; then
+    say "FAILED"
+    exit 1
+fi
+say "passed: the emulated tests, and --simulate agrees on $(ls simulator/scenes/*.wav | wc -l) scenes"
