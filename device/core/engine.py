@@ -47,6 +47,8 @@ class ControllerSettings:
     power_time_constant_ms: float = 20.0
     watchdog_floor_dbfs: float = -90.0
     highpass_hz: float = 20.0
+    sustained_rise_db: float = 1.0
+    sustained_hold_ms: float = 1000.0
 
     @classmethod
     def from_config(cls, cfg: Config, sample_rate: int | None = None, block_size: int | None = None) -> "ControllerSettings":
@@ -70,6 +72,8 @@ class ControllerSettings:
             enabled=cfg.anc.enabled,
             intensity=cfg.anc.intensity,
             highpass_hz=cfg.controller.highpass_hz,
+            sustained_rise_db=cfg.safety.sustained_rise_db,
+            sustained_hold_ms=cfg.safety.sustained_hold_ms,
         )
 
 
@@ -187,6 +191,10 @@ class AncEngine:
         p[L.P_STOP] = 0.0
         p[L.P_ADAPT] = 1.0
         p[L.P_FLOOR] = 10.0 ** (s.watchdog_floor_dbfs / 10.0)
+        # The sustained-rise watchdog smooths over half its hold time.
+        p[L.P_SLOW_COEF] = 1.0 - math.exp(-1.0 / _samples(s.sustained_hold_ms / 2.0, fs))
+        p[L.P_SLOW_RISE] = 10.0 ** (s.sustained_rise_db / 10.0)
+        p[L.P_SLOW_HOLD] = _samples(s.sustained_hold_ms, fs)
         b, a = butterworth_highpass(s.highpass_hz, fs)
         p[L.P_HP_B0], p[L.P_HP_B1], p[L.P_HP_B2] = b
         p[L.P_HP_A1], p[L.P_HP_A2] = a[1], a[2]
