@@ -119,6 +119,20 @@ def test_recommended_controller_taps_is_bounded_and_grows_with_the_paths():
     assert resolved_controller_taps(Section(taps=256), 768) == 256
 
 
+def test_a_tonal_ambient_asks_for_a_controller_spanning_its_lowest_period(cfg, headphone):
+    from device.core.dsp.identification import ambient_lowest_tone_period
+
+    t = np.arange(4 * FS) / FS
+    hum = sum(a * np.sin(2 * np.pi * 50 * (k + 1) * t) for k, a in enumerate([1.0, 0.3, 0.6, 0.15, 0.35]))
+    hum = 0.05 * hum + 1e-4 * np.random.default_rng(1).standard_normal(t.size)
+    period = ambient_lowest_tone_period(hum, FS)
+    assert period is not None and abs(period - FS / 50) <= 10
+    assert ambient_lowest_tone_period(np.random.default_rng(2).standard_normal(t.size), FS) is None
+    rig = identify_rig_of_plant(cfg, headphone, seed=0, ambient=hum)
+    assert rig.tone_period_samples == period
+    assert rig.recommended_taps >= min(period, 1024)
+
+
 def test_the_primary_span_is_measured_from_broadband_ambient_noise(cfg):
     plant = random_plant(16, "room", feedback=False)
     ambient = np.random.default_rng(8).standard_normal(3 * FS) * 0.05

@@ -96,6 +96,7 @@ def run(args) -> int:
         "feedback_ratio_db": None if rig.feedback_ratio_db is None else round(rig.feedback_ratio_db, 2),
         "feedback_neutralization": rig.neutralize_feedback,
         "primary_span_samples": rig.primary_span_samples,
+        "tone_period_samples": rig.tone_period_samples,
         "recommended_controller_taps": rig.recommended_taps,
         "xruns": result["xruns"],
         "stored": None,
