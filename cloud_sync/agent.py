@@ -24,11 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from device.contract.config import load_agent_config
 from device.contract.files import utc_now_iso, write_json_atomic, write_text_atomic
-from device.contract.errors import ConfigError, UserError
+from device.contract.errors import UserError
 
 log = logging.getLogger("cloud_sync")
 

@@ -381,6 +381,7 @@ def _run(scene: SceneStream, plant: Plant, cfg: Config, session: Session, rig: R
         "feedback_ratio_db": None if rig.feedback_ratio_db is None else round(rig.feedback_ratio_db, 2),
         "feedback_neutralization": rig.neutralize_feedback,
         "primary_span_samples": rig.primary_span_samples,
+        "tone_period_samples": rig.tone_period_samples,
         "recommended_controller_taps": rig.recommended_taps,
         "feedback_path_in_plant": plant.feedback_path is not None,
         "real_time_factor": round(duration_s / max(loop.wall_time_s, 1e-9), 1),

@@ -39,8 +39,10 @@ taps ~ primary span + secondary length - 2 x secondary delay, rounded up to 64 a
 by the controller's CPU budget `max_taps`. The primary span is measured from ambient noise
 (reference to error mic, speaker silent; `ambient_primary_span`), which only works when the
 ambient noise is broadband; otherwise the primary path is taken to last as long as the
-secondary path (the same room, the same reverberation). The controller resolves
-`controller.taps: auto` with this one int.
+secondary path (the same room, the same reverberation). Tonal ambient noise asks for one
+more thing: the filter must span a period of its lowest strong tone
+(`ambient_lowest_tone_period`), or the harmonics look alike over the filter and the weights
+needed grow past any bound. The controller resolves `controller.taps: auto` with this one int.
 """
 
 from __future__ import annotations
@@ -194,7 +196,8 @@ def identify_sized(played: np.ndarray, recorded: np.ndarray, max_taps: int, max_
     played = np.asarray(played, dtype=np.float64)
     recorded = np.asarray(recorded, dtype=np.float64)
     n = min(played.size, recorded.size)
-    ceiling = min(MEASURE_LIMIT_TAPS, max(max_taps + max(256, max_taps // 4), MEASURE_START_TAPS), n // 8)
+    # Measure past the maximum when the path is longer, so a refusal can say what length to set.
+    ceiling = min(MEASURE_LIMIT_TAPS, n // 8)
     taps = min(MEASURE_START_TAPS, ceiling)
     while True:
         long = measure_response(played[:n], recorded[:n], taps)
@@ -299,13 +302,43 @@ def ambient_primary_span(reference: np.ndarray, error: np.ndarray, fs: int, max_
     return max(end - AMBIENT_LAG, 1)
 
 
+TONE_PROMINENCE_DB = 10.0    # a spectral peak this far above its surroundings is a tone
+TONE_MIN_SHARE = 0.01        # ... and it must carry this share of the ambient power to matter
+
+
+def ambient_lowest_tone_period(reference: np.ndarray, fs: int, highpass_hz: float = 20.0) -> int | None:
+    """One period (samples) of the lowest strong tone in the ambient noise, or None.
+
+    A filter shorter than the period of the lowest harmonic it must cancel sees the
+    harmonics nearly alike: the least-squares weights grow huge (measured: a 50 Hz hum with
+    harmonics on the headphone, 256 taps reach 5 dB with weight norm 437; 1024 taps 51 dB
+    with norm 1.6), and no bounded filter gets there."""
+    import scipy.signal
+
+    reference = np.asarray(reference, dtype=np.float64)
+    segment = 1 << 14
+    if reference.size < 2 * segment:
+        return None
+    freqs, psd = scipy.signal.welch(reference, fs, nperseg=segment)
+    band = freqs >= max(highpass_hz, 1.0)
+    level = 10.0 * np.log10(psd + 1e-300)
+    peaks, _ = scipy.signal.find_peaks(np.where(band, level, level.min()), prominence=TONE_PROMINENCE_DB)
+    total = float(psd[band].sum())
+    strong = [k for k in peaks if psd[max(k - 2, 0):k + 3].sum() >= TONE_MIN_SHARE * total]
+    if not strong:
+        return None
+    return int(math.ceil(fs / freqs[min(strong)]))
+
+
 def recommended_controller_taps(secondary_path_samples: int, secondary_delay_samples: int,
-                                primary_span_samples: int | None, max_taps: int) -> int:
+                                primary_span_samples: int | None, max_taps: int,
+                                tone_period_samples: int | None = None) -> int:
     """Controller length for the rig (see the module docstring): an int, a multiple of 64,
-    at least 128 and at most `max_taps` (the controller's CPU budget)."""
+    at least 128 and at most `max_taps` (the controller's CPU budget). With tonal ambient
+    noise it also spans one period of the lowest strong tone."""
     ring = max(secondary_path_samples - secondary_delay_samples, 0)
     primary = ring if primary_span_samples is None else max(primary_span_samples, 0)
-    wanted = _round_up(max(primary + ring, 1), 64)
+    wanted = _round_up(max(primary + ring, tone_period_samples or 0, 1), 64)
     return int(max(min(wanted, max_taps), min(128, max_taps)))
 
 
@@ -331,6 +364,7 @@ class RigIdentification:
     neutralize_feedback: bool                  # the runtime subtracts the feedback path
     primary_span_samples: int | None
     recommended_taps: int
+    tone_period_samples: int | None = None     # one period of the lowest strong ambient tone
 
     def to_dict(self) -> dict:
         return {
@@ -339,6 +373,7 @@ class RigIdentification:
             "feedback_ratio_db": None if self.feedback_ratio_db is None else round(self.feedback_ratio_db, 2),
             "feedback_neutralization": self.neutralize_feedback,
             "primary_span_samples": self.primary_span_samples,
+            "tone_period_samples": self.tone_period_samples,
             "recommended_controller_taps": self.recommended_taps,
         }
 
@@ -359,8 +394,10 @@ def identify_rig(played: np.ndarray, reference: np.ndarray, error: np.ndarray, c
     # `controller.feedback_neutralization: true` forces it on where any feedback was measured;
     # with nothing above the noise there is nothing to subtract.
     neutralize = feedback is not None and (detected or bool(controller.feedback_neutralization))
-    span = None
+    span = period = None
     if ambient_reference is not None and ambient_error is not None:
         span = ambient_primary_span(ambient_reference, ambient_error, sample_rate, max_controller_taps, left_out)
-    taps = recommended_controller_taps(secondary.path_samples, secondary.delay_samples, span, max_controller_taps)
-    return RigIdentification(secondary, feedback, ratio, neutralize, span, taps)
+        period = ambient_lowest_tone_period(ambient_reference, sample_rate, controller.highpass_hz)
+    taps = recommended_controller_taps(secondary.path_samples, secondary.delay_samples, span, max_controller_taps,
+                                       period)
+    return RigIdentification(secondary, feedback, ratio, neutralize, span, taps, period)
