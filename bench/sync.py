@@ -95,7 +95,7 @@ def bench_kinesis(tmp: Path, records: list) -> None:
     import boto3
     from moto import mock_aws
 
-    from cloud_sync.kinesis import KinesisForwarder, KinesisSink
+    from cloud_sync.telemetry.kinesis import KinesisForwarder, KinesisSink
 
     with mock_aws():
         client = boto3.client("kinesis", region_name="eu-west-1")
