@@ -136,14 +136,28 @@ def fetch_url(url: str, destination: Path, limit: int = MAX_MODEL_BYTES, deadlin
         chunks = body.iter_chunks(1 << 16)
     else:
         response = urllib.request.urlopen(url, timeout=remaining())
-        chunks = iter(lambda: response.read(1 << 16), b"")
+        # read1 returns what has arrived (read would wait for a whole chunk from a trickling
+        # server); the socket's timeout follows the deadline so a stalled server ends too.
+        sock = getattr(getattr(response, "fp", None), "raw", None)
+        sock = getattr(sock, "_sock", None)
+
+        def read() -> bytes:
+            if sock is not None:
+                sock.settimeout(remaining())
+            return response.read1(1 << 16)
+
+        chunks = iter(read, b"")
     with open(destination, "wb") as out:
-        for chunk in chunks:
+        try:
+            for chunk in chunks:
+                remaining()
+                total += len(chunk)
+                if total > limit:
+                    raise JobFailed(f"download: larger than {limit} bytes")
+                out.write(chunk)
+        except TimeoutError:  # the socket's timeout: the deadline, or 60 s without a byte
             remaining()
-            total += len(chunk)
-            if total > limit:
-                raise JobFailed(f"download: larger than {limit} bytes")
-            out.write(chunk)
+            raise JobFailed(f"download: no data for 60 s ({redact_url(url)})") from None
     remaining()
 
 

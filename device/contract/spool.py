@@ -13,7 +13,7 @@ is counted per kind in the file itself, so `stats()` reports it and the agent pu
 (tables and indexes: 2-3x the JSON for small records) over the budget plus `SCHEMA_MARGIN`.
 The files on disk stay within the budget plus a stated margin (`footprint_limit`):
 ``auto_vacuum=INCREMENTAL`` gives freed pages back to the file system after drops and acks,
-``wal_autocheckpoint`` and ``journal_size_limit`` keep the WAL near `wal_limit` (an eighth of
+``wal_autocheckpoint`` and ``journal_size_limit`` keep the WAL near `wal_limit` (a sixteenth of
 the budget, at least 256 KiB), and the ``-shm`` index is 32 KiB per 4096 WAL pages. A file made
 before auto-vacuum is converted once (VACUUM) when opened.
 
@@ -63,13 +63,14 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 
 def wal_limit(budget_bytes: int) -> int:
     """Bytes the WAL is checkpointed and truncated at for a spool of `budget_bytes`."""
-    return max(256 * 1024, int(budget_bytes) // 8)
+    return max(256 * 1024, int(budget_bytes) // 16)
 
 
 def footprint_limit(budget_bytes: int) -> int:
-    """The bound on main file + WAL + shm for `budget_bytes`: the budget, the schema margin, the
-    WAL limit, the shm index and one more WAL limit of slack for a checkpoint a reader holds up."""
-    return int(budget_bytes) + SCHEMA_MARGIN + 2 * wal_limit(budget_bytes) + SHM_BYTES
+    """The bound on main file + WAL + shm for `budget_bytes`: the budget and the schema margin
+    (live pages), up to one `wal_limit` of free pages not yet vacuumed, a WAL of up to twice
+    `wal_limit` (the checkpoint threshold plus the transaction that crosses it) and the shm index."""
+    return int(budget_bytes) + SCHEMA_MARGIN + 3 * wal_limit(budget_bytes) + SHM_BYTES
 
 
 def _as_dict(record: Any) -> dict[str, Any]:
@@ -178,6 +179,9 @@ class Spool:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 before = self._db.total_changes
+                # Make room first, so the file never grows past the budget within the transaction
+                # (a checkpoint would copy that peak into the main file).
+                self._enforce_budget(incoming=sum(row[3] for row in rows))
                 self._db.executemany(
                     "INSERT OR IGNORE INTO outbox(record_id, kind, created, size, body) VALUES(?,?,?,?,?)", rows)
                 added = self._db.total_changes - before
@@ -195,20 +199,22 @@ class Spool:
         free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
         return (pages - free) * self.page_size
 
-    def _excess(self) -> int:
-        """Record bytes to drop: the larger of the JSON over the budget and the live pages over
-        budget + margin (converted to JSON bytes at the file's current ratio)."""
+    def _excess(self, incoming: int = 0) -> int:
+        """Record bytes to drop before `incoming` more: the larger of the JSON over the budget and
+        the live pages over budget + margin (converted to JSON bytes at the file's current ratio)."""
         used = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0]
-        excess = used - self.budget_bytes
-        disk_excess = self._live_bytes() - (self.budget_bytes + SCHEMA_MARGIN)
-        if disk_excess > 0 and used > 0:
-            live = max(1, self._live_bytes())
-            excess = max(excess, int(disk_excess * used / live * 1.1) + 1)
+        excess = used + incoming - self.budget_bytes
+        live = self._live_bytes()
+        # Disk bytes per JSON byte of the records (tables and indexes), the schema's pages aside.
+        ratio = min(8.0, max(1.0, (live - SCHEMA_MARGIN) / used)) if used and live > SCHEMA_MARGIN else 2.0
+        disk_excess = live + incoming * ratio - (self.budget_bytes + SCHEMA_MARGIN)
+        if disk_excess > 0:
+            excess = max(excess, int(disk_excess / ratio * 1.1) + 1)
         return excess
 
-    def _enforce_budget(self) -> None:
+    def _enforce_budget(self, incoming: int = 0) -> None:
         for _ in range(8):  # deleting rows frees index pages only partly: measure again
-            excess = self._excess()
+            excess = self._excess(incoming)
             if excess <= 0:
                 return
             self._drop_oldest(excess)
@@ -234,8 +240,11 @@ class Spool:
                 excess -= freed
 
     def _vacuum_freed(self) -> None:
-        """Give free pages back to the file system (inside the caller's transaction)."""
-        if self._db.execute("PRAGMA freelist_count").fetchone()[0]:
+        """Give free pages back to the file system (inside the caller's transaction) once there
+        are more than `wal_limit` bytes of them: below that the next appends reuse them, and
+        moving pages on every commit would only grow the WAL."""
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        if free * self.page_size > wal_limit(self.budget_bytes):
             self._db.execute("PRAGMA incremental_vacuum").fetchall()
 
     # -- reader side ------------------------------------------------------------------------
