@@ -81,6 +81,18 @@ SCHEMA: dict[str, Any] = {
         "use_csr": Key("bool"),
         "timeout_s": Key("float", "s", 0.0, 600.0, exclusive_minimum=True),
     },
+    "recordings": {
+        "enabled": Key("bool"),
+        "record_on_start_s": Key("float", "s", 0.0, 60.0),
+        "mics": Key("str", "which microphones", choices=("both", "reference", "error")),
+        "budget_mb": Key("float", "MiB", 0.0, 256.0, exclusive_minimum=True),
+        "credentials_endpoint": Key("str"),
+        "role_alias": Key("str"),
+        "bucket": Key("str"),
+        "prefix": Key("str"),
+        "region": Key("str"),
+        "scan_interval_s": Key("float", "s", 0.0, 3600.0, exclusive_minimum=True),
+    },
     "jobs": {
         "enabled": Key("bool"),
         "download_timeout_s": Key("float", "s", 0.0, 86400.0, exclusive_minimum=True),
@@ -117,7 +129,7 @@ def _set_thing_name(config_path: Path, thing: str, cert: Path, key: Path) -> Non
 
 # -- run ------------------------------------------------------------------------------------------
 # Start order; stopped in reverse. Provisioning is a command (`provision`), not a running feature.
-FEATURES = ("telemetry", "shadow", "jobs")
+FEATURES = ("telemetry", "shadow", "jobs", "recordings")
 
 
 def _feature_module(name: str):
@@ -135,6 +147,10 @@ def _build_feature(name: str, ctx: Context) -> Feature:
         from cloud_sync.shadow import ShadowSync
 
         return ShadowSync.from_context(ctx)
+    if name == "recordings":
+        from cloud_sync.recordings import RecordingsFeature
+
+        return RecordingsFeature(ctx)
     from cloud_sync.jobs import JobsAgent
 
     return JobsAgent.from_context(ctx)

@@ -86,9 +86,34 @@ def _check_digest(value: Any, field: str) -> str:
     return value.lower()
 
 
+OPERATIONS = ("model-update", "record")
+_RECORD_FIELDS = ("operation", "seconds", "mics")
+
+
+def run_record_job(document: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    """``{"operation": "record", "seconds": S, "mics": ["reference", "error"]}``: ask the runtime
+    for a recording, which the recordings feature uploads. Fails when recordings are off."""
+    unknown = sorted(str(key) for key in document if key not in _RECORD_FIELDS)
+    if unknown:
+        raise JobFailed(f"unknown field(s) {', '.join(unknown)} (known: {', '.join(_RECORD_FIELDS)})")
+    if not cfg["recordings"]["enabled"]:
+        raise JobFailed("record: recordings are disabled on this device (recordings.enabled: false); "
+                        "nothing was recorded")
+    from cloud_sync.recordings import request_recording
+    from device.contract.errors import UserError
+
+    try:
+        request = request_recording(cfg, document.get("seconds"), document.get("mics"))
+    except UserError as exc:
+        raise JobFailed(f"record: {str(exc).split(': ', 1)[-1]}") from None
+    r = cfg["recordings"]
+    return {"request_id": request["request_id"], "seconds": request["seconds"],
+            "s3_key": f"s3://{r['bucket']}/{r['prefix']}{cfg['thing_name']}/{request['request_id']}.flac"}
+
+
 def check_document(document: Any) -> dict[str, Any]:
     if not isinstance(document, dict) or document.get("operation") != "model-update":
-        raise JobFailed("unsupported job: operation must be 'model-update'")
+        raise JobFailed(f"unsupported job: operation must be one of {', '.join(OPERATIONS)}")
     unknown = sorted(str(key) for key in document if key not in _FIELDS)
     if unknown:
         raise JobFailed(f"unknown field(s) {', '.join(unknown)} (known: {', '.join(_FIELDS)})")
@@ -375,6 +400,8 @@ class JobsAgent:
         timeout_s = jobs.get("download_timeout_s")
 
         def runner(document: Any) -> dict[str, Any]:
+            if isinstance(document, dict) and document.get("operation") == "record":
+                return run_record_job(document, ctx.cfg)
             return install_model(document, models_dir, state_dir, validate=verify_model,
                                  public_key_pem=public_key, timeout_s=timeout_s)
 
