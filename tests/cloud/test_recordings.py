@@ -205,12 +205,13 @@ def test_recordings_are_bounded_by_their_budget(tmp_path):
     from device.core.recorder import Recorder
 
     recorder = Recorder(tmp_path / "rec", 8000)
-    signal = 0.5 * np.random.default_rng(1).uniform(-1, 1, 8000)  # noise: FLAC hardly shrinks it
+    rng = np.random.default_rng(1)
+    left, right = rng.uniform(-1, 1, (2, 8000))  # independent noise: FLAC hardly shrinks it
     one_second = 8000 * 2 * 3  # the bound of a 24-bit two-mic second
     for n in range(3):
         recorder.start({"request_id": f"r{n}", "seconds": 1.0, "mics": ["reference", "error"],
-                        "budget_bytes": 2 * one_second})
-        recorder.feed(signal, signal)
+                        "budget_bytes": int(2.2 * one_second)})
+        recorder.feed(left, right)
     assert sorted(p.name for p in (tmp_path / "rec").glob("*.flac")) == ["r1.flac", "r2.flac"]  # oldest removed
     assert (tmp_path / "rec").stat().st_mode & 0o777 == 0o770
     recorder.start({"request_id": "big", "seconds": 2.0, "mics": ["reference", "error"], "budget_bytes": one_second})
