@@ -405,7 +405,9 @@ class JobsAgent:
             return install_model(document, models_dir, state_dir, validate=verify_model,
                                  public_key_pem=public_key, timeout_s=timeout_s)
 
-        return cls(ctx.client, ctx.thing, runner)
+        agent = cls(ctx.client, ctx.thing, runner)
+        agent.models_dir = models_dir
+        return agent
 
     def start(self) -> None:
         for topic in self._topics:
@@ -421,8 +423,23 @@ class JobsAgent:
             # IN_PROGRESS in AWS and is offered again after the restart.
             self._thread.join(timeout=1.0)
 
+    models_dir: Path | None = None
+
     def health(self) -> dict[str, Any]:
-        return {"job_running": self._running}
+        """The running job, and the installed model's measured accuracy (its card's
+        ``evaluation.real_accuracy``), which the fleet's model-quality alarm watches."""
+        return {"job_running": self._running, "model_accuracy": self._model_accuracy()}
+
+    def _model_accuracy(self) -> float | None:
+        if self.models_dir is None:
+            return None
+        try:
+            card = load_card(self.models_dir / "noise_classifier.onnx")
+        except ModelError:
+            return None
+        accuracy = (card.get("evaluation") or {}).get("real_accuracy") if isinstance(card.get("evaluation"), dict) \
+            else None
+        return float(accuracy) if isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool) else None
 
     @property
     def busy(self) -> bool:
