@@ -28,91 +28,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from cloud_sync.feature import Context, Feature
 from cloud_sync.identity import check_identity, check_private_key
-from device.contract.config import Key, _validate, default_file
+from device.contract.config import load_agent_config
 from device.contract.files import utc_now_iso, write_json_atomic, write_text_atomic
-from device.contract.errors import ConfigError, UserError
+from device.contract.errors import UserError
 
 log = logging.getLogger("cloud_sync")
 
-DEFAULT_AGENT_CONFIG = default_file("cloud_sync.yaml")
-
-SCHEMA: dict[str, Any] = {
-    "thing_name": Key("str", "AWS IoT thing name", nullable=True),
-    "sink": Key("str", choices=("mqtt", "kinesis")),
-    "spool_path": Key("path"),
-    "spool_budget_mb": Key("float", "MiB", 0.0, 1e6, exclusive_minimum=True),
-    "state_dir": Key("path"),
-    "status_file": Key("path"),
-    "health_interval_s": Key("float", "s", 0.0, 86400.0, exclusive_minimum=True),
-    "mqtt": {
-        "endpoint": Key("str"),
-        "port": Key("int", "TCP port", 1, 65535),
-        "ca_file": Key("path"),
-        "cert_file": Key("path"),
-        "key_file": Key("path"),
-        "keepalive_s": Key("int", "s", 5, 1200),
-        "max_message_kb": Key("int", "KiB", 1, 128),
-        "max_records": Key("int", "records", 1, 10000),
-        "max_inflight": Key("int", "messages", 1, 1000),
-        "publish_rate": Key("float", "messages/s", 0.0, 100.0, exclusive_minimum=True),
-        "backoff_base_s": Key("float", "s", 0.0, 3600.0, exclusive_minimum=True),
-        "backoff_cap_s": Key("float", "s", 0.0, 86400.0, exclusive_minimum=True),
-    },
-    "telemetry": {
-        "enabled": Key("bool"),
-    },
-    "shadow": {
-        "enabled": Key("bool"),
-    },
-    "kinesis": {
-        "stream_name": Key("str"),
-        "region": Key("str"),
-    },
-    "provisioning": {
-        "enabled": Key("bool"),
-        "claim_cert_file": Key("path"),
-        "claim_key_file": Key("path"),
-        "template_name": Key("str"),
-        "credentials_dir": Key("path"),
-        "use_csr": Key("bool"),
-        "timeout_s": Key("float", "s", 0.0, 600.0, exclusive_minimum=True),
-    },
-    "recordings": {
-        "enabled": Key("bool"),
-        "record_on_start_s": Key("float", "s", 0.0, 60.0),
-        "mics": Key("str", "which microphones", choices=("both", "reference", "error")),
-        "budget_mb": Key("float", "MiB", 0.0, 256.0, exclusive_minimum=True),
-        "credentials_endpoint": Key("str"),
-        "role_alias": Key("str"),
-        "bucket": Key("str"),
-        "prefix": Key("str"),
-        "region": Key("str"),
-        "scan_interval_s": Key("float", "s", 0.0, 3600.0, exclusive_minimum=True),
-    },
-    "jobs": {
-        "enabled": Key("bool"),
-        "download_timeout_s": Key("float", "s", 0.0, 86400.0, exclusive_minimum=True),
-        "models_dir": Key("path"),
-        "public_key_file": Key("path", nullable=True),
-    },
-}
-
-
-def load_agent_config(path: str | Path | None = None) -> dict[str, Any]:
-    path = Path(path or DEFAULT_AGENT_CONFIG)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    values = _validate(data or {}, SCHEMA, str(path), "", path.resolve().parent)
-    values["_source"] = str(path)
-    return values
 
 
 def _set_thing_name(config_path: Path, thing: str, cert: Path, key: Path) -> None:

@@ -26,9 +26,6 @@ from typing import Any
 
 from device.contract.files import utc_now_iso
 
-KINDS = ("session", "noise_detection", "processing_metric")
-
-
 @dataclass(frozen=True)
 class _Envelope:
     record_id: str
@@ -95,6 +92,12 @@ class ProcessingMetricRecord(_Envelope):
 Record = SessionRecord | NoiseDetectionRecord | ProcessingMetricRecord
 _BY_KIND = {"session": SessionRecord, "noise_detection": NoiseDetectionRecord,
             "processing_metric": ProcessingMetricRecord}
+KINDS = tuple(_BY_KIND)
+# What an outbox over its budget drops first: a lost metric costs a point on a chart, a lost
+# session record a whole session.
+DROP_ORDER = ("processing_metric", "noise_detection", "session")
+if sorted(DROP_ORDER) != sorted(KINDS):
+    raise ImportError("records: DROP_ORDER must name every record kind once")
 
 
 def from_dict(data: dict[str, Any]) -> Record:

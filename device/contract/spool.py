@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from device.contract.files import MODE_GROUP_WRITE, utc_stamp
+from device.contract.records import DROP_ORDER
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ FILE_MODE = MODE_GROUP_WRITE
 SCHEMA_MARGIN = 64 * 1024
 SHM_BYTES = 32 * 1024
 # Drop order when over budget: lower number goes first.
-DROP_PRIORITY = {"processing_metric": 0, "noise_detection": 1, "session": 2}
+DROP_PRIORITY = {kind: rank for rank, kind in enumerate(DROP_ORDER)}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     rowid INTEGER PRIMARY KEY AUTOINCREMENT,

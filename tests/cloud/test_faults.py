@@ -1,6 +1,5 @@
 """Faults found by an independent harness, each reproduced: what the agent does now."""
 
-import hashlib
 import http.server
 import json
 import logging
@@ -14,7 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
 import yaml
 from paho.mqtt.packettypes import PacketTypes
@@ -29,7 +27,7 @@ from device.contract.model_card import verify_model
 from device.contract.spool import Spool, footprint_limit
 from device.contract.records import RecordFactory
 
-from .broker import CLAIM_IDENTITY, Broker, Pki
+from .broker import CLAIM_IDENTITY, Pki
 from .emulator import IotCoreEmulator
 from .test_agent import agent_log, run_agent, write_config
 from .test_jobs import FakeClient, card_bytes, dirs, doc, old_files_untouched, sha  # noqa: F401 (fixture)
@@ -363,8 +361,7 @@ def test_bad_tls_files_are_one_line_naming_the_file(tmp_path, pki, thing, capsys
     elif case == "garbage ca":
         files["ca"] = garbage
     else:
-        other_cert, _ = pki.issue("thing-1-other")
-        files["cert"], files["key"] = thing["cert"], pki.issue("thing-1-spare")[1]
+        files["key"] = pki.issue("thing-1-spare")[1]  # thing-1's certificate with another key
     config = write_config(tmp_path, None, pki, {"name": "thing-1", "cert": files["cert"], "key": files["key"]})
     cfg = yaml.safe_load(config.read_text())
     cfg["mqtt"]["ca_file"] = str(files["ca"])
