@@ -410,6 +410,11 @@ class JobsAgent:
         return agent
 
     def start(self) -> None:
+        if self.models_dir is not None and self.models_dir.is_dir():
+            # A download cut short by a stop or a crash leaves its private directory behind.
+            for stale in self.models_dir.glob(".*.download"):
+                shutil.rmtree(stale, ignore_errors=True)
+                log.info("removed %s left by an interrupted model download", stale.name)
         for topic in self._topics:
             self.client.subscribe(topic, self.on_job)
         self.client.add_connected_listener(self.on_connected)

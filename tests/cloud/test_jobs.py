@@ -249,3 +249,14 @@ def test_jobs_agent_reports_in_progress_then_failed_with_the_reason(dirs):
     assert client.published[3][1]["status"] == "FAILED"
     assert "card_url missing" in client.published[3][1]["statusDetails"]["reason"]
     old_files_untouched(models, state)
+
+
+def test_start_removes_a_download_directory_left_by_an_interrupted_job(tmp_path):
+    models = tmp_path / "models"
+    stale = models / ".noise_classifier.onnx.abc.download"
+    stale.mkdir(parents=True)
+    (stale / "noise_classifier.onnx").write_bytes(b"half a model")
+    jobs = JobsAgent(FakeClient(), "thing-1", lambda d: {})
+    jobs.models_dir = models
+    jobs.start()
+    assert not stale.exists() and models.is_dir()
