@@ -94,6 +94,9 @@ class Agent:
         enabled = [name for name in FEATURES if cfg[name]["enabled"]]
         if any(_feature_module(name).needs_mqtt(cfg) for name in enabled):
             self._setup_mqtt()
+        elif "recordings" in enabled:  # the credentials provider takes the same TLS identity
+            m = cfg["mqtt"]
+            check_identity(m["ca_file"], m["cert_file"], m["key_file"], self.thing)
         self.spool = Spool(cfg["spool_path"], int(cfg["spool_budget_mb"] * 2**20))
         ctx = Context(cfg=cfg, thing=self.thing, spool=self.spool, client=self.client, health=self.health,
                       rng=self.rng)

@@ -231,3 +231,16 @@ def test_bad_record_requests_are_refused(tmp_path, request_, message):
     with pytest.raises(UserError, match=message):
         write_record_request(tmp_path, request_)
     assert not (tmp_path / RECORD_FILE).exists()
+
+
+def test_recordings_alone_check_the_tls_identity_too(tmp_path, pki, thing, capsys):
+    from cloud_sync.agent import main
+
+    defaults = load_agent_config()
+    config = write_config(tmp_path, None, pki, {**thing, "cert": tmp_path / "missing.crt"},
+                          telemetry={"enabled": False}, shadow={"enabled": False},
+                          jobs={**defaults["jobs"], "enabled": False, "models_dir": str(tmp_path / "models")},
+                          recordings={**defaults["recordings"], "enabled": True})
+    assert main(["--config", str(config), "run", "--seconds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "mqtt.cert_file: file not found" in err and err.count("\n") == 1
