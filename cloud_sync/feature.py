@@ -1,4 +1,4 @@
-"""The one interface the agent runs its features through (telemetry, shadow, jobs).
+"""The one interface the agent runs its features through (telemetry, shadow, jobs, recordings).
 
 A feature is built from the agent's `Context` only when its config section says
 ``enabled: true``; the agent then calls ``start()`` once, ``step()`` on every round of its
