@@ -135,7 +135,8 @@ def test_a_record_job_is_recorded_by_the_runtime_uploaded_with_provider_credenti
     thread.start()
     pending = recordings_dir(tmp_path / "spool.sqlite")
     try:
-        assert wait_for(lambda: agent.client.connected)
+        # Subscribed (SUBACKs in), or the job notification could go before the subscription.
+        assert wait_for(lambda: agent.client.connected and not agent.client._pending_subscribe)
         emulator.notify_job("thing-1", "job-rec", {"operation": "record", "seconds": 0.5,
                                                    "mics": ["reference", "error"]})
         assert wait_for(lambda: (tmp_path / "state" / RECORD_FILE).exists())
@@ -178,7 +179,8 @@ def test_with_recordings_off_nothing_is_recorded_or_sent(tmp_path, broker, pki, 
     thread = threading.Thread(target=agent.run, kwargs={"max_seconds": 60})
     thread.start()
     try:
-        assert wait_for(lambda: agent.client.connected)
+        # Subscribed (SUBACKs in), or the job notification could go before the subscription.
+        assert wait_for(lambda: agent.client.connected and not agent.client._pending_subscribe)
         emulator.notify_job("thing-1", "job-rec", {"operation": "record", "seconds": 0.5})
 
         def finished():
