@@ -1,9 +1,10 @@
 """Throughput of the cloud path: spool append, spool -> local TLS mosquitto (the real agent
-process, default settings), spool -> moto Kinesis; and the agent's peak RSS.
+process, default settings), spool -> moto Kinesis; the agent's peak RSS; and the spool's
+footprint on disk (main file + WAL + shm) when filled to several times its budget.
 
 Prints one JSON line per measurement.
 
-    python bench/sync.py [--records 50000]
+    python bench/sync.py [--records 50000] [--footprint-budgets-mib 0.5,8]
 """
 
 from __future__ import annotations
@@ -55,6 +56,41 @@ def bench_append(tmp: Path, records: list) -> None:
     spool.close()
 
 
+def bench_footprint(tmp: Path, budget_mib: float) -> None:
+    """Fill a spool to about 6x its budget (batches of 200, an ack of 150 every third batch from
+    a second connection, as the agent does) and report the largest footprint seen."""
+    import logging
+
+    from device.contract.spool import footprint_limit
+
+    logging.getLogger("device.contract.spool").setLevel(logging.ERROR)  # one drop warning per batch
+    budget = int(budget_mib * 2**20)
+    path = tmp / f"footprint-{budget_mib:g}.sqlite"
+    writer, reader = Spool(path, budget), Spool(path, budget)
+    largest = {"": 0, "-wal": 0, "-shm": 0}
+    total = 0
+    records = metrics(200)
+    start = time.perf_counter()
+    for batch in range(int(budget_mib * 60)):
+        factory = RecordFactory("thing-1")
+        writer.append([factory.processing_metric(**{k: v for k, v in r.to_dict().items() if k in (
+            "latency_ms", "cpu_utilization", "memory_mb", "cancellation_db", "algorithm", "extras")})
+            for r in records])
+        if batch % 3 == 0:
+            reader.ack([r["record_id"] for r in reader.peek(150)])
+        for suffix in largest:
+            side = Path(f"{path}{suffix}")
+            largest[suffix] = max(largest[suffix], side.stat().st_size if side.exists() else 0)
+        total = max(total, writer.file_bytes())
+    stats = writer.stats()
+    emit(bench="spool_footprint", budget_bytes=budget, records_appended=stats["appended"],
+         dropped=sum(stats["dropped"].values()), max_main_bytes=largest[""], max_wal_bytes=largest["-wal"],
+         max_shm_bytes=largest["-shm"], max_total_bytes=total, limit_bytes=footprint_limit(budget),
+         seconds=round(time.perf_counter() - start, 1))
+    writer.close()
+    reader.close()
+
+
 def bench_mqtt(tmp: Path, records: list) -> None:
     pki = Pki(tmp / "pki")
     broker = Broker(tmp / "broker", pki)
@@ -98,7 +134,7 @@ def bench_kinesis(tmp: Path, records: list) -> None:
     import boto3
     from moto import mock_aws
 
-    from cloud_sync.kinesis import KinesisForwarder, KinesisSink
+    from cloud_sync.telemetry.kinesis import KinesisForwarder, KinesisSink
 
     with mock_aws():
         client = boto3.client("kinesis", region_name="eu-west-1")
@@ -117,6 +153,8 @@ def bench_kinesis(tmp: Path, records: list) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=50000)
+    parser.add_argument("--footprint-budgets-mib", default="0.5,8",
+                        help="comma-separated spool budgets (MiB) for the footprint measurement")
     args = parser.parse_args()
     records = metrics(args.records)
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,6 +162,8 @@ def main() -> None:
         bench_append(tmp, records)
         bench_mqtt(tmp, records)
         bench_kinesis(tmp, records[:20000])
+        for budget in args.footprint_budgets_mib.split(","):
+            bench_footprint(tmp, float(budget))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""The cloud agent (``anc-cloud-sync``): owns everything between the device's spool and control channel and AWS (telemetry to IoT Core or Kinesis, the shadow, jobs, opt-in session recordings to S3, fleet provisioning), as features behind one start/step/stop interface (`cloud_sync.feature`); it imports only ``device.contract`` from the device."""

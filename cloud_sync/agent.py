@@ -5,9 +5,13 @@
     anc-cloud-sync provision  [--config FILE] --serial SN [--param K=V ...]
 
 The configuration (``config/cloud_sync.yaml``) is validated with the same strict validator as
-the device configuration. ``run`` refuses a private key readable by group or others, writes its
-health to ``status_file`` every ``health_interval_s`` (and on exit), and publishes it to
-``anc/<thing>/health`` and the shadow's ``reported.agent``. Logs never contain key material.
+the device configuration. ``run`` builds the features enabled in it (``telemetry``, ``shadow``,
+``jobs``: `cloud_sync.feature.Feature`), opens the MQTT connection only if one of them needs it
+(after checking the TLS identity: files, key mode, key/certificate pair, certificate issued for
+``thing_name``), starts them, steps them in one loop that also services MQTT, and stops them in
+reverse order. It writes its health to ``status_file`` every ``health_interval_s`` (and on exit),
+and publishes it to ``anc/<thing>/health`` and the shadow's ``reported.agent``. Logs never
+contain key material.
 """
 
 from __future__ import annotations
@@ -25,21 +29,14 @@ from pathlib import Path
 from typing import Any
 
 
+from cloud_sync.feature import Context, Feature
+from cloud_sync.identity import check_identity, check_private_key
 from device.contract.config import load_agent_config
 from device.contract.files import utc_now_iso, write_json_atomic, write_text_atomic
 from device.contract.errors import UserError
 
 log = logging.getLogger("cloud_sync")
 
-def check_private_key(path: str | Path) -> None:
-    """Refuse a missing key or one that group or others can read (AWS and ssh convention: 0600)."""
-    path = Path(path)
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        raise UserError(f"{path}: private key not found (run `anc-cloud-sync provision` first)") from None
-    if mode & 0o077:
-        raise UserError(f"{path}: private key is readable by others (mode {mode:04o}); run chmod 600 {path}")
 
 
 def _set_thing_name(config_path: Path, thing: str, cert: Path, key: Path) -> None:
@@ -55,6 +52,34 @@ def _set_thing_name(config_path: Path, thing: str, cert: Path, key: Path) -> Non
 
 
 # -- run ------------------------------------------------------------------------------------------
+# Start order; stopped in reverse. Provisioning is a command (`provision`), not a running feature.
+FEATURES = ("telemetry", "shadow", "jobs", "recordings")
+
+
+def _feature_module(name: str):
+    import importlib
+
+    return importlib.import_module(f"cloud_sync.{name}")
+
+
+def _build_feature(name: str, ctx: Context) -> Feature:
+    if name == "telemetry":
+        from cloud_sync.telemetry import TelemetryFeature
+
+        return TelemetryFeature(ctx)
+    if name == "shadow":
+        from cloud_sync.shadow import ShadowSync
+
+        return ShadowSync.from_context(ctx)
+    if name == "recordings":
+        from cloud_sync.recordings import RecordingsFeature
+
+        return RecordingsFeature(ctx)
+    from cloud_sync.jobs import JobsAgent
+
+    return JobsAgent.from_context(ctx)
+
+
 class Agent:
     def __init__(self, cfg: dict[str, Any], rng: random.Random | None = None):
         from device.contract.spool import Spool
@@ -63,70 +88,60 @@ class Agent:
             raise UserError(f"{cfg['_source']}: thing_name: not set (run `anc-cloud-sync provision`)")
         self.cfg = cfg
         self.thing = cfg["thing_name"]
-        self.spool = Spool(cfg["spool_path"], int(cfg["spool_budget_mb"] * 2**20))
         self.rng = rng or random.Random(int.from_bytes(os.urandom(8), "little"))
         self.stop = False
         self.client = None
-        self.forwarder = None
-        self.kinesis = None
-        self.shadow = None
-        self.jobs = None
-        self._setup_mqtt()  # shadow and jobs need the MQTT connection whichever sink carries records
-        if cfg["sink"] == "kinesis":
-            self._setup_kinesis()
+        enabled = [name for name in FEATURES if cfg[name]["enabled"]]
+        if any(_feature_module(name).needs_mqtt(cfg) for name in enabled):
+            self._setup_mqtt()
+        elif "recordings" in enabled:  # the credentials provider takes the same TLS identity
+            m = cfg["mqtt"]
+            check_identity(m["ca_file"], m["cert_file"], m["key_file"], self.thing)
+        self.spool = Spool(cfg["spool_path"], int(cfg["spool_budget_mb"] * 2**20))
+        ctx = Context(cfg=cfg, thing=self.thing, spool=self.spool, client=self.client, health=self.health,
+                      rng=self.rng)
+        self.features: list[Feature] = [_build_feature(name, ctx) for name in enabled]
+        self._started: list[Feature] = []
+
+    def feature(self, name: str) -> Feature | None:
+        return next((f for f in self.features if f.name == name), None)
 
     def _setup_mqtt(self) -> None:
-        from cloud_sync.jobs import JobsAgent, install_model
-        from cloud_sync.mqtt import MqttClient, MqttForwarder, MqttSettings
-        from cloud_sync.shadow import ShadowSync
+        from cloud_sync.mqtt import MqttClient, MqttSettings
 
         m = self.cfg["mqtt"]
-        check_private_key(m["key_file"])
+        check_identity(m["ca_file"], m["cert_file"], m["key_file"], self.thing)
         settings = MqttSettings(host=m["endpoint"], port=m["port"], thing_name=self.thing, ca_file=m["ca_file"],
                                 cert_file=m["cert_file"], key_file=m["key_file"], keepalive_s=m["keepalive_s"],
                                 max_message_bytes=m["max_message_kb"] * 1024, max_records=m["max_records"],
                                 max_inflight=m["max_inflight"], publish_rate=m["publish_rate"],
                                 backoff_base_s=m["backoff_base_s"], backoff_cap_s=m["backoff_cap_s"])
         self.client = MqttClient(settings, rng=self.rng)
-        if self.cfg["sink"] == "mqtt":
-            self.forwarder = MqttForwarder(self.spool, self.client)
-        self.shadow = ShadowSync(self.client, self.thing, self.cfg["state_dir"], self.health)
-        jobs = self.cfg["jobs"]
-        public_key = Path(jobs["public_key_file"]).read_bytes() if jobs["public_key_file"] else None
-        self.jobs = JobsAgent(self.client, self.thing, lambda document: install_model(
-            document, Path(jobs["models_dir"]), Path(self.cfg["state_dir"]), public_key_pem=public_key))
-
-        def connected() -> None:
-            self.shadow.on_connected()
-            self.jobs.on_connected()
-            self.shadow.report()
-
-        self.client.on_connected = connected
-
-    def _setup_kinesis(self) -> None:
-        import boto3
-
-        from cloud_sync.kinesis import KinesisForwarder, KinesisSink
-
-        k = self.cfg["kinesis"]
-        client = boto3.client("kinesis", region_name=k["region"])
-        self.kinesis = KinesisForwarder(self.spool, KinesisSink(client, k["stream_name"], self.thing))
 
     def health(self) -> dict[str, Any]:
         stats = self.spool.stats()
-        delivered = (self.forwarder.delivered if self.forwarder else 0) + (self.kinesis.delivered if self.kinesis else 0)
-        return {
-            "connected": bool(self.client and self.client.connected),
+        client = self.client
+        health = {
+            "connected": bool(client and client.connected),
             "sink": self.cfg["sink"],
+            "features": [f.name for f in self.features],
             "backlog": stats["backlog"],
             "backlog_total": stats["backlog_total"],
             "oldest_unsent_age_s": stats["oldest_unsent_age_s"],
             "dropped": stats["dropped"],
             "dropped_oversize": stats["dropped_oversize"],
-            "delivered_this_run": delivered,
-            "last_error": self.client.last_error if self.client else None,
+            "spool_file_bytes": stats.get("file_bytes"),
+            "spool_budget_bytes": stats["budget_bytes"],
+            "delivered_this_run": 0,
+            "last_error": client.last_error if client else None,
+            "connect_failures": client.stats["connect_failures"] if client else 0,
+            "subscribe_failures": client.stats["subscribe_failures"] if client else 0,
+            "refused_subscriptions": sorted(client.refused_subscriptions) if client else [],
             "updated_at": utc_now_iso(),
         }
+        for feature in self.features:
+            health.update(feature.health())
+        return health
 
     def write_health(self) -> dict[str, Any]:
         health = self.health()
@@ -135,20 +150,35 @@ class Agent:
             from cloud_sync.mqtt import health_topic
 
             self.client.publish_json(health_topic(self.thing), health)
-            self.shadow.report()
+            shadow = self.feature("shadow")
+            if shadow is not None:
+                shadow.report()
         return health
+
+    def start(self) -> None:
+        for feature in self.features:
+            feature.start()
+            self._started.append(feature)
+        log.info("anc-cloud-sync running for thing %s: %s (sink %s)", self.thing,
+                 ", ".join(f.name for f in self.features) or "no features enabled", self.cfg["sink"])
+
+    def stop_features(self) -> None:
+        while self._started:
+            feature = self._started.pop()
+            try:
+                feature.stop()
+            except Exception as exc:  # the others must still stop
+                log.error("stopping %s failed: %s: %s", feature.name, exc.__class__.__name__, exc)
 
     def run(self, max_seconds: float | None = None) -> None:
         started = time.monotonic()
         next_health = 0.0
-        log.info("anc-cloud-sync running for thing %s, sink %s", self.thing, self.cfg["sink"])
         try:
+            self.start()
             while not self.stop:
-                if self.forwarder is not None:
-                    moved = self.forwarder.step(0.01)
-                else:
+                if self.client is not None:
                     self.client.poll(0.01)
-                    moved = self.kinesis.step()
+                moved = sum(feature.step() for feature in self.features)
                 now = time.monotonic()
                 if now >= next_health:
                     self.write_health()
@@ -158,6 +188,7 @@ class Agent:
                 if not moved and self.spool.stats()["backlog_total"] == 0:
                     time.sleep(0.05)  # idle: nothing queued; the runtime appends in batches
         finally:
+            self.stop_features()
             self.write_health()
             if self.client is not None:
                 self.client.close()
@@ -177,6 +208,15 @@ def _parser() -> argparse.ArgumentParser:
     prov.add_argument("--serial", required=True, help="serial number (template parameter SerialNumber)")
     prov.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="more template parameters")
     return parser
+
+
+def _print(text: str) -> None:
+    """Print to stdout; a reader that went away (``status | head``) is not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Python would report the pipe again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,10 +246,13 @@ def main(argv: list[str] | None = None) -> int:
             spool = Spool(cfg["spool_path"], int(cfg["spool_budget_mb"] * 2**20))
             report["spool"] = spool.stats()
             spool.close()
-            print(json.dumps(report, indent=2, sort_keys=True))
+            _print(json.dumps(report, indent=2, sort_keys=True))
         elif args.command == "provision":
             from cloud_sync.provisioning import ProvisioningSettings, provision
 
+            if not cfg["provisioning"]["enabled"]:
+                raise UserError(f"{cfg['_source']}: provisioning.enabled: false; set it to true to provision")
+            check_private_key(cfg["provisioning"]["claim_key_file"], "claim key")
             params = {"SerialNumber": args.serial}
             for item in args.param:
                 if "=" not in item:
@@ -222,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                 claim_key_file=p["claim_key_file"], template_name=p["template_name"], parameters=params,
                 credentials_dir=p["credentials_dir"], use_csr=p["use_csr"], timeout_s=p["timeout_s"]))
             _set_thing_name(Path(cfg["_source"]), result.thing_name, result.cert_file, result.key_file)
-            print(f"provisioned thing {result.thing_name}; certificate in {result.cert_file}; "
+            _print(f"provisioned thing {result.thing_name}; certificate in {result.cert_file}; "
                   f"config {cfg['_source']} updated (restart anc-cloud-sync run to use the new identity)")
     except UserError as exc:
         print(f"anc-cloud-sync: {exc}", file=sys.stderr)

@@ -1,4 +1,7 @@
-"""MQTT sink to AWS IoT Core (or any MQTT 3.1.1 broker) with paho-mqtt over mutual TLS.
+"""The agent's one MQTT connection to AWS IoT Core (or any MQTT 3.1.1 broker): paho-mqtt over mutual TLS.
+
+The features that need MQTT (telemetry with ``sink: mqtt``, shadow, jobs) share this
+connection; the agent opens it only when one of them is enabled.
 
 Topic layout under the thing name (the IoT policy grants exactly these):
 
@@ -12,7 +15,13 @@ At least once: a record is acked in the spool only after the PUBACK of the messa
 carried it. Messages in flight when the connection drops stay in paho's queue and are re-sent
 (DUP) after the reconnect; if the agent dies they are still in the spool and go again, with
 the same record ids. The network loop runs in the caller's thread (`poll`), so the callbacks
-never race the forwarder.
+never race the forwarder; nothing slow may run in a message handler (a job's download runs on
+its own thread).
+
+Faults it reports (``stats`` and ``last_error``, shown in the agent's health): a refused TCP or
+TLS connect, a connection the broker closes before its CONNACK (a client certificate refused
+during the handshake shows up this way with TLS 1.3), a refused CONNECT, a SUBACK with a
+failure code (the policy does not allow that topic filter).
 """
 
 from __future__ import annotations
@@ -23,11 +32,12 @@ import random
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import paho.mqtt.client as paho
 
-from device.contract.files import utc_now_iso
+from cloud_sync.backoff import Backoff
+from cloud_sync.redact import clip
 
 log = logging.getLogger(__name__)
 
@@ -44,23 +54,6 @@ def health_topic(thing: str) -> str:
 
 
 # -- functional core ---------------------------------------------------------------------------
-class Backoff:
-    """Exponential backoff with full jitter: delay = U(0, min(cap, base * 2**attempt))."""
-
-    def __init__(self, base_s: float = 0.5, cap_s: float = 60.0, rng: random.Random | None = None):
-        self.base_s, self.cap_s = base_s, cap_s
-        self.rng = rng or random.Random(0)
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self.cap_s, self.base_s * (2 ** min(self.attempt, 30)))
-        self.attempt += 1
-        return self.rng.uniform(0.0, ceiling)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
 class TokenBucket:
     """Publish rate limit: `rate` tokens per second, at most `burst` saved up."""
 
@@ -82,44 +75,6 @@ class TokenBucket:
         return max(0.0, (1.0 - self.tokens) / self.rate)
 
 
-def _envelope(thing: str, parts: list[str]) -> bytes:
-    return (f'{{"device_id":{json.dumps(thing)},"sent_at":"{utc_now_iso()}","records":['
-            + ",".join(parts) + "]}").encode()
-
-
-_ENVELOPE_OVERHEAD = 120 + 2  # device_id/sent_at keys and brackets, thing name added per call
-
-
-def pack_batches(thing: str, records: Iterable[dict[str, Any]], max_bytes: int, max_records: int
-                 ) -> tuple[list[tuple[bytes, list[str]]], list[str]]:
-    """Group records into payloads within the limits; returns (batches, ids too big to send).
-
-    Each batch is (payload, record ids). A record that cannot fit alone is returned in the
-    second list so the caller can count and drop it rather than block the queue forever.
-    """
-    max_bytes = min(max_bytes, IOT_CORE_MAX_MESSAGE_BYTES)
-    room = max_bytes - _ENVELOPE_OVERHEAD - len(json.dumps(thing))
-    batches, oversize = [], []
-    parts: list[str] = []
-    ids: list[str] = []
-    size = 0
-    for record in records:
-        text = json.dumps(record, separators=(",", ":"), sort_keys=True)
-        cost = len(text.encode()) + 1
-        if cost > room:
-            oversize.append(record["record_id"])
-            continue
-        if parts and (size + cost > room or len(parts) >= max_records):
-            batches.append((_envelope(thing, parts), ids))
-            parts, ids, size = [], [], 0
-        parts.append(text)
-        ids.append(record["record_id"])
-        size += cost
-    if parts:
-        batches.append((_envelope(thing, parts), ids))
-    return batches, oversize
-
-
 # -- imperative shell --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MqttSettings:
@@ -139,7 +94,7 @@ class MqttSettings:
 
 
 class MqttClient:
-    """One paho connection with mutual TLS, own reconnect backoff, PUBACK bookkeeping."""
+    """One paho connection with mutual TLS, own reconnect backoff, PUBACK and SUBACK bookkeeping."""
 
     def __init__(self, settings: MqttSettings, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic):
@@ -156,36 +111,58 @@ class MqttClient:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self.connected = False
         self._ever_connected = False
+        self._closing = False
         self._next_attempt = 0.0
         self._inflight: dict[int, list[str]] = {}
         self._acked: list[str] = []
         self._handlers: dict[str, Callable[[str, bytes], None]] = {}
+        self._pending_subscribe: dict[int, str] = {}
+        self._connected_listeners: list[Callable[[], None]] = []
         self.on_connected: Callable[[], None] | None = None
-        self.stats = {"connects": 0, "disconnects": 0, "published": 0, "puback": 0, "connect_failures": 0}
+        self.stats = {"connects": 0, "disconnects": 0, "published": 0, "puback": 0, "connect_failures": 0,
+                      "subscribe_failures": 0}
         self.last_error: str | None = None
+        self.refused_subscriptions: set[str] = set()
+
+    def _fail(self, message: str, counter: str = "connect_failures") -> None:
+        self.stats[counter] += 1
+        self.last_error = message
+        log.error("MQTT %s", message)
 
     # paho callbacks (run inside poll(), in the caller's thread)
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            self.last_error = f"connect refused: {reason_code}"
-            log.warning("MQTT %s", self.last_error)
+            self._fail(f"connect refused by {self.settings.host}:{self.settings.port}: {reason_code}")
             return
         self.connected = True
         self.backoff.reset()
         self.stats["connects"] += 1
         log.info("MQTT connected to %s:%d as %s", self.settings.host, self.settings.port, self.settings.thing_name)
         for topic in self._handlers:
-            client.subscribe(topic, qos=1)
+            self._subscribe(topic)
+        for listener in list(self._connected_listeners):
+            listener()
         if self.on_connected is not None:
             self.on_connected()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self._closing:
+            log.info("MQTT disconnected (agent stopping)")
+            self.connected = False
+            return
         if self.connected:
             self.stats["disconnects"] += 1
             log.warning("MQTT disconnected: %s; %d messages in flight will be re-sent", reason_code,
                         len(self._inflight))
+        else:
+            # Closed before the CONNACK: with TLS 1.3 a broker that refuses the client
+            # certificate does it after the client's side of the handshake is done.
+            self._fail(f"connection to {self.settings.host}:{self.settings.port} closed before CONNACK "
+                       f"({reason_code}): the broker refused the TLS handshake (client certificate not "
+                       f"accepted?) or the MQTT CONNECT")
         self.connected = False
         self._schedule_retry()
 
@@ -195,24 +172,53 @@ class MqttClient:
             self.stats["puback"] += 1
             self._acked.extend(ids)
 
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        topic = self._pending_subscribe.pop(mid, None)
+        if topic is None:
+            return
+        if any(code.is_failure for code in reason_codes):
+            self.refused_subscriptions.add(topic)
+            self._fail(f"subscription to {topic} refused by the broker (SUBACK {reason_codes[0]}): the "
+                       f"certificate's policy does not allow it; is thing_name {self.settings.thing_name} "
+                       f"the certificate's thing?", "subscribe_failures")
+        else:
+            self.refused_subscriptions.discard(topic)
+
     def _on_message(self, client, userdata, message) -> None:
         for pattern, handler in self._handlers.items():
             if paho.topic_matches_sub(pattern, message.topic):
                 try:
                     handler(message.topic, message.payload)
-                except Exception:  # a bad message must not kill the network loop
-                    log.exception("handler for %s failed", message.topic)
+                except Exception as exc:  # a bad message must not kill the network loop
+                    log.error("handler for %s failed: %s", message.topic, clip(f"{exc.__class__.__name__}: {exc}"))
 
     def _schedule_retry(self) -> None:
         delay = self.backoff.next_delay()
         self._next_attempt = self.clock() + delay
         log.info("MQTT reconnect in %.2f s (attempt %d)", delay, self.backoff.attempt)
 
+    def _subscribe(self, topic: str) -> None:
+        result, mid = self.client.subscribe(topic, qos=1)
+        if result == paho.MQTT_ERR_SUCCESS:
+            self._pending_subscribe[mid] = topic
+
     # public API
+    def add_connected_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after every (re)connect, once the subscriptions are sent."""
+        self._connected_listeners.append(listener)
+
+    def remove_connected_listener(self, listener: Callable[[], None]) -> None:
+        if listener in self._connected_listeners:
+            self._connected_listeners.remove(listener)
+
     def subscribe(self, topic: str, handler: Callable[[str, bytes], None]) -> None:
         self._handlers[topic] = handler
         if self.connected:
-            self.client.subscribe(topic, qos=1)
+            self._subscribe(topic)
+
+    def unsubscribe(self, topic: str) -> None:
+        if self._handlers.pop(topic, None) is not None and self.connected:
+            self.client.unsubscribe(topic)
 
     def poll(self, timeout: float = 0.01) -> None:
         """Run the network loop once; connect or reconnect when the backoff allows."""
@@ -224,9 +230,8 @@ class MqttClient:
                     self.client.connect(self.settings.host, self.settings.port, self.settings.keepalive_s)
                     self._ever_connected = True
             except (OSError, ssl.SSLError) as exc:
-                self.stats["connect_failures"] += 1
-                self.last_error = f"connect failed: {exc.__class__.__name__}: {exc}"
-                log.warning("MQTT %s", self.last_error)
+                self._fail(f"connect to {self.settings.host}:{self.settings.port} failed: "
+                           f"{exc.__class__.__name__}: {exc}")
                 self._schedule_retry()
                 return
         if self._ever_connected and self.client.socket() is not None:
@@ -242,11 +247,12 @@ class MqttClient:
     def can_publish(self) -> bool:
         return self.connected and len(self._inflight) < self.settings.max_inflight
 
-    def publish_batch(self, payload: bytes, record_ids: list[str]) -> bool:
+    def publish_batch(self, payload: bytes, record_ids: list[str],
+                      topic: str | None = None) -> bool:
         """Publish one telemetry batch if the rate limit allows; PUBACK later acks `record_ids`."""
         if not self.can_publish() or not self.bucket.take():
             return False
-        info = self.client.publish(telemetry_topic(self.settings.thing_name), payload, qos=1)
+        info = self.client.publish(topic or telemetry_topic(self.settings.thing_name), payload, qos=1)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             return False
         self._inflight[info.mid] = record_ids
@@ -265,39 +271,9 @@ class MqttClient:
         return {rid for ids in self._inflight.values() for rid in ids}
 
     def close(self) -> None:
+        self._closing = True
         if self.connected:
             self.client.disconnect()
             self.client.loop(0.1)
         self.connected = False
 
-
-class MqttForwarder:
-    """Moves records from the spool to MQTT: peek, pack, publish, ack on PUBACK."""
-
-    def __init__(self, spool, client: MqttClient, window: int = 2000):
-        self.spool, self.client, self.window = spool, client, window
-        self.oversize_dropped = 0
-        self.delivered = 0
-
-    def step(self, timeout: float = 0.01) -> int:
-        """One round; returns the number of records newly acknowledged."""
-        self.client.poll(timeout)
-        acked = self.client.take_acked()
-        if acked:
-            self.spool.ack(acked)
-            self.delivered += len(acked)
-        if self.client.can_publish():
-            inflight = self.client.inflight_ids()
-            records = [r for r in self.spool.peek(self.window + len(inflight)) if r["record_id"] not in inflight]
-            settings = self.client.settings
-            batches, oversize = pack_batches(settings.thing_name, records[:self.window],
-                                             settings.max_message_bytes, settings.max_records)
-            if oversize:  # cannot ever be sent over MQTT: count, log and remove so the queue moves
-                log.error("dropping %d records larger than the %d-byte message limit", len(oversize),
-                          settings.max_message_bytes)
-                self.spool.discard(oversize, "oversize")
-                self.oversize_dropped += len(oversize)
-            for payload, ids in batches:
-                if not self.client.publish_batch(payload, ids):
-                    break
-        return len(acked)

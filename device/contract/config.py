@@ -353,11 +353,18 @@ AGENT_SCHEMA: dict[str, Any] = {
         "backoff_base_s": Key("float", "s", 0.0, 3600.0, exclusive_minimum=True),
         "backoff_cap_s": Key("float", "s", 0.0, 86400.0, exclusive_minimum=True),
     },
+    "telemetry": {
+        "enabled": Key("bool"),
+    },
+    "shadow": {
+        "enabled": Key("bool"),
+    },
     "kinesis": {
         "stream_name": Key("str"),
         "region": Key("str"),
     },
     "provisioning": {
+        "enabled": Key("bool"),
         "claim_cert_file": Key("path"),
         "claim_key_file": Key("path"),
         "template_name": Key("str"),
@@ -365,7 +372,21 @@ AGENT_SCHEMA: dict[str, Any] = {
         "use_csr": Key("bool"),
         "timeout_s": Key("float", "s", 0.0, 600.0, exclusive_minimum=True),
     },
+    "recordings": {
+        "enabled": Key("bool"),
+        "record_on_start_s": Key("float", "s", 0.0, 60.0),
+        "mics": Key("str", "which microphones", choices=("both", "reference", "error")),
+        "budget_mb": Key("float", "MiB", 0.0, 256.0, exclusive_minimum=True),
+        "credentials_endpoint": Key("str"),
+        "role_alias": Key("str"),
+        "bucket": Key("str"),
+        "prefix": Key("str"),
+        "region": Key("str"),
+        "scan_interval_s": Key("float", "s", 0.0, 3600.0, exclusive_minimum=True),
+    },
     "jobs": {
+        "enabled": Key("bool"),
+        "download_timeout_s": Key("float", "s", 0.0, 86400.0, exclusive_minimum=True),
         "models_dir": Key("path"),
         "public_key_file": Key("path", nullable=True),
     },

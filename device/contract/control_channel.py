@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +141,57 @@ class DesiredWatcher:
         if not self._watcher.changed():
             return None
         return read_desired(self.path.parent)
+
+
+# -- session recordings (opt-in; requested by the agent, written by the runtime) -----------------
+# ``record.json`` in the state directory: {"request_id", "seconds", "mics", "budget_bytes",
+# "written_at"}. The agent writes it only when recordings are enabled in its config; the
+# runtime reacts to a change of the file (not to one already there when it starts), records
+# the mics from the block ring on its worker thread and writes ``<request_id>.flac`` into
+# `recordings_dir`, which the agent uploads and then deletes.
+RECORD_FILE = "record.json"
+RECORD_MICS = ("reference", "error")
+MAX_RECORD_SECONDS = 60.0
+MAX_RECORDINGS_BYTES = 256 * 2**20
+RECORDINGS_DIR_MODE = 0o770   # the runtime writes, the agent (same group) deletes after upload
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def recordings_dir(spool_path: str | Path) -> Path:
+    """Where recordings wait for upload: beside the spool (same disk, same budget owner)."""
+    return Path(spool_path).parent / "recordings"
+
+
+def validate_record_request(request: Any, source: str = RECORD_FILE) -> dict[str, Any]:
+    """A clean copy of a record request, or UserError naming the bad field."""
+    if not isinstance(request, dict):
+        raise UserError(f"{source}: must be an object")
+    request_id = request.get("request_id")
+    if not isinstance(request_id, str) or not _REQUEST_ID.match(request_id):
+        raise UserError(f"{source}: request_id: must be 1-64 letters, digits, - or _")
+    seconds = request.get("seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
+            or not 0 < seconds <= MAX_RECORD_SECONDS:
+        raise UserError(f"{source}: seconds: must be a number in (0, {MAX_RECORD_SECONDS:g}], got {seconds!r}")
+    mics = request.get("mics", list(RECORD_MICS))
+    if not isinstance(mics, list) or not mics or len(set(mics)) != len(mics) \
+            or any(m not in RECORD_MICS for m in mics):
+        raise UserError(f"{source}: mics: must be a non-empty list of {', '.join(RECORD_MICS)}, got {mics!r}")
+    budget = request.get("budget_bytes")
+    if isinstance(budget, bool) or not isinstance(budget, int) or not 0 < budget <= MAX_RECORDINGS_BYTES:
+        raise UserError(f"{source}: budget_bytes: must be an integer in (0, {MAX_RECORDINGS_BYTES}]")
+    return {"request_id": request_id, "seconds": float(seconds), "mics": list(mics), "budget_bytes": budget}
+
+
+def write_record_request(state_dir: str | Path, request: dict[str, Any]) -> dict[str, Any]:
+    clean = validate_record_request(request)
+    write_json_atomic(Path(state_dir) / RECORD_FILE, {**clean, "written_at": utc_now_iso()})
+    return clean
+
+
+def read_record_request(state_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(state_dir) / RECORD_FILE
+    document = _read_json(path)
+    return None if document is None else validate_record_request(
+        {k: v for k, v in document.items() if k != "written_at"} if isinstance(document, dict) else document,
+        str(path))

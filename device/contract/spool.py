@@ -6,10 +6,16 @@ only when a sink acknowledged it (`ack`), so a crash of either process at any po
 nothing that was committed; a record can be delivered twice and carries the same
 ``record_id`` both times.
 
-Budget policy (bytes of record payload, configured as ``spool.budget_mb``): when an append
-takes the spool over budget, the oldest records are dropped, processing metrics first, then
-noise detections, sessions last. Every drop is counted per kind in the file itself, so
-`stats()` reports it and the agent publishes it.
+Budget policy (``spool.budget_mb``): when an append takes the spool over budget, the oldest
+records are dropped, processing metrics first, then noise detections, sessions last. Every drop
+is counted per kind in the file itself, so `stats()` reports it and the agent publishes it.
+"Over budget" is either of: the records' JSON over the budget, or the database's live pages
+(tables and indexes: 2-3x the JSON for small records) over the budget plus `SCHEMA_MARGIN`.
+The files on disk stay within the budget plus a stated margin (`footprint_limit`):
+``auto_vacuum=INCREMENTAL`` gives freed pages back to the file system after drops and acks,
+``wal_autocheckpoint`` and ``journal_size_limit`` keep the WAL near `wal_limit` (a sixteenth of
+the budget, at least 256 KiB), and the ``-shm`` index is 32 KiB per 4096 WAL pages. A file made
+before auto-vacuum is converted once (VACUUM) when opened.
 
 The runtime and the agent run as different users sharing a group, so the spool is created
 ``0660`` (`FILE_MODE`) whatever the umask, before SQLite opens it; SQLite gives ``-wal`` and
@@ -37,6 +43,9 @@ log = logging.getLogger(__name__)
 
 # Both services (different users, group ``anc``) read and write the spool and its -wal/-shm.
 FILE_MODE = MODE_GROUP_WRITE
+# Room for the schema's own pages (tables, indexes, counters) beyond the budget.
+SCHEMA_MARGIN = 64 * 1024
+SHM_BYTES = 32 * 1024
 # Drop order when over budget: lower number goes first.
 DROP_PRIORITY = {kind: rank for rank, kind in enumerate(DROP_ORDER)}
 _SCHEMA = """
@@ -51,6 +60,18 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_kind ON outbox(kind, rowid);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+
+def wal_limit(budget_bytes: int) -> int:
+    """Bytes the WAL is checkpointed and truncated at for a spool of `budget_bytes`."""
+    return max(256 * 1024, int(budget_bytes) // 16)
+
+
+def footprint_limit(budget_bytes: int) -> int:
+    """The bound on main file + WAL + shm for `budget_bytes`: the budget and the schema margin
+    (live pages), up to one `wal_limit` of free pages not yet vacuumed, a WAL of up to twice
+    `wal_limit` (the checkpoint threshold plus the transaction that crosses it) and the shm index."""
+    return int(budget_bytes) + SCHEMA_MARGIN + 3 * wal_limit(budget_bytes) + SHM_BYTES
 
 
 def _as_dict(record: Any) -> dict[str, Any]:
@@ -92,10 +113,19 @@ class Spool:
         self._create_file()
         db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
         try:
+            db.execute("PRAGMA busy_timeout=30000")
+            if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+                # Takes effect at once on an empty file; an existing one needs a VACUUM (once).
+                db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+                    db.execute("VACUUM")
             db.execute("PRAGMA journal_mode=WAL")
+            self.page_size = db.execute("PRAGMA page_size").fetchone()[0]
+            limit = wal_limit(self.budget_bytes)
+            db.execute(f"PRAGMA wal_autocheckpoint={max(16, limit // self.page_size)}")
+            db.execute(f"PRAGMA journal_size_limit={limit}")
             # FULL: a committed append or ack survives power loss, not only a process crash.
             db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=30000")
             result = db.execute("PRAGMA quick_check").fetchone()[0]
             if result != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {result}")
@@ -150,20 +180,48 @@ class Spool:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 before = self._db.total_changes
+                # Make room first, so the file never grows past the budget within the transaction
+                # (a checkpoint would copy that peak into the main file).
+                self._enforce_budget(incoming=sum(row[3] for row in rows))
                 self._db.executemany(
                     "INSERT OR IGNORE INTO outbox(record_id, kind, created, size, body) VALUES(?,?,?,?,?)", rows)
                 added = self._db.total_changes - before
                 self._bump("appended", added)
                 self._enforce_budget()
+                self._vacuum_freed()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         return added
 
-    def _enforce_budget(self) -> None:
+    def _live_bytes(self) -> int:
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * self.page_size
+
+    def _excess(self, incoming: int = 0) -> int:
+        """Record bytes to drop before `incoming` more: the larger of the JSON over the budget and
+        the live pages over budget + margin (converted to JSON bytes at the file's current ratio)."""
         used = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0]
-        excess = used - self.budget_bytes
+        excess = used + incoming - self.budget_bytes
+        live = self._live_bytes()
+        # Disk bytes per JSON byte of the records (tables and indexes), the schema's pages aside.
+        ratio = min(8.0, max(1.0, (live - SCHEMA_MARGIN) / used)) if used and live > SCHEMA_MARGIN else 2.0
+        disk_excess = live + incoming * ratio - (self.budget_bytes + SCHEMA_MARGIN)
+        if disk_excess > 0:
+            excess = max(excess, int(disk_excess / ratio * 1.1) + 1)
+        return excess
+
+    def _enforce_budget(self, incoming: int = 0) -> None:
+        for _ in range(8):  # deleting rows frees index pages only partly: measure again
+            excess = self._excess(incoming)
+            if excess <= 0:
+                return
+            self._drop_oldest(excess)
+            self._vacuum_freed()
+
+    def _drop_oldest(self, excess: int) -> None:
         for kind in sorted(DROP_PRIORITY, key=DROP_PRIORITY.get):
             if excess <= 0:
                 return
@@ -181,6 +239,14 @@ class Spool:
                 log.warning("spool over its %d-byte budget: dropped the %d oldest %s records",
                             self.budget_bytes, len(victims), kind)
                 excess -= freed
+
+    def _vacuum_freed(self) -> None:
+        """Give free pages back to the file system (inside the caller's transaction) once there
+        are more than `wal_limit` bytes of them: below that the next appends reuse them, and
+        moving pages on every commit would only grow the WAL."""
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        if free * self.page_size > wal_limit(self.budget_bytes):
+            self._db.execute("PRAGMA incremental_vacuum").fetchall()
 
     # -- reader side ------------------------------------------------------------------------
     def peek(self, limit: int, kinds: Iterable[str] | None = None) -> list[dict[str, Any]]:
@@ -207,6 +273,7 @@ class Spool:
                 self._db.executemany("DELETE FROM outbox WHERE record_id = ?", ids)
                 removed = self._db.total_changes - before
                 self._bump("acked", removed)
+                self._vacuum_freed()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -225,6 +292,7 @@ class Spool:
                 self._db.executemany("DELETE FROM outbox WHERE record_id = ?", ids)
                 removed = self._db.total_changes - before
                 self._bump(f"dropped_{reason}", removed)
+                self._vacuum_freed()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -249,4 +317,15 @@ class Spool:
             "dropped": {kind: counters.get(f"dropped_{kind}", 0) for kind in DROP_PRIORITY},
             "dropped_oversize": counters.get("dropped_oversize", 0),
             "corrupt_files_moved": counters.get("corrupt_files_moved", 0),
+            "file_bytes": self.file_bytes(),
         }
+
+    def file_bytes(self) -> int:
+        """Bytes on disk: the main file, its WAL and its shm index."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                total += os.stat(f"{self.path}{suffix}").st_size
+            except FileNotFoundError:
+                pass
+        return total

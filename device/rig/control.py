@@ -5,7 +5,10 @@ Polled from the worker thread, never from the audio callback: one `stat` per pol
 validated (again) and applied to the engine and worker; the runtime's state and health go to
 `reported.json` when they change and at least every `REPORT_INTERVAL_S`. A new model named
 in `model.json` is loaded and verified against its card before it replaces the running one;
-if it does not load, the running model stays and the error is reported.
+if it does not load, the running model stays and the error is reported. A new
+``record.json`` (written by the agent only when recordings are enabled in its config) starts a
+short recording of the microphones (`device.core.recorder`), taken from the blocks the worker
+drains, into the recordings directory beside the spool.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from device.contract.control_channel import MODEL_FILE, DesiredWatcher, FileWatcher, write_reported
+from device.contract.control_channel import (MODEL_FILE, RECORD_FILE, DesiredWatcher, FileWatcher,
+                                            read_record_request, recordings_dir, write_reported)
 from device.contract.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -34,6 +38,15 @@ class RuntimeControl:
         self.desired = DesiredWatcher(self.state_dir)
         self.model_notice = FileWatcher(self.state_dir / MODEL_FILE)
         self.model_notice.changed()  # a notice already there at start is the model the config loaded
+        self.record_notice = FileWatcher(self.state_dir / RECORD_FILE)
+        self.record_notice.changed()  # a request left from before a restart is not a new one
+        self.recorder = None
+        spool = getattr(getattr(worker, "cfg", None), "spool", None)
+        if spool is not None and hasattr(worker, "ring"):
+            from device.core.recorder import Recorder, RecordingTap
+
+            self.recorder = Recorder(recordings_dir(spool.path), worker.sample_rate)
+            worker.ring = RecordingTap(worker.ring, self.recorder)
         self.desired_error: str | None = None
         self.model_error: str | None = None
         self.applied: dict[str, Any] = {}
@@ -43,7 +56,20 @@ class RuntimeControl:
     def poll(self) -> None:
         self._poll_desired()
         self._poll_model()
+        self._poll_record()
         self._report()
+
+    def _poll_record(self) -> None:
+        if self.recorder is None or not self.record_notice.changed():
+            return
+        try:
+            request = read_record_request(self.state_dir)
+        except UserError as exc:
+            self.recorder.last_error = f"record request refused: {exc}"
+            log.error("%s", self.recorder.last_error)
+            return
+        if request is not None and not self.recorder.active:
+            self.recorder.start(request)
 
     def _poll_desired(self) -> None:
         try:
@@ -98,6 +124,8 @@ class RuntimeControl:
             "model": None if worker.classifier is None else str(getattr(worker.classifier, "path", "")),
             "model_error": self.model_error,
             "desired_error": self.desired_error,
+            "recording": None if self.recorder is None else
+            {"active": self.recorder.active, "error": self.recorder.last_error},
             **self.health(),
         }
 

@@ -214,6 +214,15 @@ class FakeClient:
     def subscribe(self, topic, handler):
         self.handlers[topic] = handler
 
+    def unsubscribe(self, topic):
+        del self.handlers[topic]
+
+    def add_connected_listener(self, listener):
+        pass
+
+    def remove_connected_listener(self, listener):
+        pass
+
     def publish_json(self, topic, document):
         self.published.append((topic, document))
 
@@ -222,11 +231,16 @@ def test_jobs_agent_reports_in_progress_then_failed_with_the_reason(dirs):
     models, state, source = dirs
     client = FakeClient()
     agent = JobsAgent(client, "thing-1", lambda d: install_model(d, models, state))
+    agent.start()
     payload = json.dumps({"execution": {"jobId": "job-7", "jobDocument": doc(source, digest="1" * 64)}}).encode()
     client.handlers["$aws/things/thing-1/jobs/notify-next"]("t", payload)
     client.handlers["$aws/things/thing-1/jobs/notify-next"]("t", b"not json")
+    assert agent.wait_idle()
     payload = json.dumps({"execution": {"jobId": "job-8", "jobDocument": doc(source, card=False)}}).encode()
     client.handlers["$aws/things/thing-1/jobs/$next/get/accepted"]("t", payload)
+    assert agent.wait_idle()
+    agent.stop()
+    assert not client.handlers  # stop unsubscribes
     topics = [t for t, _ in client.published]
     assert topics == ["$aws/things/thing-1/jobs/job-7/update"] * 2 + ["$aws/things/thing-1/jobs/job-8/update"] * 2
     assert client.published[0][1] == {"status": "IN_PROGRESS"}
@@ -235,3 +249,14 @@ def test_jobs_agent_reports_in_progress_then_failed_with_the_reason(dirs):
     assert client.published[3][1]["status"] == "FAILED"
     assert "card_url missing" in client.published[3][1]["statusDetails"]["reason"]
     old_files_untouched(models, state)
+
+
+def test_start_removes_a_download_directory_left_by_an_interrupted_job(tmp_path):
+    models = tmp_path / "models"
+    stale = models / ".noise_classifier.onnx.abc.download"
+    stale.mkdir(parents=True)
+    (stale / "noise_classifier.onnx").write_bytes(b"half a model")
+    jobs = JobsAgent(FakeClient(), "thing-1", lambda d: {})
+    jobs.models_dir = models
+    jobs.start()
+    assert not stale.exists() and models.is_dir()

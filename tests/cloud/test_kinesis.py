@@ -7,7 +7,7 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from cloud_sync.kinesis import (MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL, KinesisForwarder, KinesisSink,
+from cloud_sync.telemetry.kinesis import (MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL, KinesisForwarder, KinesisSink,
                                 pack_calls)
 from device.contract.spool import Spool
 from device.contract.records import RecordFactory

@@ -8,8 +8,9 @@ import time
 
 import paho.mqtt.client as paho
 
-from cloud_sync.mqtt import (IOT_CORE_MAX_MESSAGE_BYTES, Backoff, MqttClient, MqttForwarder, MqttSettings,
-                             TokenBucket, pack_batches)
+from cloud_sync.backoff import Backoff
+from cloud_sync.mqtt import IOT_CORE_MAX_MESSAGE_BYTES, MqttClient, MqttSettings, TokenBucket
+from cloud_sync.telemetry.mqtt import MqttForwarder, pack_batches
 from device.contract.spool import Spool
 from device.contract.records import RecordFactory
 

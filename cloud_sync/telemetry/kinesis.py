@@ -17,7 +17,7 @@ import random
 import time
 from typing import Any, Callable, Iterable
 
-from cloud_sync.mqtt import Backoff
+from cloud_sync.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
