@@ -49,7 +49,7 @@ class ControllerSettings:
     watchdog_floor_dbfs: float = -90.0
     highpass_hz: float = 20.0
     sustained_rise_db: float = 1.0
-    sustained_hold_ms: float = 1000.0
+    sustained_hold_ms: float = 400.0
 
     @classmethod
     def from_config(cls, cfg: Config, sample_rate: int | None = None, block_size: int | None = None,
