@@ -61,7 +61,10 @@ def bench_mqtt(tmp: Path, records: list) -> None:
     broker.start()
     cert, key = pki.issue("thing-1")
     cfg = yaml.safe_load((ROOT / "config" / "cloud_sync.yaml").read_text())
-    cfg.update(thing_name="thing-1", spool_path=str(tmp / "mqtt.sqlite"), state_dir=str(tmp / "state"),
+    runtime = tmp / "runtime.yaml"  # the agent takes the spool and state directory from the runtime's file
+    runtime.write_text(yaml.safe_dump({"runtime": {"state_dir": str(tmp / "state")},
+                                       "spool": {"path": str(tmp / "mqtt.sqlite"), "budget_mb": 1024.0}}))
+    cfg.update(thing_name="thing-1", runtime_config=str(runtime),
                status_file=str(tmp / "state" / "status.json"))
     cfg["mqtt"].update(endpoint="127.0.0.1", port=broker.port, ca_file=str(pki.ca_file), cert_file=str(cert),
                        key_file=str(key))

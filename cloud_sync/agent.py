@@ -26,67 +26,11 @@ from typing import Any
 
 import yaml
 
-from device.contract.config import Key, _validate, default_file
-from device.contract.control_channel import write_json_atomic
+from device.contract.config import load_agent_config
+from device.contract.files import utc_now_iso, write_json_atomic, write_text_atomic
 from device.contract.errors import ConfigError, UserError
 
 log = logging.getLogger("cloud_sync")
-
-DEFAULT_AGENT_CONFIG = default_file("cloud_sync.yaml")
-
-SCHEMA: dict[str, Any] = {
-    "thing_name": Key("str", "AWS IoT thing name", nullable=True),
-    "sink": Key("str", choices=("mqtt", "kinesis")),
-    "spool_path": Key("path"),
-    "spool_budget_mb": Key("float", "MiB", 0.0, 1e6, exclusive_minimum=True),
-    "state_dir": Key("path"),
-    "status_file": Key("path"),
-    "health_interval_s": Key("float", "s", 0.0, 86400.0, exclusive_minimum=True),
-    "mqtt": {
-        "endpoint": Key("str"),
-        "port": Key("int", "TCP port", 1, 65535),
-        "ca_file": Key("path"),
-        "cert_file": Key("path"),
-        "key_file": Key("path"),
-        "keepalive_s": Key("int", "s", 5, 1200),
-        "max_message_kb": Key("int", "KiB", 1, 128),
-        "max_records": Key("int", "records", 1, 10000),
-        "max_inflight": Key("int", "messages", 1, 1000),
-        "publish_rate": Key("float", "messages/s", 0.0, 100.0, exclusive_minimum=True),
-        "backoff_base_s": Key("float", "s", 0.0, 3600.0, exclusive_minimum=True),
-        "backoff_cap_s": Key("float", "s", 0.0, 86400.0, exclusive_minimum=True),
-    },
-    "kinesis": {
-        "stream_name": Key("str"),
-        "region": Key("str"),
-    },
-    "provisioning": {
-        "claim_cert_file": Key("path"),
-        "claim_key_file": Key("path"),
-        "template_name": Key("str"),
-        "credentials_dir": Key("path"),
-        "use_csr": Key("bool"),
-        "timeout_s": Key("float", "s", 0.0, 600.0, exclusive_minimum=True),
-    },
-    "jobs": {
-        "models_dir": Key("path"),
-        "public_key_file": Key("path", nullable=True),
-    },
-}
-
-
-def load_agent_config(path: str | Path | None = None) -> dict[str, Any]:
-    path = Path(path or DEFAULT_AGENT_CONFIG)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    values = _validate(data or {}, SCHEMA, str(path), "", path.resolve().parent)
-    values["_source"] = str(path)
-    return values
-
 
 def check_private_key(path: str | Path) -> None:
     """Refuse a missing key or one that group or others can read (AWS and ssh convention: 0600)."""
@@ -107,9 +51,8 @@ def _set_thing_name(config_path: Path, thing: str, cert: Path, key: Path) -> Non
                     r"^(  key_file:)[^#\n]*": rf"\g<1> {key}  "}
     for pattern, new in replacements.items():
         text = re.sub(pattern, new, text, count=1, flags=re.MULTILINE)
-    tmp = config_path.with_name(f".{config_path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, config_path)
+    # Keep the file's mode: it may be 0640 (root:anc) and must not become world-readable.
+    write_text_atomic(config_path, text, stat.S_IMODE(config_path.stat().st_mode))
 
 
 # -- run ------------------------------------------------------------------------------------------
@@ -183,7 +126,7 @@ class Agent:
             "dropped_oversize": stats["dropped_oversize"],
             "delivered_this_run": delivered,
             "last_error": self.client.last_error if self.client else None,
-            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "updated_at": utc_now_iso(),
         }
 
     def write_health(self) -> dict[str, Any]:

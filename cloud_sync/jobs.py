@@ -16,7 +16,7 @@ Order of operations, each failure leaves the running model and its card untouche
 FAILED with the reason: download the model and the card to a private temporary directory in
 the models directory, check the size limits, verify both sha256 (and the model's signature
 when a public key is configured, mandatory then), check that the card parses as the runtime
-reads it (`device.core.classifier.load_card`), names the new model's sha256 and fits this device's
+reads it (`device.contract.model_card.load_card`), names the new model's sha256 and fits this device's
 features, optionally load-test the model (``validate`` callback, onnxruntime in the agent),
 make both files 0644 (the runtime runs as another user), keep the current model and card as
 ``<name>.previous``, atomically rename the card, then the model into place, fsync, then tell
@@ -44,13 +44,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from device.contract.control_channel import MODEL_FILE, write_json_atomic
+from device.contract.control_channel import MODEL_FILE
+from device.contract.model_card import ModelError, card_path, check_card_fits, load_card
+from device.contract.files import MODE_SHARED_READ, copy_atomic, fsync_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 MAX_MODEL_BYTES = 64 * 1024 * 1024
 MAX_CARD_BYTES = 1024 * 1024
-INSTALLED_MODE = 0o644  # the runtime (another user, same group) must read what the agent installs
+INSTALLED_MODE = MODE_SHARED_READ  # the runtime (another user, same group) must read what the agent installs
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+\.onnx$")
 _SCHEMES = ("https", "http", "s3", "file")
 _FIELDS = ("operation", "url", "sha256", "signature", "model_name", "card_url", "card_sha256")
@@ -154,32 +156,21 @@ def _download(fetch: Callable[[str, Path], None], url: str, destination: Path, w
 
 def _check_card(model_path: Path, model_sha256: str, shown_as: str) -> None:
     """The card beside `model_path` as the runtime reads it: parses, names `model_sha256`, fits the features."""
-    from device.core import features
-    from device.core.classifier import ModelError, load_card
-
-    card_path = model_path.with_suffix(".json")
     try:
         card = load_card(model_path)
+        if card["sha256"].lower() != model_sha256:
+            raise JobFailed(f"model card: {shown_as} describes sha256 {card['sha256'].lower()}, "
+                            f"not the new model's {model_sha256}")
+        check_card_fits(card, model_sha256, shown_as)
     except ModelError as exc:
-        raise JobFailed(f"model card: {str(exc).replace(str(card_path), shown_as)}") from None
-    if card["sha256"].lower() != model_sha256:
-        raise JobFailed(f"model card: {shown_as} describes sha256 {card['sha256'].lower()}, "
-                        f"not the new model's {model_sha256}")
-    if card["n_features"] != features.N_FEATURES:
-        raise JobFailed(f"model card: {shown_as} takes {card['n_features']} features, "
-                        f"this device computes {features.N_FEATURES}")
-    spec = card.get("features")
-    version = spec.get("version") if isinstance(spec, dict) else None
-    if version is not None and version != features.FEATURE_VERSION:
-        raise JobFailed(f"model card: {shown_as} was trained on feature version {version}, "
-                        f"this device computes version {features.FEATURE_VERSION}")
+        raise JobFailed(f"model card: {str(exc).replace(str(card_path(model_path)), shown_as)}") from None
 
 
 def _keep_previous(path: Path) -> None:
     """`path` as ``<name>.previous``; no stale ``.previous`` stays when there is no `path`."""
     previous = path.with_name(path.name + ".previous")
     if path.exists():
-        _copy_atomic(path, previous)
+        copy_atomic(path, previous, INSTALLED_MODE)
     elif previous.exists():
         previous.unlink()
 
@@ -241,7 +232,7 @@ def install_model(document: Any, models_dir: Path, state_dir: Path,
             if new_card:
                 _restore(card_target)
             raise JobFailed(f"install: {exc.__class__.__name__}: {exc}") from None
-        _fsync_dir(models_dir)
+        fsync_dir(models_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     write_json_atomic(Path(state_dir) / MODEL_FILE,
@@ -251,35 +242,13 @@ def install_model(document: Any, models_dir: Path, state_dir: Path,
     return {"model": job["model_name"], "sha256": job["sha256"], "card": card_target.name}
 
 
-def _fsync_dir(directory: Path) -> None:
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def _restore(path: Path) -> None:
     """Put ``<path>.previous`` back as `path` (a copy), or remove `path` if there was none."""
     previous = path.with_name(path.name + ".previous")
     if previous.exists():
-        _copy_atomic(previous, path)
+        copy_atomic(previous, path, INSTALLED_MODE)
     elif path.exists():
         path.unlink()
-
-
-def _copy_atomic(source: Path, destination: Path) -> None:
-    tmp = destination.with_name(f".{destination.name}.tmp")
-    try:
-        with open(tmp, "wb") as out:
-            out.write(source.read_bytes())
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, INSTALLED_MODE)
-        os.replace(tmp, destination)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def rollback(models_dir: Path, state_dir: Path, model_name: str = "noise_classifier.onnx") -> bool:
@@ -296,7 +265,7 @@ def rollback(models_dir: Path, state_dir: Path, model_name: str = "noise_classif
         log.warning("no %s to restore: %s stays, the runtime may refuse the previous model",
                     previous_card.name, card_target.name)
     os.replace(previous, target)
-    _fsync_dir(Path(models_dir))
+    fsync_dir(Path(models_dir))
     write_json_atomic(Path(state_dir) / MODEL_FILE,
                       {"path": str(target), "sha256": _sha256(target), "action": "reload"})
     log.warning("model and card rolled back to the previous version")

@@ -23,10 +23,11 @@ import random
 import ssl
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 import paho.mqtt.client as paho
+
+from device.contract.files import utc_now_iso
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,6 @@ class TokenBucket:
 
     def wait_s(self) -> float:
         return max(0.0, (1.0 - self.tokens) / self.rate)
-
-
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _envelope(thing: str, parts: list[str]) -> bytes:

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from device.contract.errors import UserError
+from device.contract.files import MODE_PRIVATE, MODE_PRIVATE_DIR, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +76,7 @@ def new_key_and_csr(common_name: str = "anc-device") -> tuple[bytes, str]:
 
 def write_private(path: Path, data: bytes) -> None:
     """Write `data` with mode 0600 from the start (never briefly world-readable), atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, data, MODE_PRIVATE)
 
 
 class _Waiter:
@@ -169,7 +162,7 @@ def provision(settings: ProvisioningSettings) -> ProvisioningResult:
 
         directory = Path(settings.credentials_dir)
         directory.mkdir(parents=True, exist_ok=True)
-        os.chmod(directory, 0o700)
+        os.chmod(directory, MODE_PRIVATE_DIR)
         cert_file, key_file = directory / "device.pem.crt", directory / "private.pem.key"
         write_private(key_file, key_pem)
         write_private(cert_file, response.certificate_pem.encode())

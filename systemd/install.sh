@@ -234,27 +234,25 @@ classifier:
   model: $models_dir/$model_name
 EOF
 
-# The agent validates a complete file (no defaults to merge with): start from the checkout's
-# and point every path at the installed layout.
-agent_config=$(sed \
-    -e "s#^\(spool_path:\)[^\#]*#\1 $spool_path  #" \
-    -e "s#^\(state_dir:\)[^\#]*#\1 $state_dir  #" \
-    -e "s#^\(status_file:\)[^\#]*#\1 $agent_state_dir/status.json  #" \
-    -e "s#^\(  ca_file:\)[^\#]*#\1 $amazon_root_ca  #" \
-    -e "s#^\(  cert_file:\)[^\#]*#\1 $agent_state_dir/certs/device.pem.crt  #" \
-    -e "s#^\(  key_file:\)[^\#]*#\1 $agent_state_dir/certs/private.pem.key  #" \
-    -e "s#^\(  claim_cert_file:\)[^\#]*#\1 $agent_state_dir/claim/claim.pem.crt  #" \
-    -e "s#^\(  claim_key_file:\)[^\#]*#\1 $agent_state_dir/claim/claim.pem.key  #" \
-    -e "s#^\(  credentials_dir:\)[^\#]*#\1 $agent_state_dir/certs  #" \
-    -e "s#^\(  models_dir:\)[^\#]*#\1 $models_dir  #" \
-    "$checkout/config/cloud_sync.yaml")
-if relative=$(printf '%s\n' "$agent_config" | grep -n '^[^#]*\.\./'); then
-    die "config/cloud_sync.yaml has a relative path this script does not rewrite: $relative"
-fi
+# The agent's site file is merged over its packaged defaults too: only what differs. The spool,
+# its budget and the state directory come from the runtime's file, so the two always agree.
 write_if_absent 0640 root anc "$etc_dir/cloud_sync.yaml" <<EOF
-# anc-cloud-sync configuration for this device. Written once by systemd/install.sh from
-# config/cloud_sync.yaml, never overwritten; \`anc-cloud-sync provision\` fills in the identity.
-$agent_config
+# anc-cloud-sync configuration for this device, merged over the packaged defaults
+# (config/cloud_sync.yaml in the source tree lists every key with its unit). Written once by
+# systemd/install.sh, never overwritten; \`anc-cloud-sync provision\` fills in the identity.
+thing_name: null
+runtime_config: config.yaml  # the runtime's file beside this one
+status_file: $agent_state_dir/status.json
+mqtt:
+  ca_file: $amazon_root_ca
+  cert_file: $agent_state_dir/certs/device.pem.crt
+  key_file: $agent_state_dir/certs/private.pem.key
+provisioning:
+  claim_cert_file: $agent_state_dir/claim/claim.pem.crt
+  claim_key_file: $agent_state_dir/claim/claim.pem.key
+  credentials_dir: $agent_state_dir/certs
+jobs:
+  models_dir: $models_dir
 EOF
 
 # -- units -----------------------------------------------------------------------------------

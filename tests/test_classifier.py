@@ -12,7 +12,8 @@ import pytest
 import soundfile
 
 from device.core import features as F
-from device.core.classifier import ClassTracker, Detection, ModelError, NoiseClassifier
+from device.contract.model_card import ModelError
+from device.core.classifier import ClassTracker, Detection, NoiseClassifier
 from device.cli import main
 from device.contract.config import NOISE_CLASSES
 from simulator.scenes import generate_scene

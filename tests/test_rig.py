@@ -205,7 +205,8 @@ def test_invalid_desired_file_is_reported_and_nothing_applied(control_worker, tm
 
 def test_a_refused_model_keeps_the_running_one(control_worker, tmp_path):
     from device.rig.control import RuntimeControl
-    from device.contract.control_channel import read_reported, write_json_atomic
+    from device.contract.control_channel import read_reported
+    from device.contract.files import write_json_atomic
 
     running = object()
     control_worker.classifier = running

@@ -1,6 +1,5 @@
 """Closed-loop behaviour on the simulated plants, judged against the causal optimum."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from device.core.dsp.lsfir import normal_equations
 from device.contract.errors import UserError
 from simulator.plant import Plant
 from simulator.run import simulate
-from simulator.scenes import SCENE_TYPES, generate_scene, load_scene, write_scene
+from simulator.scenes import SCENE_TYPES, generate_scene, load_scene
 
 
 @pytest.fixture(scope="module")

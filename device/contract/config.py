@@ -178,11 +178,11 @@ class Config(Section):
         """A copy with some keys of one section changed, validated like a file."""
         values = self.as_dict()
         values[section] = {**values[section], **changes}
-        checked = _validate(values, SCHEMA, str(self._source), "", resolve_from=None)
+        checked = validate(values, SCHEMA, str(self._source), "", resolve_from=None)
         return Config(checked, self._source)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
     if path.is_dir():
@@ -205,11 +205,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def merge_over(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_over(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -264,7 +264,7 @@ def _check_value(key: Key, value: Any, where: str, resolve_from: Path | None) ->
     raise AssertionError(f"unknown kind {key.kind}")
 
 
-def _validate(data: Any, schema: dict[str, Any], source: str, prefix: str, resolve_from: Path | None,
+def validate(data: Any, schema: dict[str, Any], source: str, prefix: str, resolve_from: Path | None,
               complete: bool = True) -> dict[str, Any]:
     """Check `data` against `schema`; with `complete`, every schema key must be present."""
     if not isinstance(data, dict):
@@ -278,7 +278,7 @@ def _validate(data: Any, schema: dict[str, Any], source: str, prefix: str, resol
             raise ConfigError(f"{where}: unknown key{hint}")
         spec = schema[name]
         if isinstance(spec, dict):
-            checked[name] = _validate(value, spec, source, f"{prefix}{name}.", resolve_from, complete)
+            checked[name] = validate(value, spec, source, f"{prefix}{name}.", resolve_from, complete)
         else:
             checked[name] = _check_value(spec, value, where, resolve_from)
     if complete:
@@ -302,19 +302,92 @@ def _cross_checks(values: dict[str, Any], source: str) -> None:
         )
 
 
-def load_config(path: str | Path | None = None) -> Config:
-    """Load the defaults, overlay `path` if given, and validate the result.
-
-    Relative paths are resolved against the directory of the file that sets them.
-    """
-    defaults = _validate(_read_yaml(DEFAULT_CONFIG), SCHEMA, str(DEFAULT_CONFIG), "", CONFIG_DIR)
+def load_layered(path: str | Path | None, schema: dict[str, Any], defaults_path: Path,
+                 cross_checks=None) -> tuple[dict[str, Any], Path]:
+    """The shipped defaults, with the keys of `path` (a partial file) merged over them, validated
+    against `schema`. Errors name the file that holds the bad key. Relative paths are resolved
+    against the directory of the file that sets them."""
+    defaults = validate(read_yaml(defaults_path), schema, str(defaults_path), "", defaults_path.resolve().parent)
     if path is None:
-        _cross_checks(defaults, str(DEFAULT_CONFIG))
-        return Config(defaults, DEFAULT_CONFIG)
+        if cross_checks is not None:
+            cross_checks(defaults, str(defaults_path))
+        return defaults, defaults_path
     user_path = Path(path)
-    user = _read_yaml(user_path)
+    user = read_yaml(user_path)
     # Validate the user's keys against the schema first, so errors name the user's file.
-    partial = _validate(user, SCHEMA, str(user_path), "", user_path.resolve().parent, complete=False)
-    merged = _merge(defaults, partial)
-    _cross_checks(merged, str(user_path))
-    return Config(merged, user_path)
+    partial = validate(user, schema, str(user_path), "", user_path.resolve().parent, complete=False)
+    merged = merge_over(defaults, partial)
+    if cross_checks is not None:
+        cross_checks(merged, str(user_path))
+    return merged, user_path
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """The runtime's configuration: the defaults with `path` merged over them, validated."""
+    values, source = load_layered(path, SCHEMA, DEFAULT_CONFIG, _cross_checks)
+    return Config(values, source)
+
+
+# -- the cloud agent's configuration ------------------------------------------------------------
+# The agent reads the spool, the state directory and the spool's budget from the runtime's own
+# configuration (`runtime_config`), so the two processes can never disagree on them.
+
+DEFAULT_AGENT_CONFIG = default_file("cloud_sync.yaml")
+
+AGENT_SCHEMA: dict[str, Any] = {
+    "thing_name": Key("str", "AWS IoT thing name", nullable=True),
+    "sink": Key("str", choices=("mqtt", "kinesis")),
+    "runtime_config": Key("path", "the runtime's config file; null = its shipped defaults", nullable=True),
+    "status_file": Key("path"),
+    "health_interval_s": Key("float", "s", 0.0, 86400.0, exclusive_minimum=True),
+    "mqtt": {
+        "endpoint": Key("str"),
+        "port": Key("int", "TCP port", 1, 65535),
+        "ca_file": Key("path"),
+        "cert_file": Key("path"),
+        "key_file": Key("path"),
+        "keepalive_s": Key("int", "s", 5, 1200),
+        "max_message_kb": Key("int", "KiB", 1, 128),
+        "max_records": Key("int", "records", 1, 10000),
+        "max_inflight": Key("int", "messages", 1, 1000),
+        "publish_rate": Key("float", "messages/s", 0.0, 100.0, exclusive_minimum=True),
+        "backoff_base_s": Key("float", "s", 0.0, 3600.0, exclusive_minimum=True),
+        "backoff_cap_s": Key("float", "s", 0.0, 86400.0, exclusive_minimum=True),
+    },
+    "kinesis": {
+        "stream_name": Key("str"),
+        "region": Key("str"),
+    },
+    "provisioning": {
+        "claim_cert_file": Key("path"),
+        "claim_key_file": Key("path"),
+        "template_name": Key("str"),
+        "credentials_dir": Key("path"),
+        "use_csr": Key("bool"),
+        "timeout_s": Key("float", "s", 0.0, 600.0, exclusive_minimum=True),
+    },
+    "jobs": {
+        "models_dir": Key("path"),
+        "public_key_file": Key("path", nullable=True),
+    },
+}
+
+
+def _agent_cross_checks(values: dict[str, Any], source: str) -> None:
+    mqtt = values["mqtt"]
+    if mqtt["backoff_base_s"] > mqtt["backoff_cap_s"]:
+        raise ConfigError(f"{source}: mqtt.backoff_base_s: {mqtt['backoff_base_s']} is above "
+                          f"mqtt.backoff_cap_s ({mqtt['backoff_cap_s']})")
+
+
+def load_agent_config(path: str | Path | None = None) -> dict[str, Any]:
+    """The agent's configuration (defaults with `path` merged over them), plus the keys it
+    shares with the runtime, taken from the runtime's configuration: ``spool_path``,
+    ``spool_budget_mb`` and ``state_dir``. ``_source`` names the agent's file."""
+    values, source = load_layered(path, AGENT_SCHEMA, DEFAULT_AGENT_CONFIG, _agent_cross_checks)
+    runtime = load_config(values["runtime_config"])
+    values["spool_path"] = runtime.spool.path
+    values["spool_budget_mb"] = runtime.spool.budget_mb
+    values["state_dir"] = runtime.runtime.state_dir
+    values["_source"] = str(source)
+    return values

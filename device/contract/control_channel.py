@@ -21,13 +21,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from device.contract.config import NOISE_CLASSES
 from device.contract.errors import UserError
+from device.contract.files import utc_now_iso, write_json_atomic
 
 DESIRED_FILE = "desired.json"
 REPORTED_FILE = "reported.json"
@@ -59,39 +58,6 @@ def validate_settings(settings: Any, source: str = "desired") -> dict[str, Any]:
     return clean
 
 
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def write_bytes_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write `data` so readers see the old or the new file, never a partial one: a temporary
-    file in the same directory, fsync, rename, fsync of the directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
-    """Write `data` as JSON, atomically (`write_bytes_atomic`)."""
-    write_bytes_atomic(path, json.dumps(data, sort_keys=True).encode(), mode)
-
-
 def _read_json(path: Path) -> Any | None:
     try:
         return json.loads(Path(path).read_text())
@@ -110,7 +76,7 @@ def write_desired(state_dir: str | Path, settings: dict[str, Any]) -> dict[str, 
     except UserError:
         previous = {}  # a broken desired file is replaced, not merged
     merged = {**previous.get("settings", {}), **clean}
-    document = {"version": int(previous.get("version", 0)) + 1, "settings": merged, "written_at": _utc_now()}
+    document = {"version": int(previous.get("version", 0)) + 1, "settings": merged, "written_at": utc_now_iso()}
     write_json_atomic(path, document)
     return document
 
@@ -134,7 +100,7 @@ def write_reported(state_dir: str | Path, state: dict[str, Any]) -> None:
     except UserError:
         previous = {}
     write_json_atomic(path, {"version": int(previous.get("version", 0)) + 1, "state": dict(state),
-                             "written_at": _utc_now()})
+                             "written_at": utc_now_iso()})
 
 
 def read_reported(state_dir: str | Path) -> dict[str, Any] | None:

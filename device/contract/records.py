@@ -22,15 +22,9 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
-KINDS = ("session", "noise_detection", "processing_metric")
-
-
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
+from device.contract.files import utc_now_iso
 
 @dataclass(frozen=True)
 class _Envelope:
@@ -98,6 +92,12 @@ class ProcessingMetricRecord(_Envelope):
 Record = SessionRecord | NoiseDetectionRecord | ProcessingMetricRecord
 _BY_KIND = {"session": SessionRecord, "noise_detection": NoiseDetectionRecord,
             "processing_metric": ProcessingMetricRecord}
+KINDS = tuple(_BY_KIND)
+# What an outbox over its budget drops first: a lost metric costs a point on a chart, a lost
+# session record a whole session.
+DROP_ORDER = ("processing_metric", "noise_detection", "session")
+if sorted(DROP_ORDER) != sorted(KINDS):
+    raise ImportError("records: DROP_ORDER must name every record kind once")
 
 
 def from_dict(data: dict[str, Any]) -> Record:

@@ -27,16 +27,18 @@ import os
 import sqlite3
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
+
+from device.contract.files import MODE_GROUP_WRITE, utc_stamp
+from device.contract.records import DROP_ORDER
 
 log = logging.getLogger(__name__)
 
 # Both services (different users, group ``anc``) read and write the spool and its -wal/-shm.
-FILE_MODE = 0o660
+FILE_MODE = MODE_GROUP_WRITE
 # Drop order when over budget: lower number goes first.
-DROP_PRIORITY = {"processing_metric": 0, "noise_detection": 1, "session": 2}
+DROP_PRIORITY = {kind: rank for rank, kind in enumerate(DROP_ORDER)}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     rowid INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -104,7 +106,7 @@ class Spool:
         return db
 
     def _move_aside(self, exc: Exception) -> Path:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = utc_stamp()
         target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         n = 0
         while target.exists():

@@ -17,20 +17,13 @@ flicker: a class must win ``hysteresis_windows`` consecutive windows, each with 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from device.core import features
-from device.contract.config import NOISE_CLASSES
-from device.contract.errors import UserError
-
-
-class ModelError(UserError):
-    """The classifier model or its card is missing, corrupt or does not fit this device."""
+from device.contract.model_card import verify_model
 
 
 @dataclass
@@ -40,101 +33,20 @@ class Detection:
     probabilities: dict[str, float] = field(default_factory=dict)
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def load_card(model_path: Path) -> dict:
-    card_path = model_path.with_suffix(".json")
-    if not card_path.exists():
-        raise ModelError(f"{card_path}: model card not found (it must sit beside {model_path.name})")
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{card_path}: model card is not valid JSON ({exc.__class__.__name__})") from None
-    if not isinstance(card, dict):
-        raise ModelError(f"{card_path}: model card must be a JSON object")
-    for key, kind in (("classes", list), ("n_features", int), ("sha256", str)):
-        if not isinstance(card.get(key), kind) or isinstance(card.get(key), bool):
-            raise ModelError(f"{card_path}: model card has no valid '{key}'")
-    classes = card["classes"]
-    if not classes or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes):
-        raise ModelError(f"{card_path}: 'classes' must be distinct non-empty names, got {classes!r}")
-    unknown = [c for c in classes if c not in NOISE_CLASSES]
-    if unknown:
-        raise ModelError(f"{card_path}: classes {', '.join(unknown)} have no controller preset "
-                         f"(known: {', '.join(NOISE_CLASSES)})")
-    return card
-
-
 class NoiseClassifier:
     """An ONNX noise classifier verified against its model card."""
 
     def __init__(self, model_path: str | Path):
-        path = Path(model_path)
-        self.path = path
-        if not path.exists():
-            raise ModelError(f"{path}: model file not found")
-        if path.is_dir():
-            raise ModelError(f"{path}: is a directory, not an ONNX model")
-        card = load_card(path)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ModelError(f"{path}: cannot read model ({exc.__class__.__name__})") from None
-        digest = _sha256(data)
-        if digest != card["sha256"].lower():
-            raise ModelError(f"{path}: sha256 {digest[:12]}... does not match its card ({card['sha256'][:12]}...); "
-                             "the model or the card was changed or corrupted")
-        if card["n_features"] != features.N_FEATURES:
-            raise ModelError(f"{path}: model takes {card['n_features']} features, this device computes "
-                             f"{features.N_FEATURES}")
-        spec_version = card.get("features", {}).get("version") if isinstance(card.get("features"), dict) else None
-        if spec_version is not None and spec_version != features.FEATURE_VERSION:
-            raise ModelError(f"{path}: model was trained on feature version {spec_version}, this device computes "
-                             f"version {features.FEATURE_VERSION}")
-        self.card = card
-        self.classes: tuple[str, ...] = tuple(card["classes"])
-        self.window_s = float(card.get("window_s", 1.0))
-        self.sha256 = digest
-        self._session = self._open(data)
-        self._input = np.zeros((1, features.N_FEATURES), dtype=np.float32)
-
-    def _open(self, data: bytes):
-        try:
-            import onnxruntime
-        except ImportError as exc:  # pragma: no cover - onnxruntime is a required dependency
-            raise ModelError(f"{self.path}: onnxruntime is not installed ({exc})") from None
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1   # the audio thread keeps its core
-        options.inter_op_num_threads = 1
-        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
-        try:
-            session = onnxruntime.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else exc.__class__.__name__
-            raise ModelError(f"{self.path}: not a valid ONNX model ({reason})") from None
-        inputs = session.get_inputs()
-        if len(inputs) != 1:
-            raise ModelError(f"{self.path}: model has {len(inputs)} inputs, expected 1 feature tensor")
-        self._input_name = inputs[0].name
-        width = inputs[0].shape[-1] if inputs[0].shape else None
-        if isinstance(width, int) and width != features.N_FEATURES:
-            raise ModelError(f"{self.path}: model takes {width} features, this device computes {features.N_FEATURES}")
-        names = [o.name for o in session.get_outputs()]
-        if "probabilities" not in names:
-            raise ModelError(f"{self.path}: model has no 'probabilities' output (outputs: {', '.join(names)})")
+        model = verify_model(model_path)
+        self.path = model.path
+        self.card = model.card
+        self.classes: tuple[str, ...] = tuple(model.card["classes"])
+        self.window_s = float(model.card.get("window_s", 1.0))
+        self.sha256 = model.sha256
+        self._session = model.session
+        self._input_name = model.input_name
         self._outputs = ["probabilities"]
-        try:
-            probe = session.run(self._outputs, {self._input_name: np.zeros((1, features.N_FEATURES), np.float32)})[0]
-        except Exception as exc:
-            raise ModelError(f"{self.path}: model fails on a feature vector ({str(exc).splitlines()[0][:160]})") from None
-        probe = np.asarray(probe)
-        if probe.ndim != 2 or probe.shape[1] != len(self.classes):
-            raise ModelError(f"{self.path}: model gives {probe.shape[-1] if probe.ndim else 0} class probabilities, "
-                             f"its card lists {len(self.classes)} classes")
-        return session
+        self._input = np.zeros((1, features.N_FEATURES), dtype=np.float32)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """(N, n_classes) probabilities of (N, N_FEATURES) feature vectors, classes in card order."""

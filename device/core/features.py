@@ -50,6 +50,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from device.contract.model_card import FEATURE_VERSION, N_FEATURES
+
 SAMPLE_RATE = 16000
 N_FFT = 512
 WIN_LENGTH = 512
@@ -64,7 +66,6 @@ TARGET_RMS_DBFS = -20.0  # level every window is scaled to before the analysis
 SILENCE_RMS = 1e-7       # below this RMS (-140 dBFS) a window is left unscaled
 FLATNESS_BAND_HZ = (50.0, 7500.0)
 N_DELTA = N_MFCC
-FEATURE_VERSION = 2  # 2: + spectral flux (mean, std, p90)
 
 FEATURE_NAMES: tuple[str, ...] = (
     tuple(f"mfcc_mean_{i}" for i in range(N_MFCC))
@@ -73,7 +74,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     + ("flatness_mean_db", "flatness_std_db", "level_std_db", "level_range_db")
     + ("flux_mean_db", "flux_std_db", "flux_p90_db")
 )
-N_FEATURES: int = len(FEATURE_NAMES)
+if len(FEATURE_NAMES) != N_FEATURES:  # the model card's contract (device.contract.model_card)
+    raise ImportError(f"features compute {len(FEATURE_NAMES)} values, the model contract says {N_FEATURES}")
 MIN_SAMPLES = WIN_LENGTH + HOP_LENGTH  # at least two frames, so deltas exist
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 from typing import Any, Callable
 
 import numpy as np
@@ -19,6 +18,7 @@ import numpy as np
 from device.contract.config import Config
 from device.core.engine import AncEngine
 from device.contract.errors import UserError
+from device.contract.files import utc_now_iso
 from device.core.ringbuffer import BlockRing
 from device.core.worker import Worker, new_session_id
 
@@ -68,7 +68,7 @@ class Session:
         self.records = record_factory(cfg, self.session_id) if spool is not None else None
         self.worker = Worker(cfg, self.ring, engine, classifier=classifier, records=self.records, sink=spool)
         self.worker.report.classifier_error = classifier_error
-        self.start_time = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.start_time = utc_now_iso()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.worker_iterations = 0

@@ -25,8 +25,10 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from device.contract.config import Config
+from device.contract.files import utc_iso
 from device.core.engine import AncEngine, SafetyEvent
 from device.core.ringbuffer import BlockRing
+from device.core.settings import AncSettings
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +146,10 @@ class Worker:
         self._last_start: float | None = None
         self._last_stream = 0.0
         self.current_class: str | None = None
-        # The user's intensity (config, shadow) scales the preset's; a preset forced from the
-        # control channel stops the classifier from switching presets.
-        self.user_intensity = float(cfg.anc.intensity)
+        # The user's settings (config, then the control channel); a forced preset stops the
+        # classifier from switching presets.
+        self.settings = AncSettings(bool(cfg.anc.enabled), float(cfg.anc.intensity))
         self.preset_intensity = 1.0
-        self.preset_override: str | None = None
         self.callback_durations = LatencyHistogram()
         self.callback_jitter = LatencyHistogram()
 
@@ -280,7 +281,7 @@ class Worker:
         if switched is not None:
             self.current_class = switched
             self.report.class_changes.append(ClassChange(time_s, switched, float(detection.confidence)))
-            if self.preset_override is None:
+            if self.settings.preset_override is None:
                 self._apply_preset(switched)
                 log.info("noise class %s (confidence %.2f)", switched, detection.confidence)
 
@@ -288,21 +289,23 @@ class Worker:
     def _apply_preset(self, name: str) -> None:
         preset = self.cfg.presets[name]
         self.preset_intensity = preset.intensity
-        self.engine.apply_preset(preset.step_size, preset.leakage, preset.intensity * self.user_intensity)
+        self.engine.apply_preset(preset.step_size, preset.leakage, self.settings.speaker_gain(preset.intensity))
         log.info("preset %s: step %.4g, leakage %.3g, intensity %.2f",
                  name, preset.step_size, preset.leakage, preset.intensity)
 
-    def set_user_intensity(self, intensity: float) -> None:
-        self.user_intensity = float(intensity)
-        self.engine.set_intensity(self.preset_intensity * self.user_intensity)
-
-    def set_preset_override(self, name: str | None) -> None:
-        """Force a class's preset (None: let the classifier choose again)."""
-        self.preset_override = name
-        if name is not None:
-            self._apply_preset(name)
-        elif self.current_class is not None:
-            self._apply_preset(self.current_class)
+    def apply_settings(self, changes: dict) -> None:
+        """Validated settings from the control channel, applied between blocks."""
+        self.settings.update(changes)
+        if "anc_enabled" in changes:
+            self.engine.set_enabled(self.settings.enabled)
+        if "anc_intensity" in changes:
+            self.engine.set_intensity(self.settings.speaker_gain(self.preset_intensity))
+        if "preset" in changes:
+            forced = self.settings.preset_override
+            if forced is not None:
+                self._apply_preset(forced)
+            elif self.current_class is not None:
+                self._apply_preset(self.current_class)
 
     def replace_classifier(self, classifier) -> None:
         """A new model (verified by the caller); the window and hysteresis carry on."""
@@ -388,7 +391,7 @@ class Worker:
             self.engine.set_step_factor(factor)
 
     def _timestamp(self) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.wall_clock())) + "Z"
+        return utc_iso(self.wall_clock())
 
     def _flush(self) -> None:
         if not self._pending:
@@ -420,8 +423,8 @@ class Worker:
             "start_time": start_time,
             "end_time": self._timestamp(),
             "sample_rate": self.sample_rate,
-            "anc_enabled": bool(self.engine.enabled),
-            "anc_intensity": float(self.engine.intensity),
+            "anc_enabled": self.settings.enabled,
+            "anc_intensity": self.settings.intensity,
             "total_samples": int(self.samples),
             "avg_cancellation_db": None if self.session_cancellation_db is None else round(self.session_cancellation_db, 2),
             "status": status,

@@ -55,13 +55,7 @@ class RuntimeControl:
         if settings is None:
             return
         self.desired_error = None
-        worker = self.worker
-        if "anc_enabled" in settings:
-            worker.engine.set_enabled(settings["anc_enabled"])
-        if "anc_intensity" in settings:
-            worker.set_user_intensity(settings["anc_intensity"])
-        if "preset" in settings:
-            worker.set_preset_override(None if settings["preset"] == "auto" else settings["preset"])
+        self.worker.apply_settings(settings)
         self.applied.update(settings)
         log.info("applied desired settings %s", json.dumps(settings, sort_keys=True))
 
@@ -90,9 +84,7 @@ class RuntimeControl:
         worker, engine = self.worker, self.worker.engine
         metrics = worker.report.metrics[-1] if worker.report.metrics else None
         return {
-            "anc_enabled": bool(engine.enabled),
-            "anc_intensity": round(float(worker.user_intensity), 4),
-            "preset": worker.preset_override or "auto",
+            **worker.settings.reported(),
             "mode": engine.mode,
             "noise_type": worker.current_class,
             "estimated_cancellation_db": None if metrics is None or metrics.estimated_cancellation_db is None

@@ -13,13 +13,12 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from device.contract.control_channel import write_bytes_atomic
+from device.contract.files import MODE_GROUP_READ, utc_now_iso, write_bytes_atomic
 from device.contract.errors import UserError
 
 ESTIMATE_FILE = "secondary_path.npz"
@@ -43,10 +42,10 @@ def save_estimates(state_dir: str | Path, secondary_path: np.ndarray, feedback_p
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     try:
-        write_bytes_atomic(state_dir / ESTIMATE_FILE, buffer.getvalue(), 0o640)
+        write_bytes_atomic(state_dir / ESTIMATE_FILE, buffer.getvalue(), MODE_GROUP_READ)
         metadata = {"identity": identity, **details,
-                    "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")}
-        write_bytes_atomic(state_dir / METADATA_FILE, json.dumps(metadata, indent=2, sort_keys=True).encode(), 0o640)
+                    "created_at": utc_now_iso()}
+        write_bytes_atomic(state_dir / METADATA_FILE, json.dumps(metadata, indent=2, sort_keys=True).encode(), MODE_GROUP_READ)
     except OSError as exc:
         raise UserError(f"runtime.state_dir: cannot write the estimate in {state_dir}: {exc.strerror or exc}") from None
     return state_dir / ESTIMATE_FILE

@@ -9,14 +9,12 @@ import subprocess
 import sys
 import time
 
-import pytest
 import yaml
 
 from cloud_sync.agent import main
 from device.contract.spool import Spool
 from device.core import features
 from device.contract.control_channel import read_desired, write_reported
-from device.contract.records import RecordFactory
 
 from .emulator import IotCoreEmulator
 from .test_mqtt import Collector, make_metrics
@@ -24,7 +22,10 @@ from .test_mqtt import Collector, make_metrics
 
 def write_config(tmp_path, broker, pki, thing, **changes):
     cfg = yaml.safe_load(open("config/cloud_sync.yaml"))
-    cfg.update(thing_name=thing["name"], spool_path=str(tmp_path / "spool.sqlite"), state_dir=str(tmp_path / "state"),
+    runtime = tmp_path / "runtime.yaml"  # the agent takes the spool and state directory from the runtime's file
+    runtime.write_text(yaml.safe_dump({"runtime": {"state_dir": str(tmp_path / "state")},
+                                       "spool": {"path": str(tmp_path / "spool.sqlite")}}))
+    cfg.update(thing_name=thing["name"], runtime_config=str(runtime),
                status_file=str(tmp_path / "state" / "status.json"), health_interval_s=0.2)
     cfg["mqtt"].update(endpoint="127.0.0.1", port=broker.port if broker else 8883, ca_file=str(pki.ca_file),
                        cert_file=str(thing["cert"]), key_file=str(thing["key"]), max_records=100,

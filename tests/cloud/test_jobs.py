@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cloud_sync.jobs import JobFailed, JobsAgent, install_model, rollback
 from device.core import features
-from device.core.classifier import NoiseClassifier, load_card
+from device.contract.model_card import load_card
+from device.core.classifier import NoiseClassifier
 
 REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
 

@@ -7,7 +7,6 @@ import threading
 import time
 
 import paho.mqtt.client as paho
-import pytest
 
 from cloud_sync.mqtt import (IOT_CORE_MAX_MESSAGE_BYTES, Backoff, MqttClient, MqttForwarder, MqttSettings,
                              TokenBucket, pack_batches)

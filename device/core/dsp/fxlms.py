@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 
 import numba as nb
-import numpy as np
 
 from device.core.dsp.layout import (
     C_FILTERED,
