@@ -264,11 +264,20 @@ def main() -> int:
         plants = write_plants(directory, args.quick)
         jobs = [(plant, ref, scene, str(path)) for plant, ref in plants.items() for scene, path in scenes.items()]
         started = time.perf_counter()
+        rows = []
+
+        def done(row: dict) -> None:
+            rows.append(row)
+            print(f"bench: {len(rows)}/{len(jobs)} {row['plant']} / {row['scene']}: {row['attenuation_db']:.1f} dB "
+                  f"({row['wall_s']:.0f} s)", file=sys.stderr, flush=True)
+
         if args.jobs == 1:
-            rows = [run_pair(job) for job in jobs]
+            for job in jobs:
+                done(run_pair(job))
         else:
             with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-                rows = list(pool.map(run_pair, jobs))
+                for row in pool.map(run_pair, jobs):
+                    done(row)
     by_key = {(row["plant"], row["scene"]): row for row in rows}
     for row in rows:
         if ">changed" in row["plant"]:

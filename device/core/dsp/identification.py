@@ -194,7 +194,8 @@ def identify_sized(played: np.ndarray, recorded: np.ndarray, max_taps: int, max_
     played = np.asarray(played, dtype=np.float64)
     recorded = np.asarray(recorded, dtype=np.float64)
     n = min(played.size, recorded.size)
-    ceiling = min(MEASURE_LIMIT_TAPS, max(max_taps + max(256, max_taps // 4), MEASURE_START_TAPS), n // 8)
+    # Measure past the maximum when the path is longer, so a refusal can say what length to set.
+    ceiling = min(MEASURE_LIMIT_TAPS, n // 8)
     taps = min(MEASURE_START_TAPS, ceiling)
     while True:
         long = measure_response(played[:n], recorded[:n], taps)
