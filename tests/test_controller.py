@@ -115,7 +115,7 @@ def test_a_wrong_model_never_diverges_and_is_never_louder_for_long(cfg, tmp_path
     real = gain * (np.r_[np.zeros(delay), path] if delay > 0 else path[-delay:])
     scene = tmp_path / f"{scene_kind}.wav"
     write_scene(scene, generate_scene(scene_kind, 5.0, 48000, seed=4), 48000)
-    duct_cfg = load_config("config/duct.yaml").replace("classifier", enabled=False)
+    duct_cfg = load_config().replace("classifier", enabled=False)
     sim = simulate(scene, duct_cfg, "duct", secondary_path_changes=[(0, real)])
     kinds = [event["kind"] for event in sim.summary["safety_events"]]
     assert "stopped_reidentify" not in kinds and "non_finite" not in kinds
