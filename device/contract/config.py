@@ -72,7 +72,9 @@ SCHEMA: dict[str, Any] = {
         "speaker_channel": Key("int", "output channel index", 0, 63),
     },
     "controller": {
-        "taps": Key("int", "samples", 1, 4096),
+        "taps": Key("int", "samples, or auto: the length identification recommends for the rig", 1, 4096,
+                    choices=("auto",)),
+        "max_taps": Key("int", "samples", 64, 4096),
         "step_size": Key("float", "normalized step (mu)", 0.0, 2.0, exclusive_minimum=True),
         "leakage": Key("float", "per sample", 0.0, 0.1),
         "regularization": Key("float", "power (full scale = 1)", 0.0, 1.0, exclusive_minimum=True),
@@ -231,6 +233,8 @@ def _check_value(key: Key, value: Any, where: str, resolve_from: Path | None) ->
             raise ConfigError(f"{where}: expected true or false, got {_describe(value)}")
         return value
     if key.kind in ("int", "float"):
+        if key.choices and isinstance(value, str) and value in key.choices:
+            return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             expected = "an integer" if key.kind == "int" else "a number"
             raise ConfigError(f"{where}: expected {expected}, got {_describe(value)}")

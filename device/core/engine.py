@@ -16,6 +16,7 @@ import numpy as np
 from device.contract.config import Config
 from device.core.dsp import layout as L
 from device.core.dsp.fxlms import process_block
+from device.core.dsp.identification import controller_tap_budget, recommended_controller_taps
 from device.contract.errors import UserError
 
 EVENT_CAPACITY = 256
@@ -48,14 +49,23 @@ class ControllerSettings:
     watchdog_floor_dbfs: float = -90.0
     highpass_hz: float = 20.0
     sustained_rise_db: float = 1.0
-    sustained_hold_ms: float = 1000.0
+    sustained_hold_ms: float = 400.0
 
     @classmethod
-    def from_config(cls, cfg: Config, sample_rate: int | None = None, block_size: int | None = None) -> "ControllerSettings":
+    def from_config(cls, cfg: Config, sample_rate: int | None = None, block_size: int | None = None,
+                    secondary_path: np.ndarray | None = None) -> "ControllerSettings":
+        taps = cfg.controller.taps
+        if taps == "auto":
+            # Identification resolves `auto` with what it measured of the rig (simulate does);
+            # from a stored estimate alone, the length follows the estimate's ring-down.
+            if secondary_path is None:
+                raise UserError("controller.taps: auto needs a secondary-path estimate to size the controller")
+            taps = recommended_controller_taps(secondary_path.size, int(np.argmax(np.abs(secondary_path))), None,
+                                               controller_tap_budget(cfg.controller))
         return cls(
             sample_rate=sample_rate or cfg.audio.sample_rate,
             block_size=block_size or cfg.audio.block_size,
-            taps=cfg.controller.taps,
+            taps=int(taps),
             step_size=cfg.controller.step_size,
             leakage=cfg.controller.leakage,
             regularization=cfg.controller.regularization,
@@ -164,7 +174,7 @@ class AncEngine:
         sample_rate: int | None = None,
         block_size: int | None = None,
     ) -> "AncEngine":
-        settings = ControllerSettings.from_config(cfg, sample_rate, block_size)
+        settings = ControllerSettings.from_config(cfg, sample_rate, block_size, np.asarray(secondary_path))
         if not cfg.controller.feedback_neutralization:
             feedback_path = None
         return cls(settings, secondary_path, feedback_path)
