@@ -64,7 +64,11 @@ def convergence_time(off: np.ndarray, on: np.ndarray, sample_rate: int, steady_d
     return float(times[below[-1] + 1])
 
 
-def write_png(path: Path, result, window: slice, optimum_error: np.ndarray, title: str) -> None:
+MODE_COLOURS = {"off": "0.6", "anc": None, "hear-through": "tab:orange"}
+
+
+def write_png(path: Path, result, window: slice, optimum_error: np.ndarray, title: str,
+              modes: list[dict] | None = None, alarms: list[dict] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,7 +93,21 @@ def write_png(path: Path, result, window: slice, optimum_error: np.ndarray, titl
     bottom.axvspan(window.start / fs, window.stop / fs, color="0.9", zorder=-1, label="steady state")
     bottom.set_xlabel("time (s)")
     bottom.set_ylabel("attenuation (dB, 100 ms frames)")
-    bottom.set_title("attenuation over time")
+    # The speaker's mode over time (shaded when not anti-noise) and every warning sound heard.
+    modes = modes or []
+    for index, change in enumerate(modes):
+        colour = MODE_COLOURS.get(change["mode"])
+        if colour is None:
+            continue
+        end = modes[index + 1]["t_s"] if index + 1 < len(modes) else result.error_on.size / fs
+        bottom.axvspan(change["t_s"], end, color=colour, alpha=0.2, zorder=-1,
+                       label=change["mode"] if change["mode"] not in [m["mode"] for m in modes[:index]] else None)
+    for alarm in alarms or []:
+        bottom.axvline(alarm["start_s"], color="tab:red", linestyle=":")
+        bottom.axvline(alarm["detected_s"], color="tab:red")
+        bottom.annotate(f"{alarm['kind']}", (alarm["detected_s"], 0.95), xycoords=("data", "axes fraction"),
+                        color="tab:red", fontsize=8)
+    bottom.set_title("attenuation over time" + ("; alarm onset (dotted) and detection (red)" if alarms else ""))
     bottom.grid(True, alpha=0.3)
     bottom.legend()
     fig.savefig(path, dpi=100)

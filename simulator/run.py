@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from device.contract.config import Config
+from device.core.alarms import format_alarms
 from device.core.dsp.identification import IdentificationResult, configured_probe, identify_path
 from device.core.engine import AncEngine
 from device.contract.errors import UserError
@@ -159,6 +160,10 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
         "classifier": "on" if worker.classifier_error is None else f"off: {worker.classifier_error}",
         "records_written": worker.records_written,
         "session_id": session.session_id,
+        "anc_mode": session_summary["anc_mode"],
+        "modes": session_summary["modes"],
+        "alarms": [{k: a[k] for k in ("kind", "start_s", "detected_s", "end_s", "confidence", "level_dbfs")}
+                   for a in session_summary["alarms"]],
     }
     metrics = per_second_metrics(result, session)
     return Simulation(scene, plant, cfg, result, secondary, feedback, optimum.error, summary, metrics, session)
@@ -254,7 +259,8 @@ def write_outputs(sim: Simulation, out: Path) -> list[Path]:
         png = out / "report.png"
         window = report.steady_window(sim.result.error_on.size, fs)
         _atomic_write(png, lambda tmp: report.write_png(Path(tmp), sim.result, window, sim.optimum_error,
-                                                        f"{Path(sim.summary['scene']).name} on {sim.plant.name}"))
+                                                        f"{Path(sim.summary['scene']).name} on {sim.plant.name}",
+                                                        modes=sim.summary["modes"], alarms=sim.summary["alarms"]))
         written.append(png)
     except ImportError:
         print("anc-device: matplotlib is not installed; skipped report.png (pip install 'anc-device[plots]')",
@@ -299,6 +305,7 @@ def format_summary(summary: dict) -> str:
             lines.append("             anti-noise stopped: the secondary path no longer matches; run `anc-device identify`")
     else:
         lines.append("safety       no watchdog events")
+    lines.append(format_alarms(summary["alarms"], summary["modes"]))
     if summary["classifier"] != "on":
         lines.append(f"classes      classifier {summary['classifier']}")
     elif summary["noise_classes"]:

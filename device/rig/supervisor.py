@@ -291,6 +291,9 @@ class Supervisor:
             "classifier": "on" if worker.report.classifier_error is None else f"off: {worker.report.classifier_error}",
             "records_written": worker.report.records_written,
             "session_id": self.session.session_id,
+            "anc_mode": session["anc_mode"],
+            "modes": session["modes"],
+            "alarms": session["alarms"],
         }
         p99 = summary["callback_p99_ms"]
         summary["callback_p99_of_period"] = None if p99 is None else round(p99 / period_ms, 4)
@@ -320,6 +323,8 @@ def _recent_cancellation(metrics, intervals: int = 5) -> float | None:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
+    from device.core.alarms import format_alarms
+
     def ms(key):
         value = summary.get(key)
         return "-" if value is None else f"{value:.3f}"
@@ -343,5 +348,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{_value(summary['rss_shmem_mb'])} shared memory (JACK)",
         f"classifier   {summary['classifier']}; classes {', '.join(c['noise_type'] for c in summary['noise_classes']) or '-'}",
         f"records      {summary['records_written']} written to the spool",
+        format_alarms(summary["alarms"], summary["modes"]),
     ]
     return "\n".join(lines)
+

@@ -31,7 +31,8 @@ P_HP_B1 = 20
 P_HP_B2 = 21
 P_HP_A1 = 22
 P_HP_A2 = 23
-N_PARAMS = 24
+P_HEAR_TARGET = 24       # 0..1: target gain of the hear-through path (ramped like the user gain)
+N_PARAMS = 25
 
 # status: scalar state, written by the kernel
 S_MODE = 0               # MODE_* below
@@ -61,7 +62,8 @@ S_HP_X1 = 23             # reference high-pass state: last two inputs and output
 S_HP_X2 = 24
 S_HP_Y1 = 25
 S_HP_Y2 = 26
-N_STATUS = 27
+S_HEAR_GAIN = 27         # current hear-through gain (ramps towards P_HEAR_TARGET)
+N_STATUS = 28
 
 # cursors: positions in the double-length circular buffers
 C_REFERENCE = 0
