@@ -277,8 +277,6 @@ class AlarmDetector:
                 self._last_tonal_s = time_s
                 active.level_dbfs = max(active.level_dbfs, frame.level)
                 active._frequencies.append(frame.frequency)
-                if kind == "siren":
-                    active.kind = "siren"  # a hi-lo or wail that began like a steady tone
                 self._update_confidence(active)
             else:
                 self._pulse_on = False
