@@ -190,6 +190,8 @@ class AlarmDetector:
 
     # -- frame analysis ----------------------------------------------------------------------
     def _analyse(self, frame: np.ndarray, time_s: float) -> _Frame:
+        if not np.all(np.isfinite(frame)):
+            frame = np.nan_to_num(frame, nan=0.0, posinf=0.0, neginf=0.0)  # a broken input is not a tone
         spectrum = np.fft.rfft(frame * self._window) * self._scale
         power_db = 10.0 * np.log10(spectrum.real ** 2 + spectrum.imag ** 2 + 1e-20)
         k, frequency = _peak(power_db, self._low, self._high)
@@ -201,7 +203,7 @@ class AlarmDetector:
 
     def _kind(self, track: list[_Frame]) -> str | None:
         """What the last frames of a tonal track are, if a warning sound (see the module doc)."""
-        frequencies = np.array([f.frequency for f in track])
+        frequencies = np.maximum(np.array([f.frequency for f in track]), BIN_HZ)
         median = float(np.median(frequencies))
         if np.max(np.abs(frequencies - median)) <= STEADY_TOLERANCE * median:
             kinds = [classify_steady(f) for f in track[-4:]]
