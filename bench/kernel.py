@@ -7,7 +7,10 @@ the system compiler at -O3 -march=native -ffast-math, so its dot products vector
 numba kernel's `share_of_c` does not depend on how busy the machine is; it is skipped when
 no C compiler is installed.
 
-    python bench/kernel.py [--seconds 10] [--taps 256] [--path-taps 128] [--block 32]
+Every implementation also reports `ns_per_sample` and, for the numba kernel, `block_us`: the
+callback's kernel time for one block, against the block period (667 us at 32 samples, 48 kHz).
+
+    python bench/kernel.py [--seconds 10] [--taps 256 512 1024 2048] [--path-taps 128] [--block 32]
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ def bench_numba(seconds: float, taps: int, path_taps: int, block: int, dtype) ->
         "secondary_path_taps": path_taps,
         "block_size": block,
         "samples_per_s": round(samples / best),
+        "ns_per_sample": round(1e9 * best / samples, 1),
+        "block_us": round(1e6 * best / n_blocks, 1),
         "real_time_factor": round(samples / best / SAMPLE_RATE, 1),
         "call_overhead_us": round(overhead * 1e6, 2),
         "call_overhead_pct_of_block": round(100 * overhead / (block / SAMPLE_RATE), 3),
@@ -142,6 +147,7 @@ def bench_plain_c(seconds: float, taps: int, path_taps: int) -> dict | None:
         "secondary_path_taps": path_taps,
         "block_size": n,
         "samples_per_s": round(n / best),
+        "ns_per_sample": round(1e9 * best / n, 1),
         "real_time_factor": round(n / best / SAMPLE_RATE, 1),
     }
 
@@ -149,20 +155,21 @@ def bench_plain_c(seconds: float, taps: int, path_taps: int) -> dict | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="audio seconds per numba run")
-    parser.add_argument("--taps", type=int, default=256)
+    parser.add_argument("--taps", type=int, nargs="+", default=[256, 512, 1024, 2048])
     parser.add_argument("--path-taps", type=int, default=128)
     parser.add_argument("--block", type=int, default=32)
     args = parser.parse_args()
     print(json.dumps({"machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version()}))
-    plain_c = bench_plain_c(args.seconds, args.taps, args.path_taps)
-    for dtype in (np.float64, np.float32):
-        result = bench_numba(args.seconds, args.taps, args.path_taps, args.block, dtype)
+    for taps in args.taps:
+        plain_c = bench_plain_c(args.seconds, taps, args.path_taps)
+        for dtype in (np.float64, np.float32):
+            result = bench_numba(args.seconds, taps, args.path_taps, args.block, dtype)
+            if plain_c is not None:
+                result["share_of_c"] = round(result["samples_per_s"] / plain_c["samples_per_s"], 3)
+            print(json.dumps(result), flush=True)
+        print(json.dumps(bench_reference(min(args.seconds, 0.2), taps, args.path_taps, args.block)), flush=True)
         if plain_c is not None:
-            result["share_of_c"] = round(result["samples_per_s"] / plain_c["samples_per_s"], 3)
-        print(json.dumps(result), flush=True)
-    print(json.dumps(bench_reference(min(args.seconds, 0.2), args.taps, args.path_taps, args.block)), flush=True)
-    if plain_c is not None:
-        print(json.dumps(plain_c), flush=True)
+            print(json.dumps(plain_c), flush=True)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,10 @@ class Plant:
     sensor_noise_dbfs: float | None
     source: str
     description: str = ""
+    # The real plant changing mid-run (the controller is not told): from `at_sample` on, the
+    # speaker reaches the error mic through `secondary_path` (and the reference mic through
+    # `feedback_path`, when given).
+    path_changes: list["PathChange"] = field(default_factory=list)
 
     # -- loading -------------------------------------------------------------------------
     @classmethod
@@ -65,7 +69,7 @@ class Plant:
     @classmethod
     def _from_spec(cls, spec: dict, path: Path) -> "Plant":
         allowed = {"name", "description", "sample_rate", "latency_samples", "reference_path", "primary_path",
-                   "secondary_path", "feedback_path", "sensor_noise_dbfs"}
+                   "secondary_path", "feedback_path", "sensor_noise_dbfs", "path_changes"}
         for key in spec:
             if key not in allowed:
                 raise UserError(f"{path}: {key}: unknown plant key (allowed: {', '.join(sorted(allowed))})")
@@ -91,6 +95,8 @@ class Plant:
             return _read_response(path, key, value, rate)
 
         reference = response("reference_path", False)
+        feedback = response("feedback_path", False)
+        changes = _read_path_changes(path, spec.get("path_changes"), rate, feedback is not None)
         return cls(
             name=str(spec.get("name", path.stem)),
             description=str(spec.get("description", "")),
@@ -99,9 +105,10 @@ class Plant:
             primary_path=response("primary_path", True),
             secondary_path=response("secondary_path", True),
             reference_path=np.array([1.0]) if reference is None else reference,
-            feedback_path=response("feedback_path", False),
+            feedback_path=feedback,
             sensor_noise_dbfs=None if noise is None else float(noise),
             source=str(path),
+            path_changes=changes,
         )
 
     def check_block_size(self, block_size: int) -> None:
@@ -127,9 +134,17 @@ class Plant:
             sample_rate=self.sample_rate,
         )
 
-    def full_secondary_path(self) -> np.ndarray:
-        """The secondary path as the controller sees it: latency included."""
-        return np.concatenate([np.zeros(self.latency_samples), self.secondary_path])
+    def secondary_path_at(self, sample: int) -> np.ndarray:
+        """The real secondary path in effect at `sample`, after the `path_changes` before it."""
+        path = self.secondary_path
+        for change in self.path_changes:
+            if change.at_sample <= sample:
+                path = change.secondary_path
+        return path
+
+    def full_secondary_path(self, at_sample: int = 0) -> np.ndarray:
+        """The secondary path as the controller sees it (latency included), at `at_sample`."""
+        return np.concatenate([np.zeros(self.latency_samples), self.secondary_path_at(at_sample)])
 
     def full_feedback_path(self) -> np.ndarray | None:
         if self.feedback_path is None:
@@ -155,6 +170,42 @@ class Plant:
             err = err + scipy.signal.fftconvolve(ambient, self.primary_path)[:n]
             ref = ref + scipy.signal.fftconvolve(ambient, self.reference_path)[:n]
         return ref, err
+
+
+@dataclass(frozen=True)
+class PathChange:
+    at_sample: int
+    secondary_path: np.ndarray
+    feedback_path: np.ndarray | None = None
+
+
+def _read_path_changes(yaml_path: Path, value, rate: int, has_feedback: bool) -> list[PathChange]:
+    """`path_changes: [{at_s: 8.0, secondary_path: FILE, feedback_path: FILE}]`, in time order."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise UserError(f"{yaml_path}: path_changes: expected a list of {{at_s, secondary_path}} entries, got {value!r}")
+    changes = []
+    for index, entry in enumerate(value):
+        where = f"path_changes[{index}]"
+        if not isinstance(entry, dict):
+            raise UserError(f"{yaml_path}: {where}: expected a mapping with at_s and secondary_path, got {entry!r}")
+        for key in entry:
+            if key not in ("at_s", "secondary_path", "feedback_path"):
+                raise UserError(f"{yaml_path}: {where}.{key}: unknown key (allowed: at_s, secondary_path, feedback_path)")
+        at_s = entry.get("at_s")
+        if isinstance(at_s, bool) or not isinstance(at_s, (int, float)) or not 0 <= at_s <= 86400 or at_s != at_s:
+            raise UserError(f"{yaml_path}: {where}.at_s: expected a time in [0, 86400] s, got {at_s!r}")
+        if "secondary_path" not in entry:
+            raise UserError(f"{yaml_path}: {where}.secondary_path: missing key")
+        secondary = _read_response(yaml_path, f"{where}.secondary_path", entry["secondary_path"], rate)
+        feedback = None
+        if entry.get("feedback_path") is not None:
+            if not has_feedback:
+                raise UserError(f"{yaml_path}: {where}.feedback_path: the plant has no feedback_path to change")
+            feedback = _read_response(yaml_path, f"{where}.feedback_path", entry["feedback_path"], rate)
+        changes.append(PathChange(int(round(float(at_s) * rate)), secondary, feedback))
+    return sorted(changes, key=lambda change: change.at_sample)
 
 
 def _read_response(yaml_path: Path, key: str, value, rate: int) -> np.ndarray:
@@ -214,8 +265,9 @@ def run_closed_loop(
 ) -> ClosedLoopResult:
     """Run `process_block(ref, err, out, meta)` over the scene, block by block, in closed loop.
 
-    `secondary_path_changes` [(sample index, new path)] changes the real plant mid-run (the
-    controller is not told), e.g. to test the watchdog.
+    The plant's own `path_changes` and `secondary_path_changes` [(sample index, new path)]
+    change the real plant mid-run (the controller is not told), e.g. to test the watchdog or
+    path tracking.
     """
     plant.check_block_size(block_size)
     n_blocks = -(-scene.size // block_size)
@@ -231,7 +283,11 @@ def run_closed_loop(
     secondary = plant.secondary_path
     feedback = plant.feedback_path
     latency = plant.latency_samples
-    tail = max(secondary.size, 0 if feedback is None else feedback.size)
+    changes = sorted([*plant.path_changes, *(PathChange(int(at), np.asarray(path, dtype=np.float64))
+                                             for at, path in (secondary_path_changes or []))],
+                     key=lambda change: change.at_sample)
+    tail = max([secondary.size, 0 if feedback is None else feedback.size]
+               + [max(c.secondary_path.size, 0 if c.feedback_path is None else c.feedback_path.size) for c in changes])
     # Speaker contributions land here `latency` samples after they are played.
     to_error = np.zeros(n + latency + block_size + tail)
     to_reference = np.zeros_like(to_error)
@@ -243,14 +299,16 @@ def run_closed_loop(
     out_block = np.empty(block_size)
     meta = np.zeros(4)
     block_times = np.empty(n_blocks)
-    changes = sorted(secondary_path_changes or [], key=lambda change: change[0])
     progress_every = max(1, n_blocks // 100)
     clock = time.perf_counter
     started = clock()
     for k in range(n_blocks):
         a, b = k * block_size, (k + 1) * block_size
-        while changes and changes[0][0] <= a:
-            secondary = np.asarray(changes.pop(0)[1], dtype=np.float64)
+        while changes and changes[0].at_sample <= a:
+            change = changes.pop(0)
+            secondary = change.secondary_path
+            if change.feedback_path is not None:
+                feedback = change.feedback_path
         np.add(reference_free[a:b], to_reference[a:b], out=ref_block)
         np.add(error_off[a:b], to_error[a:b], out=err_block)
         t0 = clock()

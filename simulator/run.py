@@ -15,13 +15,14 @@ import numpy as np
 
 from device.contract.config import Config
 from device.core.alarms import format_alarms
-from device.core.dsp.identification import IdentificationResult, configured_probe, identify_path
+from device.core.dsp.identification import (IdentificationResult, RigIdentification, configured_probe,
+                                            controller_tap_budget, identify_rig, resolved_controller_taps)
 from device.core.engine import AncEngine
 from device.contract.errors import UserError
 from device.core.session import Session, load_classifier
 from simulator import report
-from simulator.optimum import causal_optimum
-from simulator.plant import ClosedLoopResult, Plant, run_closed_loop
+from simulator.optimum import causal_optima
+from simulator.plant import ClosedLoopResult, PathChange, Plant, run_closed_loop
 from simulator.scenes import Scene, load_scene
 
 POLL_EVERY_BLOCKS = 16
@@ -41,16 +42,24 @@ class Simulation:
     session: Session
 
 
-def identify_plant(cfg: Config, plant: Plant, seed: int) -> tuple[IdentificationResult, IdentificationResult | None]:
-    """What `anc-device identify` does on a rig, against the simulated plant."""
+def identify_rig_of_plant(cfg: Config, plant: Plant, seed: int, ambient: np.ndarray | None = None) -> RigIdentification:
+    """What `anc-device identify` does on a rig, against the simulated plant: `ambient`
+    (the scene before control starts, speaker silent) sizes the controller, then the probe
+    measures the secondary and feedback paths."""
     fs = plant.sample_rate
     probe = configured_probe(cfg.identification, fs)
     reference, error = plant.open_loop(probe, seed)
-    secondary = identify_path(probe, error, cfg.controller.secondary_path_taps)
-    feedback = None
-    if cfg.controller.feedback_neutralization and plant.feedback_path is not None:
-        feedback = identify_path(probe, reference, cfg.controller.feedback_path_taps)
-    return secondary, feedback
+    ambient_reference = ambient_error = None
+    if ambient is not None and ambient.size:
+        ambient_reference, ambient_error = plant.open_loop(np.zeros(ambient.size), seed + 1, ambient=ambient)
+    return identify_rig(probe, reference, error, cfg.controller, cfg.identification, fs,
+                        controller_tap_budget(cfg.controller), ambient_reference, ambient_error)
+
+
+def identify_plant(cfg: Config, plant: Plant, seed: int) -> tuple[IdentificationResult, IdentificationResult | None]:
+    """The secondary-path estimate and, where neutralization is on, the feedback-path one."""
+    rig = identify_rig_of_plant(cfg, plant, seed)
+    return rig.secondary, rig.feedback if rig.neutralize_feedback else None
 
 
 def _progress_printer(enabled: bool):
@@ -71,13 +80,23 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
              spool: Any | None = None, progress: bool = False,
              secondary_path_changes: list[tuple[int, np.ndarray]] | None = None) -> Simulation:
     plant = Plant.load(plant_name or cfg.simulator.plant)
+    if secondary_path_changes:
+        plant.path_changes = sorted([*plant.path_changes, *(PathChange(int(at), np.asarray(path, dtype=np.float64))
+                                                             for at, path in secondary_path_changes)],
+                                    key=lambda change: change.at_sample)
     block_size = cfg.audio.block_size
     plant.check_block_size(block_size)
     scene = load_scene(scene_path, plant.sample_rate)
     seed = cfg.simulator.seed
     fs = plant.sample_rate
 
-    secondary, feedback = identify_plant(cfg, plant, seed)
+    ambient = scene.samples[:int(cfg.identification.ambient_s * fs)]
+    rig = identify_rig_of_plant(cfg, plant, seed, ambient)
+    secondary = rig.secondary
+    feedback = rig.feedback if rig.neutralize_feedback else None
+    # What identification decided becomes the configuration the runtime runs with.
+    cfg = cfg.replace("controller", feedback_neutralization=rig.neutralize_feedback,
+                      taps=resolved_controller_taps(cfg.controller, rig.recommended_taps))
     engine = AncEngine.from_config(cfg, secondary.estimate, None if feedback is None else feedback.estimate,
                                    sample_rate=fs, block_size=block_size)
     engine.warm_up()
@@ -93,7 +112,6 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
             session.poll()
 
     result = run_closed_loop(scene.samples, plant, process_block, block_size, seed,
-                             secondary_path_changes=secondary_path_changes,
                              on_progress=_progress_printer(progress))
     session_summary = session.stop()
 
@@ -102,10 +120,12 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
     off, on = result.error_off[window], result.error_on[window]
     attenuation = report.attenuation_db(off, on)
     band = report.band_attenuation_db(off, on, fs)
-    optimum = causal_optimum(result.disturbance_reference, result.error_off, plant.full_secondary_path(),
-                             cfg.controller.taps, window.start, window.stop)
+    optima = causal_optima(result.disturbance_reference, result.error_off, plant.full_secondary_path(window.start),
+                           cfg.controller.taps, window.start, window.stop, cfg.safety.max_weight_norm)
+    optimum = optima.reachable
     optimum_db = report.attenuation_db(off, optimum.error[window])
     optimum_band_db = report.band_attenuation_db(off, optimum.error[window], fs)
+    unconstrained_db = report.attenuation_db(off, optima.unconstrained.error[window])
     causality = plant.causality()
     events = [event.to_dict() for event in session.worker.report.safety_events]
     worker = session.worker.report
@@ -130,7 +150,8 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
         "plant": plant.name,
         "block_size": block_size,
         "taps": cfg.controller.taps,
-        "secondary_path_taps": cfg.controller.secondary_path_taps,
+        "secondary_path_taps": int(secondary.estimate.size),
+        "secondary_path_max_taps": cfg.controller.secondary_path_taps,
         "latency_samples": plant.latency_samples,
         "steady_state_s": [round(window.start / fs, 3), round(window.stop / fs, 3)],
         "attenuation_db": round(attenuation, 2),
@@ -139,10 +160,23 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
         "wiener_bound_db": round(optimum_db, 2),
         "wiener_bound_band_db": round(optimum_band_db, 2),
         "gap_to_optimum_db": round(optimum_db - attenuation, 2),
+        # wiener_bound_* is the optimum reachable within ||w|| <= safety.max_weight_norm; the
+        # unconstrained least-squares optimum beside it (simulator/optimum.py).
+        "optimum_unconstrained_db": round(unconstrained_db, 2),
+        "optimum_unconstrained_band_db": round(report.band_attenuation_db(off, optima.unconstrained.error[window], fs), 2),
+        "optimum_weight_norm": round(optimum.weight_norm, 2),
+        "optimum_unconstrained_weight_norm": round(optima.unconstrained.weight_norm, 2),
+        "optimum_max_weight_norm": optima.max_weight_norm,
+        "optimum_loading": optimum.loading,
         "causality": causality.to_dict(),
         "causality_verdict": causality.explain(),
         "identification": secondary.to_dict(),
         "feedback_identification": None if feedback is None else feedback.to_dict(),
+        "feedback_measured": None if rig.feedback is None else rig.feedback.to_dict(),
+        "feedback_ratio_db": None if rig.feedback_ratio_db is None else round(rig.feedback_ratio_db, 2),
+        "feedback_neutralization": rig.neutralize_feedback,
+        "primary_span_samples": rig.primary_span_samples,
+        "recommended_controller_taps": rig.recommended_taps,
         "feedback_path_in_plant": plant.feedback_path is not None,
         "real_time_factor": round(result.duration_s / max(result.wall_time_s, 1e-9), 1),
         "engine_real_time_factor": round(result.duration_s / max(result.engine_time_s, 1e-9), 1),

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import soundfile
 
-from device.contract.config import load_config
 from device.core.dsp.identification import identify_path, make_probe
 from device.core.dsp.lsfir import normal_equations
 from device.contract.errors import UserError
@@ -59,8 +58,7 @@ def test_broadband_noise_on_headphone_is_reported_as_non_causal(cfg, tmp_path):
 def test_broadband_noise_in_the_causal_duct_is_cancelled(cfg, tmp_path):
     path = tmp_path / "white.wav"
     soundfile.write(str(path), generate_scene("white", 6.0, 48000, seed=2), 48000)
-    duct_cfg = load_config(Path(__file__).resolve().parent.parent / "config" / "duct.yaml")
-    sim = simulate(path, duct_cfg, "duct")
+    sim = simulate(path, cfg, "duct")
     assert sim.summary["causality"]["broadband_possible"] is True
     assert sim.summary["wiener_bound_db"] > 15.0
     assert sim.summary["attenuation_db"] > 10.0

@@ -1,11 +1,22 @@
-"""`anc-device identify`: measure the secondary path on the rig and store it.
+"""`anc-device identify`: measure the rig's paths and store them.
 
-Plays a low-level white-noise probe (`identification.*`: level, duration, fades, seed) through
-the anti-noise speaker on the same duplex stream the controller will use, records both
-microphones, and fits the speaker-to-error-mic FIR by least squares. Because the probe and
-the recording share the stream clock, the estimate contains the whole I/O latency, which is
-what FxLMS needs. With `controller.feedback_neutralization`, the speaker-to-reference-mic
-path is fitted from the same recording. The estimates go to `runtime.state_dir` with the
+Records `identification.ambient_s` of ambient noise with the speaker silent, then plays a
+low-level white-noise probe (`identification.*`: level, duration, fades, seed) through the
+anti-noise speaker on the same duplex stream the controller will use, records both
+microphones, and hands everything to `device.core.dsp.identification.identify_rig`, the
+function the simulator uses too:
+
+* the speaker-to-error-mic path, measured long and stored as long as latency plus the path
+  above the noise floor (`controller.secondary_path_taps` is the longest allowed: a path
+  that needs more is refused with the length to set);
+* the speaker-to-reference-mic (feedback) path from the same recording; when its level
+  relative to the secondary path exceeds `identification.feedback_threshold_db`,
+  neutralization is turned on and the path is stored with the estimate (`anc-device run`
+  uses it);
+* the controller length recommended for the rig (`controller.taps: auto` uses it).
+
+Because the probe and the recording share the stream clock, the estimate contains the whole
+I/O latency, which is what FxLMS needs. The estimates go to `runtime.state_dir` with the
 stream they belong to; `anc-device run` refuses an estimate made for another stream.
 """
 
@@ -37,20 +48,23 @@ def add_arguments(parser) -> None:
 
 def measure(sd, cfg, spec) -> dict:
     from device.rig.audio import play_and_record
-    from device.core.dsp.identification import configured_probe, identify_path
+    from device.core.dsp.identification import configured_probe, controller_tap_budget, identify_rig
 
     fs = spec.sample_rate
     probe = configured_probe(cfg.identification, fs)
-    taps = cfg.controller.secondary_path_taps
+    ambient = int(cfg.identification.ambient_s * fs)
+    tail = min(cfg.controller.secondary_path_taps, 4096) + 1024   # the response must ring out inside the recording
     preroll = int(PREROLL_S * fs)
-    played = np.concatenate([np.zeros(preroll), probe, np.zeros(taps)])
+    played = np.concatenate([np.zeros(preroll + ambient), probe, np.zeros(tail)])
     recording = play_and_record(sd, spec, played)
-    window = slice(preroll, preroll + probe.size + taps)
-    secondary = identify_path(recording.played[window], recording.error[window], taps)
-    feedback = None
-    if cfg.controller.feedback_neutralization:
-        feedback = identify_path(recording.played[window], recording.reference[window], cfg.controller.feedback_path_taps)
-    return {"secondary": secondary, "feedback": feedback, "xruns": recording.xruns}
+    start = preroll + ambient
+    window = slice(start, start + probe.size + tail)
+    ambient_window = slice(preroll, start)
+    rig = identify_rig(recording.played[window], recording.reference[window], recording.error[window],
+                       cfg.controller, cfg.identification, fs, controller_tap_budget(cfg.controller),
+                       recording.reference[ambient_window] if ambient else None,
+                       recording.error[ambient_window] if ambient else None)
+    return {"rig": rig, "xruns": recording.xruns}
 
 
 def run(args) -> int:
@@ -61,12 +75,16 @@ def run(args) -> int:
     sd = import_sounddevice()
     spec = resolve_stream(sd, cfg)
     result = measure(sd, cfg, spec)
-    secondary, feedback = result["secondary"], result["feedback"]
+    rig = result["rig"]
+    secondary = rig.secondary
+    feedback = rig.feedback if rig.neutralize_feedback else None
     report = {
         "device": spec.describe(),
         "sample_rate": spec.sample_rate,
         "block_size": spec.block_size,
         "taps": int(secondary.estimate.size),
+        "max_taps": cfg.controller.secondary_path_taps,
+        "left_out_db": secondary.to_dict()["left_out_db"],
         "quality_db": round(secondary.quality_db, 2),
         "estimate_error_db": round(secondary.estimate_error_db, 2),
         "delay_samples": secondary.delay_samples,
@@ -74,6 +92,11 @@ def run(args) -> int:
         "probe_rms_dbfs": round(secondary.probe_rms_dbfs, 2),
         "response_rms_dbfs": round(secondary.response_rms_dbfs, 2),
         "feedback": None if feedback is None else feedback.to_dict(),
+        "feedback_measured": None if rig.feedback is None else rig.feedback.to_dict(),
+        "feedback_ratio_db": None if rig.feedback_ratio_db is None else round(rig.feedback_ratio_db, 2),
+        "feedback_neutralization": rig.neutralize_feedback,
+        "primary_span_samples": rig.primary_span_samples,
+        "recommended_controller_taps": rig.recommended_taps,
         "xruns": result["xruns"],
         "stored": None,
     }
@@ -94,11 +117,21 @@ def run(args) -> int:
         print(json.dumps(report))
     else:
         print(f"device       {report['device']}")
-        print(f"secondary    {report['taps']} taps, delay {report['delay_samples']} samples "
-              f"({report['delay_ms']} ms, I/O latency included)")
+        left_out = ("nothing above the noise floor" if report["left_out_db"] is None
+                    else f"{report['left_out_db']} dB of its energy")
+        print(f"secondary    {report['taps']} taps (latency plus the whole path; at most {report['max_taps']}), "
+              f"delay {report['delay_samples']} samples ({report['delay_ms']} ms, I/O latency included), "
+              f"left out {left_out}")
         print(f"quality      estimate error {report['estimate_error_db']} dB, modelling error {report['quality_db']} dB "
               f"(lower is better; probe {report['probe_rms_dbfs']} dBFS, response {report['response_rms_dbfs']} dBFS)")
-        if feedback is not None:
-            print(f"feedback     {feedback.estimate.size} taps, quality {feedback.quality_db:.2f} dB")
+        if rig.feedback is None:
+            print("feedback     none above the noise floor: neutralization off")
+        else:
+            state = "on" if rig.neutralize_feedback else "off"
+            print(f"feedback     {rig.feedback.estimate.size} taps, {report['feedback_ratio_db']} dB relative to the "
+                  f"secondary path (threshold {cfg.identification.feedback_threshold_db} dB): neutralization {state}")
+        span = ("not measurable from this ambient noise" if rig.primary_span_samples is None
+                else f"primary path {rig.primary_span_samples} samples")
+        print(f"controller   {rig.recommended_taps} taps recommended ({span})")
         print(f"stored       {path}")
     return 0

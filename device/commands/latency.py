@@ -34,7 +34,6 @@ MAX_LAG_S = 0.002          # s, how far the reference mic may lag the error mic 
 MAX_LEAD_S = 0.010         # s, longest lead looked for
 MAX_LOOP_DELAY_S = 0.100   # s, longest loop delay looked for (USB audio can be tens of ms)
 AMBIENT_FIT_MAX_DB = -6.0  # modelling error above which the ambient noise cannot tell a delay
-MIN_FLATNESS = 0.05        # spectral flatness below which the ambient is too tonal to tell a delay (pink ~0.6)
 PREROLL_S = 0.5
 
 
@@ -74,24 +73,14 @@ def refine_onset(played: np.ndarray, recorded: np.ndarray, coarse: int) -> int:
     return first + onset(fit_fir(source, target, REFINE_TAPS))
 
 
-def spectral_flatness(x: np.ndarray, fs: int) -> float:
-    """Geometric over arithmetic mean of the power spectrum from 100 Hz to 0.4 fs (1 = white)."""
-    import scipy.signal
-
-    if x.size < 4096:
-        return 0.0
-    freqs, psd = scipy.signal.welch(x, fs, nperseg=2048)
-    band = psd[(freqs >= 100) & (freqs <= 0.4 * fs)] + 1e-30
-    return float(np.exp(np.mean(np.log(band))) / np.mean(band))
-
-
 def reference_lead(reference: np.ndarray, error: np.ndarray, fs: int) -> tuple[int | None, float]:
     """(lead in samples or None, modelling error dB) of the error mic relative to the reference.
     None when the ambient noise cannot tell: too tonal, too short, or not explained by a delay."""
     from device.core.causality import onset
+    from device.core.dsp.identification import MIN_AMBIENT_FLATNESS, spectral_flatness
     from device.core.dsp.lsfir import apply_fir, fit_fir
 
-    if spectral_flatness(reference, fs) < MIN_FLATNESS:
+    if spectral_flatness(reference, fs) < MIN_AMBIENT_FLATNESS:
         return None, 0.0  # tonal ambient noise fits any delay modulo its period
     max_lag = int(MAX_LAG_S * fs)
     taps = max_lag + int(MAX_LEAD_S * fs)
@@ -111,7 +100,7 @@ def reference_lead(reference: np.ndarray, error: np.ndarray, fs: int) -> tuple[i
 def measure(sd, cfg, spec, ambient_s: float) -> dict:
     from device.rig.audio import play_and_record
     from device.core.causality import Causality, onset
-    from device.core.dsp.identification import configured_probe
+    from device.core.dsp.identification import configured_probe, spectral_flatness
 
     fs = spec.sample_rate
     probe = configured_probe(cfg.identification, fs)

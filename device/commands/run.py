@@ -72,8 +72,15 @@ def run(args) -> int:
     spec = resolve_stream(sd, cfg)
     estimates = load_estimates(cfg.runtime.state_dir, spec.identity)
     if cfg.controller.feedback_neutralization and estimates.feedback_path is None:
-        raise UserError("controller.feedback_neutralization: the stored estimate has no feedback path; "
-                        "run `anc-device identify` again with this setting")
+        raise UserError("controller.feedback_neutralization: the stored estimate has no feedback path (none was "
+                        "measured above the noise floor, or it predates this setting); run `anc-device identify` again")
+    # Identification decided both: a stored feedback path means neutralization is on, and
+    # `controller.taps: auto` is the length it recommended for this rig.
+    from device.core.dsp.identification import DEFAULT_TAP_BUDGET, resolved_controller_taps
+
+    cfg = cfg.replace("controller", feedback_neutralization=estimates.feedback_path is not None,
+                      taps=resolved_controller_taps(cfg.controller, estimates.metadata.get(
+                          "recommended_controller_taps", DEFAULT_TAP_BUDGET)))
     engine = AncEngine.from_config(cfg, estimates.secondary_path, estimates.feedback_path,
                                    sample_rate=spec.sample_rate, block_size=spec.block_size)
     engine.warm_up()

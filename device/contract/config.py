@@ -74,7 +74,9 @@ SCHEMA: dict[str, Any] = {
         "speaker_channel": Key("int", "output channel index", 0, 63),
     },
     "controller": {
-        "taps": Key("int", "samples", 1, 4096),
+        "taps": Key("int", "samples, or auto: the length identification recommends for the rig", 1, 4096,
+                    choices=("auto",)),
+        "max_taps": Key("int", "samples", 64, 4096),
         "step_size": Key("float", "normalized step (mu)", 0.0, 2.0, exclusive_minimum=True),
         "leakage": Key("float", "per sample", 0.0, 0.1),
         "regularization": Key("float", "power (full scale = 1)", 0.0, 1.0, exclusive_minimum=True),
@@ -90,6 +92,8 @@ SCHEMA: dict[str, Any] = {
         "baseline_ms": Key("float", "ms", 0.0, 10000.0, exclusive_minimum=True),
         "watchdog_rise_db": Key("float", "dB", 0.0, 60.0, exclusive_minimum=True),
         "watchdog_hold_ms": Key("float", "ms", 0.0, 10000.0, exclusive_minimum=True),
+        "sustained_rise_db": Key("float", "dB", 0.0, 20.0, exclusive_minimum=True),
+        "sustained_hold_ms": Key("float", "ms", 0.0, 60000.0, exclusive_minimum=True),
         "max_weight_norm": Key("float", "L2 norm", 0.0, 1e6, exclusive_minimum=True),
         "step_backoff": Key("float", "factor", 0.0, 1.0, exclusive_minimum=True),
         "min_step_size": Key("float", "normalized step (mu)", 0.0, 2.0, exclusive_minimum=True),
@@ -115,6 +119,9 @@ SCHEMA: dict[str, Any] = {
         "duration_s": Key("float", "s", 0.1, 60.0),
         "fade_ms": Key("float", "ms", 0.0, 1000.0),
         "seed": Key("int", "", 0, 2**32 - 1),
+        "max_left_out_db": Key("float", "dB", -80.0, -10.0),
+        "feedback_threshold_db": Key("float", "dB", -80.0, 20.0),
+        "ambient_s": Key("float", "s", 0.0, 60.0),
     },
     "classifier": {
         "enabled": Key("bool"),
@@ -236,6 +243,8 @@ def _check_value(key: Key, value: Any, where: str, resolve_from: Path | None) ->
             raise ConfigError(f"{where}: expected true or false, got {_describe(value)}")
         return value
     if key.kind in ("int", "float"):
+        if key.choices and isinstance(value, str) and value in key.choices:
+            return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             expected = "an integer" if key.kind == "int" else "a number"
             raise ConfigError(f"{where}: expected {expected}, got {_describe(value)}")

@@ -16,6 +16,7 @@ import numpy as np
 from device.contract.config import ANC_MODES, Config
 from device.core.dsp import layout as L
 from device.core.dsp.fxlms import process_block
+from device.core.dsp.identification import controller_tap_budget, recommended_controller_taps
 from device.core.dsp.hear_through import design_equalizer
 from device.contract.errors import UserError
 
@@ -48,16 +49,27 @@ class ControllerSettings:
     power_time_constant_ms: float = 20.0
     watchdog_floor_dbfs: float = -90.0
     highpass_hz: float = 20.0
+    sustained_rise_db: float = 1.0
+    sustained_hold_ms: float = 400.0
     mode: str = "anc"
     hear_through_taps: int = 64
     hear_through_gain_db: float = 0.0
 
     @classmethod
-    def from_config(cls, cfg: Config, sample_rate: int | None = None, block_size: int | None = None) -> "ControllerSettings":
+    def from_config(cls, cfg: Config, sample_rate: int | None = None, block_size: int | None = None,
+                    secondary_path: np.ndarray | None = None) -> "ControllerSettings":
+        taps = cfg.controller.taps
+        if taps == "auto":
+            # Identification resolves `auto` with what it measured of the rig (simulate does);
+            # from a stored estimate alone, the length follows the estimate's ring-down.
+            if secondary_path is None:
+                raise UserError("controller.taps: auto needs a secondary-path estimate to size the controller")
+            taps = recommended_controller_taps(secondary_path.size, int(np.argmax(np.abs(secondary_path))), None,
+                                               controller_tap_budget(cfg.controller))
         return cls(
             sample_rate=sample_rate or cfg.audio.sample_rate,
             block_size=block_size or cfg.audio.block_size,
-            taps=cfg.controller.taps,
+            taps=int(taps),
             step_size=cfg.controller.step_size,
             leakage=cfg.controller.leakage,
             regularization=cfg.controller.regularization,
@@ -74,6 +86,8 @@ class ControllerSettings:
             enabled=cfg.anc.enabled,
             intensity=cfg.anc.intensity,
             highpass_hz=cfg.controller.highpass_hz,
+            sustained_rise_db=cfg.safety.sustained_rise_db,
+            sustained_hold_ms=cfg.safety.sustained_hold_ms,
             mode=cfg.anc.mode,
             hear_through_taps=cfg.anc.hear_through_taps,
             hear_through_gain_db=cfg.anc.hear_through_gain_db,
@@ -172,7 +186,7 @@ class AncEngine:
         sample_rate: int | None = None,
         block_size: int | None = None,
     ) -> "AncEngine":
-        settings = ControllerSettings.from_config(cfg, sample_rate, block_size)
+        settings = ControllerSettings.from_config(cfg, sample_rate, block_size, np.asarray(secondary_path))
         if not cfg.controller.feedback_neutralization:
             feedback_path = None
         return cls(settings, secondary_path, feedback_path)
@@ -200,6 +214,10 @@ class AncEngine:
         p[L.P_STOP] = 0.0
         p[L.P_ADAPT] = 1.0
         p[L.P_FLOOR] = 10.0 ** (s.watchdog_floor_dbfs / 10.0)
+        # The sustained-rise watchdog smooths over half its hold time.
+        p[L.P_SLOW_COEF] = 1.0 - math.exp(-1.0 / _samples(s.sustained_hold_ms / 2.0, fs))
+        p[L.P_SLOW_RISE] = 10.0 ** (s.sustained_rise_db / 10.0)
+        p[L.P_SLOW_HOLD] = _samples(s.sustained_hold_ms, fs)
         b, a = butterworth_highpass(s.highpass_hz, fs)
         p[L.P_HP_B0], p[L.P_HP_B1], p[L.P_HP_B2] = b
         p[L.P_HP_A1], p[L.P_HP_A2] = a[1], a[2]

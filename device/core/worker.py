@@ -37,11 +37,15 @@ from device.core.settings import AncSettings
 log = logging.getLogger(__name__)
 
 # The no-harm step guard (see Worker._guard_step): halve the step when the device's estimate
-# says it amplifies by more than AMPLIFY_DB, double it back when it cancels RECOVER_DB or more.
-# Judged every GUARD_INTERVAL_S of audio, short enough that a bad start is heard only briefly.
+# says it amplifies by more than AMPLIFY_DB; grow it back (by sqrt 2) only after RECOVER_S of
+# audio in a row cancelling RECOVER_DB or more, and never above the largest step that was
+# harmful until CEILING_HOLD_S have passed without harm. Judged every GUARD_INTERVAL_S of
+# audio, short enough that a bad start is heard only briefly.
 AMPLIFY_DB = 0.5
 RECOVER_DB = 3.0
 GUARD_INTERVAL_S = 0.25
+RECOVER_S = 4.0
+CEILING_HOLD_S = 60.0
 
 
 class RecordSink(Protocol):
@@ -139,6 +143,9 @@ class Worker:
         self.guard_samples = int(GUARD_INTERVAL_S * self.sample_rate)
         self._guard_error = self._guard_disturbance = 0.0
         self._guard_samples = 0
+        self._guard_good_s = 0.0          # audio in a row cancelling well, s
+        self._guard_calm_s = 0.0          # audio since the last harmful interval, s
+        self._guard_ceiling = 1.0         # step factor the guard may grow back to
         self._session_error = 0.0
         self._session_disturbance = 0.0
         self._pending: list = []
@@ -420,13 +427,25 @@ class Worker:
         """Do no harm: where the noise is not predictable (broadband on a rig whose latency
         makes it non-causal) the optimum is ~0 dB and a large step only adds misadjustment
         noise, so the device would make things louder. Halve the step while the device's
-        own estimate says it amplifies; grow it back while it cancels well."""
+        own estimate says it amplifies; grow it back slowly, on evidence, and not to a step
+        that was harmful: halving and doubling on every judgement made the step oscillate
+        between three values on a live duct while the cancellation collapsed. Growing back
+        is a monotone climb that stops below the harmful step for CEILING_HOLD_S."""
         factor = self.engine.step_factor
         minimum = max(self.cfg.safety.min_step_size / max(self.engine.base_step_size, 1e-12), 1 / 64)
         if cancellation_db < -AMPLIFY_DB:
-            factor = max(minimum, factor * 0.5)
-        elif cancellation_db > RECOVER_DB:
-            factor = min(1.0, factor * 2.0)
+            self._guard_ceiling = max(minimum, factor * 0.5)
+            factor = self._guard_ceiling
+            self._guard_good_s = self._guard_calm_s = 0.0
+        else:
+            self._guard_calm_s += GUARD_INTERVAL_S
+            self._guard_good_s = self._guard_good_s + GUARD_INTERVAL_S if cancellation_db > RECOVER_DB else 0.0
+            if self._guard_calm_s >= CEILING_HOLD_S:
+                self._guard_ceiling = min(1.0, self._guard_ceiling * math.sqrt(2.0))
+                self._guard_calm_s = 0.0
+            if self._guard_good_s >= RECOVER_S:
+                factor = min(self._guard_ceiling, factor * math.sqrt(2.0))
+                self._guard_good_s = 0.0
         if factor != self.engine.step_factor:
             self.engine.set_step_factor(factor)
 

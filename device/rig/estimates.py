@@ -1,8 +1,10 @@
 """Path estimates stored in the state directory, with what they were measured on.
 
 `anc-device identify` writes `secondary_path.npz` (the speaker-to-error-mic estimate, I/O
-latency included, and the speaker-to-reference-mic estimate where one was measured) and
-`secondary_path.json` (the stream identity, quality and date). `anc-device run` only
+latency included, and the speaker-to-reference-mic estimate when identification turned
+feedback neutralization on) and `secondary_path.json` (the stream identity, the estimates'
+lengths and quality, the feedback decision, the recommended controller length and the
+date). A stored feedback path is what turns neutralization on in `anc-device run`. `anc-device run` only
 accepts an estimate whose identity matches the stream it opens: the latency inside the
 estimate depends on the device, the sample rate and the block size, and FxLMS with a wrong
 latency diverges.

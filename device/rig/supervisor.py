@@ -35,6 +35,7 @@ from device.rig import sdnotify
 from device.rig.audio import DuplexStream, process_age_s, rescan_devices, resolve_stream
 from device.contract.config import Config
 from device.rig.control import RuntimeControl
+from device.rig.memory import page_out_cold_libraries, return_freed_memory
 from device.contract.errors import UserError
 from device.core.session import Session
 from device.core.worker import memory_mb
@@ -71,6 +72,7 @@ class Supervisor:
         self._blocks_before = 0  # blocks and xruns of earlier streams (a restart starts new counters)
         self._xruns_before = 0
         self.unmuted_pending = True
+        self._silence_reported_at = 0  # worker sample count at the last silence report
         self.control = RuntimeControl(cfg.runtime.state_dir, session.worker, health=self.health)
 
     # -- shared read-outs ----------------------------------------------------------------------
@@ -163,7 +165,8 @@ class Supervisor:
             gc.collect()
             gc.freeze()
             gc.disable()
-            _return_freed_memory()
+            return_freed_memory()
+            page_out_cold_libraries()
             sys.setswitchinterval(SWITCH_INTERVAL_S)
             status = self._loop(duration_s)
         finally:
@@ -227,10 +230,12 @@ class Supervisor:
                 failure = "the stream stopped (device gone or PortAudio error)"
             elif now - last_progress > STALL_S:
                 failure = f"no audio callback for {STALL_S:.0f} s"
-            elif worker.samples - worker.last_signal_sample > SILENCE_S * self.stream.spec.sample_rate:
+            elif worker.samples - max(worker.last_signal_sample, self._silence_reported_at) \
+                    > SILENCE_S * self.stream.spec.sample_rate:
                 # JACK keeps a stream running when the client it was connected to vanishes, and a
                 # dead USB card may deliver zeros: reopening re-finds and reconnects the device.
-                worker.last_signal_sample = worker.samples
+                # The worker owns last_signal_sample; this thread only notes what it reported.
+                self._silence_reported_at = worker.samples
                 failure = f"both microphones digitally silent for {SILENCE_S:.0f} s (device disconnected?)"
             if failure is not None:
                 self._report_stream_error(failure)
@@ -298,17 +303,6 @@ class Supervisor:
         p99 = summary["callback_p99_ms"]
         summary["callback_p99_of_period"] = None if p99 is None else round(p99 / period_ms, 4)
         return summary
-
-
-def _return_freed_memory() -> None:
-    """glibc keeps the heap that start-up freed (model parsing, imports) mapped; hand it back
-    once before the stream starts (about 9 MiB here). A no-op without glibc."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _value(value) -> str:

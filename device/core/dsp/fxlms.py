@@ -43,6 +43,7 @@ from device.core.dsp.layout import (
     EVENT_GAVE_UP,
     EVENT_LIMITING,
     EVENT_NONFINITE,
+    EVENT_SUSTAINED_RISE,
     EVENT_WEIGHT_NORM,
     MODE_BASELINE,
     MODE_RUN,
@@ -68,6 +69,9 @@ from device.core.dsp.layout import (
     P_REGULARIZATION,
     P_RELEASE,
     P_RISE,
+    P_SLOW_COEF,
+    P_SLOW_HOLD,
+    P_SLOW_RISE,
     P_STEP,
     P_STOP,
     P_TRIP_RATE,
@@ -95,6 +99,9 @@ from device.core.dsp.layout import (
     S_REFERENCE_POWER,
     S_SAFETY_GAIN,
     S_SAMPLES,
+    S_SLOW_ERROR,
+    S_SLOW_HOLD,
+    S_SLOW_REFERENCE,
     S_STEP,
     S_TRIPS,
     S_USER_GAIN,
@@ -205,6 +212,12 @@ def process_block(
     hold_limit = params[P_HOLD]
     power_coef = params[P_POWER_COEF]
     floor = params[P_FLOOR]
+    slow_coef = params[P_SLOW_COEF]
+    slow_rise = params[P_SLOW_RISE]
+    slow_hold_limit = params[P_SLOW_HOLD]
+    slow_error = status[S_SLOW_ERROR]
+    slow_reference = status[S_SLOW_REFERENCE]
+    slow_hold = status[S_SLOW_HOLD]
     adapt_allowed = params[P_ADAPT] > 0.5
     if params[P_STOP] > 0.5 and status[S_MODE] != MODE_STOP:
         status[S_MODE] = MODE_STOP
@@ -249,7 +262,6 @@ def process_block(
             if not math.isfinite(e):
                 e = 0.0
 
-        raw_reference = r
         # High-pass the reference: content the speaker cannot reproduce (DC, rumble below
         # its resonance) would only drive the weights where the secondary path is ~0.
         filtered_input = hp_b0 * r + hp_b1 * hp_x1 + hp_b2 * hp_x2 - hp_a1 * hp_y1 - hp_a2 * hp_y2
@@ -339,13 +351,17 @@ def process_block(
 
         position_output = _push(output_buffer, output_half, position_output, played)
 
+        # The uncontrolled level is judged through the reference after feedback
+        # neutralization: what the reference mic hears of the speaker is not ambient noise.
         error_power += power_coef * (e * e - error_power)
-        reference_power += power_coef * (raw_reference * raw_reference - reference_power)
+        reference_power += power_coef * (r * r - reference_power)
+        slow_error += slow_coef * (e * e - slow_error)
+        slow_reference += slow_coef * (r * r - slow_reference)
         status[S_SAMPLES] += 1.0
 
         if mode == MODE_BASELINE:
             status[S_BASELINE_ERROR] += e * e
-            status[S_BASELINE_REFERENCE] += raw_reference * raw_reference
+            status[S_BASELINE_REFERENCE] += r * r
             status[S_BASELINE_COUNT] += 1.0
             if status[S_BASELINE_COUNT] >= params[P_BASELINE]:
                 if status[S_BASELINE_REFERENCE] > 0.0:
@@ -356,8 +372,13 @@ def process_block(
         elif mode == MODE_RUN and hearing:
             # Playing the room in raises the error level by design and a loud alarm is
             # limited by design: neither is divergence, and the frozen weights cannot diverge.
+            # The error trackers restart from the uncontrolled level, so the room just played
+            # cannot look like a rise once anti-noise is back.
             hold = 0.0
             limit_hold = 0.0
+            slow_hold = 0.0
+            error_power = status[S_RATIO] * reference_power
+            slow_error = status[S_RATIO] * slow_reference
         elif mode == MODE_RUN:
             uncontrolled = status[S_RATIO] * reference_power + floor
             if error_power > rise * uncontrolled:
@@ -368,6 +389,13 @@ def process_block(
                 limit_hold += 1.0
             else:
                 limit_hold = 0.0
+            # A smaller rise that lasts: the controller is making it louder, if only by a
+            # decibel or two (a secondary-path estimate off in gain or delay does that).
+            slow_uncontrolled = status[S_RATIO] * slow_reference + floor
+            if slow_error > slow_rise * slow_uncontrolled and safety_gain >= 1.0:
+                slow_hold += 1.0
+            else:
+                slow_hold = 0.0
             if hold > hold_limit:
                 mode = MODE_TRIP
                 _record_event(events, status, EVENT_ERROR_RISE, 10.0 * math.log10(error_power / uncontrolled), step)
@@ -376,6 +404,10 @@ def process_block(
                 mode = MODE_TRIP
                 _record_event(events, status, EVENT_LIMITING, 20.0 * math.log10(max(limiter_gain, 1e-12)), step)
                 limit_hold = 0.0
+            elif slow_hold > slow_hold_limit:
+                mode = MODE_TRIP
+                _record_event(events, status, EVENT_SUSTAINED_RISE, 10.0 * math.log10(slow_error / slow_uncontrolled), step)
+                slow_hold = 0.0
         elif mode == MODE_TRIP and safety_gain <= 0.0:
             # Silent now: reset and come back slower; if the step is already at its floor,
             # the plant has changed under the model and only a new identification helps.
@@ -384,6 +416,8 @@ def process_block(
             have_next_dot = False
             status[S_TRIPS] += 1.0
             error_power = status[S_RATIO] * reference_power
+            slow_error = status[S_RATIO] * slow_reference
+            slow_hold = 0.0
             if params[P_STEP] * status[S_STEP] <= params[P_MIN_STEP]:
                 _record_event(events, status, EVENT_GAVE_UP, status[S_TRIPS], step)
                 mode = MODE_STOP
@@ -419,10 +453,17 @@ def process_block(
         error_power = 0.0
     if reference_power < DENORMAL_FLOOR:
         reference_power = 0.0
+    if slow_error < DENORMAL_FLOOR:
+        slow_error = 0.0
+    if slow_reference < DENORMAL_FLOOR:
+        slow_reference = 0.0
 
     cursors[C_REFERENCE] = position_reference
     cursors[C_FILTERED] = position_filtered
     cursors[C_OUTPUT] = position_output
+    status[S_SLOW_ERROR] = slow_error
+    status[S_SLOW_REFERENCE] = slow_reference
+    status[S_SLOW_HOLD] = slow_hold
     status[S_MODE] = mode
     status[S_USER_GAIN] = user_gain
     status[S_SAFETY_GAIN] = safety_gain

@@ -31,8 +31,11 @@ P_HP_B1 = 20
 P_HP_B2 = 21
 P_HP_A1 = 22
 P_HP_A2 = 23
-P_HEAR_TARGET = 24       # 0..1: target gain of the hear-through path (ramped like the user gain)
-N_PARAMS = 25
+P_SLOW_COEF = 24         # one-pole smoothing coefficient of the slow (sustained-rise) power trackers
+P_SLOW_RISE = 25         # linear power factor over the uncontrolled level that counts as a sustained rise
+P_SLOW_HOLD = 26         # samples a sustained rise must last before a trip
+P_HEAR_TARGET = 27       # 0..1: target gain of the hear-through path (ramped like the user gain)
+N_PARAMS = 28
 
 # status: scalar state, written by the kernel
 S_MODE = 0               # MODE_* below
@@ -62,8 +65,11 @@ S_HP_X1 = 23             # reference high-pass state: last two inputs and output
 S_HP_X2 = 24
 S_HP_Y1 = 25
 S_HP_Y2 = 26
-S_HEAR_GAIN = 27         # current hear-through gain (ramps towards P_HEAR_TARGET)
-N_STATUS = 28
+S_SLOW_ERROR = 27        # slowly smoothed error-mic power (sustained-rise watchdog)
+S_SLOW_REFERENCE = 28    # slowly smoothed reference power (after feedback neutralization)
+S_SLOW_HOLD = 29         # samples the sustained rise has lasted
+S_HEAR_GAIN = 30         # current hear-through gain (ramps towards P_HEAR_TARGET)
+N_STATUS = 31
 
 # cursors: positions in the double-length circular buffers
 C_REFERENCE = 0
@@ -83,7 +89,9 @@ EVENT_WEIGHT_NORM = 2    # value: weight norm
 EVENT_NONFINITE = 3      # value: 0
 EVENT_LIMITING = 4       # value: limiter gain in dB
 EVENT_GAVE_UP = 5        # tripped again at the minimum step: the secondary path no longer matches
+EVENT_SUSTAINED_RISE = 6 # value: slow error power over the uncontrolled level, dB
 EVENT_NAMES = {
+    EVENT_SUSTAINED_RISE: "sustained_rise",
     EVENT_ERROR_RISE: "error_rise",
     EVENT_WEIGHT_NORM: "weight_norm",
     EVENT_NONFINITE: "non_finite",

@@ -35,6 +35,9 @@ class ReferenceFxlms:
         self.limiter_gain = 1.0
         self.error_power = 0.0
         self.reference_power = 0.0
+        self.slow_error = 0.0
+        self.slow_reference = 0.0
+        self.slow_hold = 0
         self.baseline = [0.0, 0.0, 0]
         self.ratio = 0.0
         self.hold = 0
@@ -70,7 +73,6 @@ class ReferenceFxlms:
             r, e = float(reference[n]), float(error[n])
             r = r if math.isfinite(r) else 0.0
             e = e if math.isfinite(e) else 0.0
-            raw_reference = r
             hp = b0 * r + b1 * self.hp_in[0] + b2 * self.hp_in[1] - a1 * self.hp_out[0] - a2 * self.hp_out[1]
             self.hp_in = [r, self.hp_in[0]]
             self.hp_out = [hp, self.hp_out[0]]
@@ -109,11 +111,13 @@ class ReferenceFxlms:
             self._shift_in(self.played, played)
 
             self.error_power += p[L.P_POWER_COEF] * (e * e - self.error_power)
-            self.reference_power += p[L.P_POWER_COEF] * (raw_reference ** 2 - self.reference_power)
+            self.reference_power += p[L.P_POWER_COEF] * (r * r - self.reference_power)
+            self.slow_error += p[L.P_SLOW_COEF] * (e * e - self.slow_error)
+            self.slow_reference += p[L.P_SLOW_COEF] * (r * r - self.slow_reference)
             self.samples += 1
             if self.mode == L.MODE_BASELINE:
                 self.baseline[0] += e * e
-                self.baseline[1] += raw_reference ** 2
+                self.baseline[1] += r * r
                 self.baseline[2] += 1
                 if self.baseline[2] >= p[L.P_BASELINE]:
                     self.ratio = self.baseline[0] / self.baseline[1] if self.baseline[1] > 0 else 0.0
@@ -122,16 +126,24 @@ class ReferenceFxlms:
                 uncontrolled = self.ratio * self.reference_power + p[L.P_FLOOR]
                 self.hold = self.hold + 1 if self.error_power > p[L.P_RISE] * uncontrolled else 0
                 self.limit_hold = self.limit_hold + 1 if self.limiter_gain < HEAVY_LIMITING else 0
+                slow_uncontrolled = self.ratio * self.slow_reference + p[L.P_FLOOR]
+                sustained = self.slow_error > p[L.P_SLOW_RISE] * slow_uncontrolled and self.safety_gain >= 1.0
+                self.slow_hold = self.slow_hold + 1 if sustained else 0
                 if self.hold > p[L.P_HOLD]:
                     self.mode, self.hold = L.MODE_TRIP, 0
                     self.events.append((self.samples - 1, L.EVENT_ERROR_RISE))
                 elif self.limit_hold > p[L.P_HOLD]:
                     self.mode, self.limit_hold = L.MODE_TRIP, 0
                     self.events.append((self.samples - 1, L.EVENT_LIMITING))
+                elif self.slow_hold > p[L.P_SLOW_HOLD]:
+                    self.mode, self.slow_hold = L.MODE_TRIP, 0
+                    self.events.append((self.samples - 1, L.EVENT_SUSTAINED_RISE))
             elif self.mode == L.MODE_TRIP and self.safety_gain <= 0.0:
                 self._reset_filter()
                 self.trips += 1
                 self.error_power = self.ratio * self.reference_power
+                self.slow_error = self.ratio * self.slow_reference
+                self.slow_hold = 0
                 if p[L.P_STEP] * self.step_scale <= p[L.P_MIN_STEP]:
                     self.events.append((self.samples - 1, L.EVENT_GAVE_UP))
                     self.mode = L.MODE_STOP

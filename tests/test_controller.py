@@ -1,0 +1,126 @@
+"""Controller behaviour beyond the kernel's arithmetic: the sustained-rise watchdog, the
+no-harm step guard, the controller length, and safety with a wrong secondary-path model."""
+
+import numpy as np
+import pytest
+
+from device.core.dsp import layout as L
+from device.core.engine import AncEngine
+from device.core.ringbuffer import BlockRing
+from device.core.worker import CEILING_HOLD_S, GUARD_INTERVAL_S, RECOVER_S, Worker
+from device.contract.errors import UserError
+
+
+def _engine(cfg, path, **safety):
+    cfg = cfg.replace("safety", **{"baseline_ms": 20.0, "fade_ms": 5.0, **safety}).replace("controller", taps=256)
+    return AncEngine.from_config(cfg, path)
+
+
+def test_a_small_sustained_rise_trips_the_watchdog_and_the_reset_removes_it(cfg, headphone):
+    """A filter that makes the error 1.3 dB louder (far below the fast tier's 10 dB) is
+    caught by the sustained tier, and the reset brings the error back to the uncontrolled level."""
+    engine = _engine(cfg, headphone.full_secondary_path()[:256], max_weight_norm=1e3)
+    engine.weights[0] = 0.5
+    engine.set_adaptation(False)
+    rng = np.random.default_rng(2)
+    out = np.zeros(32)
+    fs = 48000
+    error_levels = []
+    for k in range(int(4.0 * fs) // 32):
+        reference = rng.standard_normal(32) * 0.1
+        # The speaker's last block adds to the error, uncorrelated with the noise there: it
+        # can only make it louder (by 10 log10(1 + 0.36) = 1.3 dB).
+        error = 0.5 * reference + 0.6 * out
+        engine.process(reference, error, out)
+        error_levels.append(float(np.mean(error ** 2)))
+    kinds = [event.kind for event in engine.drain_events()]
+    assert kinds == ["sustained_rise"]
+    assert engine.mode == "run" and not np.any(engine.weights)
+    last_second = np.mean(error_levels[-fs // 32:])
+    assert 10 * np.log10(last_second / (0.25 * 0.01)) < 0.2
+
+
+def _guard_worker(cfg, headphone):
+    engine = _engine(cfg, headphone.full_secondary_path()[:256])
+    worker = Worker(cfg, BlockRing(32, 64), engine)
+    return engine, worker
+
+
+def test_step_guard_backs_off_at_once_and_does_not_oscillate(cfg, headphone):
+    """The live-duct pattern: every time the step grows back the controller amplifies. The
+    old guard halved and doubled forever; this one settles below the harmful step."""
+    engine, worker = _guard_worker(cfg, headphone)
+    harmful_factor = 1.0
+    factors = []
+    for _ in range(int(240.0 / GUARD_INTERVAL_S)):
+        factor = engine.step_factor
+        # Cancelling 6 dB below half the configured step, amplifying by 2 dB at or above it.
+        worker._guard_step(-2.0 if factor >= harmful_factor * 0.99 else 6.0)
+        factors.append(engine.step_factor)
+    changes = int(np.count_nonzero(np.diff(factors)))
+    assert factors[0] == 0.5
+    # At most one climb back to the harmful step per ceiling hold, and back down at once.
+    assert changes <= 2 * (240.0 / CEILING_HOLD_S) + 2
+    assert np.mean(np.array(factors) < 0.99) > 0.9
+
+
+def test_step_guard_recovers_only_on_sustained_evidence(cfg, headphone):
+    engine, worker = _guard_worker(cfg, headphone)
+    worker._guard_step(-3.0)
+    assert engine.step_factor == 0.5
+    # Alternating good and bad judgements never grow the step.
+    for k in range(40):
+        worker._guard_step(6.0 if k % 2 else 0.0)
+    assert engine.step_factor == 0.5
+    # Sustained good cancellation does, but not above the harmful step before the hold.
+    for _ in range(int(3 * RECOVER_S / GUARD_INTERVAL_S)):
+        worker._guard_step(6.0)
+    assert engine.step_factor == 0.5
+    for _ in range(int(CEILING_HOLD_S / GUARD_INTERVAL_S)):
+        worker._guard_step(6.0)
+    assert engine.step_factor > 0.5
+
+
+def test_auto_length_follows_the_estimate_and_an_integer_forces_it(cfg, headphone):
+    path = headphone.full_secondary_path()[:256]
+    auto = AncEngine.from_config(cfg.replace("controller", taps="auto"), path)
+    assert auto.weights.size % 64 == 0 and 128 <= auto.weights.size <= cfg.controller.max_taps
+    forced = AncEngine.from_config(cfg.replace("controller", taps=384), path)
+    assert forced.weights.size == 384
+    capped = AncEngine.from_config(cfg.replace("controller", taps="auto", max_taps=128), np.r_[path, path * 0.5])
+    assert capped.weights.size == 128
+
+
+def test_auto_length_without_an_estimate_is_a_clear_error(cfg):
+    from device.core.engine import ControllerSettings
+
+    with pytest.raises(UserError, match="controller.taps: auto"):
+        ControllerSettings.from_config(cfg.replace("controller", taps="auto"))
+
+
+@pytest.mark.parametrize("scene_kind", ["white", "engine_hum"])
+@pytest.mark.parametrize("gain, delay", [(1.3, 2), (0.7, -2)])
+def test_a_wrong_model_never_diverges_and_is_never_louder_for_long(cfg, tmp_path, scene_kind, gain, delay):
+    """The real secondary path 30% off the estimate and 2 samples off in delay, on the causal
+    duct: no divergence (no give-up, output under the ceiling) and no second after the first
+    louder than control off by more than the watchdog's sustained tolerance."""
+    from simulator import report
+    from simulator.plant import Plant
+    from simulator.run import simulate
+    from simulator.scenes import generate_scene, write_scene
+    from device.contract.config import load_config
+
+    plant = Plant.load("duct")
+    path = plant.secondary_path
+    real = gain * (np.r_[np.zeros(delay), path] if delay > 0 else path[-delay:])
+    scene = tmp_path / f"{scene_kind}.wav"
+    write_scene(scene, generate_scene(scene_kind, 5.0, 48000, seed=4), 48000)
+    duct_cfg = load_config().replace("classifier", enabled=False)
+    sim = simulate(scene, duct_cfg, "duct", secondary_path_changes=[(0, real)])
+    kinds = [event["kind"] for event in sim.summary["safety_events"]]
+    assert "stopped_reidentify" not in kinds and "non_finite" not in kinds
+    assert sim.summary["output_peak_dbfs"] <= duct_cfg.safety.output_ceiling_dbfs + 1e-6
+    fs = sim.result.sample_rate
+    off, on = sim.result.error_off, sim.result.error_on
+    seconds = [report.attenuation_db(off[k:k + fs], on[k:k + fs]) for k in range(fs, off.size - fs + 1, fs)]
+    assert min(seconds) > -duct_cfg.safety.sustained_rise_db - 0.5, seconds
