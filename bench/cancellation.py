@@ -164,7 +164,7 @@ def run_pair(job: tuple[str, str, str, str]) -> dict:
 
     cfg = load_config()
     started = time.perf_counter()
-    sim = simulate(scene_path, cfg, plant_ref)
+    sim = simulate(scene_path, cfg, plant_ref, keep_signals=True)
     summary, result = sim.summary, sim.result
     fs = result.sample_rate
     off, on = result.error_off, result.error_on

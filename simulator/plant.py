@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numba
 import numpy as np
 import scipy.signal
 import yaml
@@ -55,10 +56,17 @@ class Plant:
         path = PRESET_DIR / f"{text}.yaml" if text in PRESETS else Path(text)
         if not path.exists():
             raise UserError(f"{text}: plant not found (built-in presets: {', '.join(PRESETS)}, or a YAML file)")
+        if path.is_dir():
+            raise UserError(f"{path}: is a directory, not a plant YAML file")
         try:
             spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"{path}: cannot read plant YAML ({exc.__class__.__name__})") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or "invalid YAML"
+            raise UserError(f"{path}: invalid plant YAML{where}: {problem}") from None
         if not isinstance(spec, dict):
             raise UserError(f"{path}: expected a mapping of plant keys")
         plant = cls._from_spec(spec, path)
@@ -247,11 +255,157 @@ class ClosedLoopResult:
     disturbance_reference: np.ndarray  # reference mic without the speaker's leak
     wall_time_s: float
     engine_time_s: float
-    block_times_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def duration_s(self) -> float:
         return self.error_on.size / self.sample_rate
+
+
+@dataclass
+class ClosedLoopChunk:
+    """One stretch of a closed-loop run, `start` samples into the scene."""
+    start: int
+    reference: np.ndarray
+    error_off: np.ndarray
+    error_on: np.ndarray
+    output: np.ndarray
+    disturbance_reference: np.ndarray
+
+
+class StreamingFir:
+    """An FIR filter applied chunk by chunk (overlap-add with the tail carried over): the
+    chunks join up to the full convolution's first samples, at FFT cost."""
+
+    def __init__(self, taps: np.ndarray):
+        self.taps = np.asarray(taps, dtype=np.float64)
+        self.carry = np.zeros(max(0, self.taps.size - 1))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.taps.size == 1:
+            return x * self.taps[0]
+        y = scipy.signal.oaconvolve(x, self.taps) if x.size > 4 * self.taps.size else np.convolve(x, self.taps)
+        y[:self.carry.size] += self.carry   # y is x.size + len(taps) - 1 long: the carry always fits
+        out = y[:x.size]
+        self.carry = y[x.size:].copy()
+        return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _microphone_blocks(reference_free, error_off, to_reference, to_error, a, ref_block, err_block):
+    """What the microphones hear in the block starting at `a`: the noise plus the speaker's
+    earlier blocks, already landed in `to_reference` / `to_error`."""
+    for i in range(ref_block.size):
+        ref_block[i] = reference_free[a + i] + to_reference[a + i]
+        err_block[i] = error_off[a + i] + to_error[a + i]
+
+
+@numba.njit(cache=True, nogil=True)
+def _speaker_block(out_block, ref_block, err_block, a, land, secondary, feedback,
+                   to_error, to_reference, reference_in, error_on, output):
+    """Record the block and send the speaker's block through the secondary (and feedback)
+    path, landing `land` samples into the chunk's timeline."""
+    for i in range(out_block.size):
+        reference_in[a + i] = ref_block[i]
+        error_on[a + i] = err_block[i]
+        y = out_block[i]
+        output[a + i] = y
+        if y != 0.0:
+            for j in range(secondary.size):
+                to_error[land + i + j] += y * secondary[j]
+            for j in range(feedback.size):
+                to_reference[land + i + j] += y * feedback[j]
+
+
+class ClosedLoop:
+    """The plant and a controller in closed loop, fed the scene chunk by chunk.
+
+    `process_block(ref, err, out, meta)` runs once per block exactly as in the audio callback;
+    the speaker block reaches the microphones `latency_samples` later through the secondary
+    and feedback paths. Memory is bounded by the chunk length, not the scene's.
+    The plant's own `path_changes` and `secondary_path_changes` [(sample index, new path)]
+    change the real plant mid-run (the controller is not told), e.g. to test the watchdog or
+    path tracking."""
+
+    def __init__(self, plant: Plant, process_block: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None],
+                 block_size: int, seed: int, secondary_path_changes: list[tuple[int, np.ndarray]] | None = None):
+        plant.check_block_size(block_size)
+        self.plant = plant
+        self.process_block = process_block
+        self.block_size = block_size
+        self.reference_noise = np.random.default_rng([seed, 0, 0])
+        self.error_noise = np.random.default_rng([seed, 0, 1])
+        self.reference_fir = StreamingFir(plant.reference_path)
+        self.primary_fir = StreamingFir(plant.primary_path)
+        self.secondary = plant.secondary_path
+        self.feedback = plant.feedback_path
+        self.changes = sorted([*plant.path_changes, *(PathChange(int(at), np.asarray(path, dtype=np.float64))
+                                                      for at, path in (secondary_path_changes or []))],
+                              key=lambda change: change.at_sample)
+        self.tail = max([self.secondary.size, 0 if self.feedback is None else self.feedback.size]
+                        + [max(c.secondary_path.size, 0 if c.feedback_path is None else c.feedback_path.size)
+                           for c in self.changes])
+        # Speaker contributions still to land, from `position` on.
+        self.to_error = np.zeros(plant.latency_samples + block_size + self.tail)
+        self.to_reference = np.zeros_like(self.to_error)
+        self.position = 0
+        self.wall_time_s = 0.0
+        self.engine_time_s = 0.0
+        self._ref_block = np.empty(block_size)
+        self._err_block = np.empty(block_size)
+        self._out_block = np.empty(block_size)
+        self._meta = np.zeros(4)
+        self._clock_zero = time.perf_counter()
+
+    def run(self, scene_chunk: np.ndarray) -> ClosedLoopChunk:
+        """Simulate one chunk of the scene (a whole number of blocks except for the last chunk)."""
+        clock = time.perf_counter
+        started = clock()
+        plant, block_size = self.plant, self.block_size
+        size = scene_chunk.size
+        n = -(-size // block_size) * block_size
+        s = np.zeros(n)
+        s[:size] = scene_chunk
+        reference_free = self.reference_fir(s) + plant.sensor_noise(n, self.reference_noise)
+        error_off = self.primary_fir(s) + plant.sensor_noise(n, self.error_noise)
+        latency = plant.latency_samples
+        keep = self.to_error.size
+        to_error = np.zeros(n + keep)
+        to_error[:keep] = self.to_error
+        to_reference = np.zeros(n + keep)
+        to_reference[:keep] = self.to_reference
+        reference_in = np.empty(n)
+        error_on = np.empty(n)
+        output = np.empty(n)
+        ref_block, err_block, out_block, meta = self._ref_block, self._err_block, self._out_block, self._meta
+        secondary = self.secondary
+        changes = self.changes
+        base = self.position
+        process_block = self.process_block
+        engine_time = 0.0
+        no_feedback = np.zeros(0)
+        feedback_path = no_feedback if self.feedback is None else self.feedback
+        for a in range(0, n, block_size):
+            while changes and changes[0].at_sample <= base + a:
+                change = changes.pop(0)
+                secondary = self.secondary = change.secondary_path
+                if change.feedback_path is not None:
+                    self.feedback = feedback_path = change.feedback_path
+            _microphone_blocks(reference_free, error_off, to_reference, to_error, a, ref_block, err_block)
+            t0 = clock()
+            meta[0] = t0 - self._clock_zero
+            process_block(ref_block, err_block, out_block, meta)
+            t1 = clock()
+            meta[1] = t1 - t0
+            engine_time += t1 - t0
+            _speaker_block(out_block, ref_block, err_block, a, a + latency, secondary, feedback_path,
+                           to_error, to_reference, reference_in, error_on, output)
+        self.to_error = to_error[n:n + keep].copy()
+        self.to_reference = to_reference[n:n + keep].copy()
+        self.position += n
+        self.engine_time_s += engine_time
+        self.wall_time_s += clock() - started
+        return ClosedLoopChunk(base, reference_in[:size], error_off[:size], error_on[:size], output[:size],
+                               reference_free[:size])
 
 
 def run_closed_loop(
@@ -261,84 +415,24 @@ def run_closed_loop(
     block_size: int,
     seed: int,
     secondary_path_changes: list[tuple[int, np.ndarray]] | None = None,
-    on_progress: Callable[[float], None] | None = None,
+    chunk_blocks: int = 1500,
 ) -> ClosedLoopResult:
-    """Run `process_block(ref, err, out, meta)` over the scene, block by block, in closed loop.
+    """The whole scene through `ClosedLoop`, kept in memory (tests and short scenes)."""
+    loop = ClosedLoop(plant, process_block, block_size, seed, secondary_path_changes)
+    step = chunk_blocks * block_size
+    parts = [loop.run(scene[start:start + step]) for start in range(0, scene.size, step)]
 
-    The plant's own `path_changes` and `secondary_path_changes` [(sample index, new path)]
-    change the real plant mid-run (the controller is not told), e.g. to test the watchdog or
-    path tracking.
-    """
-    plant.check_block_size(block_size)
-    n_blocks = -(-scene.size // block_size)
-    n = n_blocks * block_size
-    s = np.zeros(n)
-    s[:scene.size] = scene
-    rng = np.random.default_rng([seed, 0])
-    reference_noise = plant.sensor_noise(n, rng)
-    error_noise = plant.sensor_noise(n, rng)
-    reference_free = scipy.signal.fftconvolve(s, plant.reference_path)[:n] + reference_noise
-    error_off = scipy.signal.fftconvolve(s, plant.primary_path)[:n] + error_noise
+    def joined(name: str) -> np.ndarray:
+        return np.concatenate([getattr(part, name) for part in parts])
 
-    secondary = plant.secondary_path
-    feedback = plant.feedback_path
-    latency = plant.latency_samples
-    changes = sorted([*plant.path_changes, *(PathChange(int(at), np.asarray(path, dtype=np.float64))
-                                             for at, path in (secondary_path_changes or []))],
-                     key=lambda change: change.at_sample)
-    tail = max([secondary.size, 0 if feedback is None else feedback.size]
-               + [max(c.secondary_path.size, 0 if c.feedback_path is None else c.feedback_path.size) for c in changes])
-    # Speaker contributions land here `latency` samples after they are played.
-    to_error = np.zeros(n + latency + block_size + tail)
-    to_reference = np.zeros_like(to_error)
-    reference_in = np.empty(n)
-    error_on = np.empty(n)
-    output = np.empty(n)
-    ref_block = np.empty(block_size)
-    err_block = np.empty(block_size)
-    out_block = np.empty(block_size)
-    meta = np.zeros(4)
-    block_times = np.empty(n_blocks)
-    progress_every = max(1, n_blocks // 100)
-    clock = time.perf_counter
-    started = clock()
-    for k in range(n_blocks):
-        a, b = k * block_size, (k + 1) * block_size
-        while changes and changes[0].at_sample <= a:
-            change = changes.pop(0)
-            secondary = change.secondary_path
-            if change.feedback_path is not None:
-                feedback = change.feedback_path
-        np.add(reference_free[a:b], to_reference[a:b], out=ref_block)
-        np.add(error_off[a:b], to_error[a:b], out=err_block)
-        t0 = clock()
-        meta[0] = t0 - started
-        process_block(ref_block, err_block, out_block, meta)
-        t1 = clock()
-        meta[1] = t1 - t0
-        block_times[k] = t1 - t0
-        reference_in[a:b] = ref_block
-        error_on[a:b] = err_block
-        output[a:b] = out_block
-        start = a + latency
-        to_error[start:start + block_size + secondary.size - 1] += np.convolve(out_block, secondary)
-        if feedback is not None:
-            to_reference[start:start + block_size + feedback.size - 1] += np.convolve(out_block, feedback)
-        if on_progress is not None and k % progress_every == 0:
-            on_progress(k / n_blocks)
-    wall = clock() - started
-    if on_progress is not None:
-        on_progress(1.0)
-    keep = scene.size
     return ClosedLoopResult(
         sample_rate=plant.sample_rate,
         block_size=block_size,
-        reference=reference_in[:keep],
-        error_off=error_off[:keep],
-        error_on=error_on[:keep],
-        output=output[:keep],
-        disturbance_reference=reference_free[:keep],
-        wall_time_s=wall,
-        engine_time_s=float(block_times.sum()),
-        block_times_s=block_times,
+        reference=joined("reference"),
+        error_off=joined("error_off"),
+        error_on=joined("error_on"),
+        output=joined("output"),
+        disturbance_reference=joined("disturbance_reference"),
+        wall_time_s=loop.wall_time_s,
+        engine_time_s=loop.engine_time_s,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,35 +51,76 @@ def attenuation_over_time(off: np.ndarray, on: np.ndarray, sample_rate: int, fra
     return times, 10.0 * np.log10(np.maximum(ratio, 1e-30))
 
 
-def convergence_time(off: np.ndarray, on: np.ndarray, sample_rate: int, steady_db: float, margin_db: float = 3.0) -> float | None:
-    """Time from the start after which the 100 ms attenuation stays within `margin_db` of the
-    steady state; None when there is no meaningful cancellation to converge to."""
-    if steady_db < margin_db:
-        return None
-    times, att = attenuation_over_time(off, on, sample_rate)
-    below = np.flatnonzero(att < steady_db - margin_db)
-    if below.size == 0:
-        return float(times[0]) if times.size else 0.0
-    if below[-1] + 1 >= times.size:
-        return None
-    return float(times[below[-1] + 1])
+CONVERGENCE_MARGIN_DB = 3.0
+CONVERGENCE_HOLD_S = 2.0
+DIP_MIN_S = 0.5
+CONVERGENCE_RULE = (f"the first time the 100 ms attenuation stays within {CONVERGENCE_MARGIN_DB:g} dB of the "
+                    f"steady state for at least {CONVERGENCE_HOLD_S:g} s (or to the end of the scene); later falls "
+                    f"below that band lasting {DIP_MIN_S:g} s or more are reported as dips")
+
+
+@dataclass(frozen=True)
+class Convergence:
+    time_s: float | None          # None: no meaningful cancellation, or it never held
+    meaningful: bool              # the steady state cancels at least the margin
+    dips: list[dict]              # [{"start_s", "end_s", "min_db"}] after convergence
+
+
+def convergence(times: np.ndarray, attenuation: np.ndarray, steady_db: float,
+                margin_db: float = CONVERGENCE_MARGIN_DB, hold_s: float = CONVERGENCE_HOLD_S,
+                dip_min_s: float = DIP_MIN_S) -> Convergence:
+    """When the controller settled (see CONVERGENCE_RULE), from the attenuation per 100 ms
+    frame ending at `times`. A dip late in the run does not move the convergence time: it is
+    reported on its own."""
+    if steady_db < margin_db or times.size == 0:
+        return Convergence(None, False, [])
+    frame_s = float(times[0])
+    inside = attenuation >= steady_db - margin_db
+    hold = max(1, int(round(hold_s / frame_s)))
+    settled = None
+    run = 0
+    for index in range(inside.size):
+        run = run + 1 if inside[index] else 0
+        start = index - run + 1
+        if run >= hold or (index == inside.size - 1 and run > 0):
+            settled = start
+            break
+    if settled is None:
+        return Convergence(None, True, [])
+    dips = []
+    minimum = max(1, int(round(dip_min_s / frame_s)))
+    index = settled
+    while index < inside.size:
+        if inside[index]:
+            index += 1
+            continue
+        end = index
+        while end < inside.size and not inside[end]:
+            end += 1
+        if end - index >= minimum:
+            dips.append({"start_s": round(float(times[index] - frame_s), 2), "end_s": round(float(times[end - 1]), 2),
+                         "min_db": round(float(np.min(attenuation[index:end])), 1)})
+        index = end
+    return Convergence(float(times[settled] - frame_s), True, dips)
 
 
 MODE_COLOURS = {"off": "0.6", "anc": None, "hear-through": "tab:orange"}
 
 
-def write_png(path: Path, result, window: slice, optimum_error: np.ndarray, title: str,
+def write_png(path: Path, sample_rate: int, off: np.ndarray, on: np.ndarray, optimum_error: np.ndarray,
+              times: np.ndarray, attenuation: np.ndarray, steady_s: tuple[float, float], title: str,
               modes: list[dict] | None = None, alarms: list[dict] | None = None) -> None:
+    """Spectra over the steady window and attenuation over time (from per-frame energies: the
+    whole signals are never needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fs = result.sample_rate
+    fs = sample_rate
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 8), constrained_layout=True)
-    for signal, label, style in ((result.error_off[window], "control off", "-"),
-                                 (result.error_on[window], "control on", "-"),
-                                 (optimum_error[window], "causal optimum", "--")):
+    for signal, label, style in ((off, "control off", "-"), (on, "control on", "-"),
+                                 (optimum_error, "causal optimum", "--")):
         f, p = spectrum(signal, fs)
         top.semilogx(f[1:], 10 * np.log10(p[1:] + 1e-30), style, label=label)
     top.axvspan(*BAND_HZ, color="0.9", zorder=-1, label="50-1000 Hz band")
@@ -88,9 +130,8 @@ def write_png(path: Path, result, window: slice, optimum_error: np.ndarray, titl
     top.set_title(f"{title}: error-mic spectra over the steady state")
     top.legend()
     top.grid(True, which="both", alpha=0.3)
-    times, att = attenuation_over_time(result.error_off, result.error_on, fs)
-    bottom.plot(times, att)
-    bottom.axvspan(window.start / fs, window.stop / fs, color="0.9", zorder=-1, label="steady state")
+    bottom.plot(times, attenuation)
+    bottom.axvspan(*steady_s, color="0.9", zorder=-1, label="steady state")
     bottom.set_xlabel("time (s)")
     bottom.set_ylabel("attenuation (dB, 100 ms frames)")
     # The speaker's mode over time (shaded when not anti-noise) and every warning sound heard.
@@ -99,7 +140,7 @@ def write_png(path: Path, result, window: slice, optimum_error: np.ndarray, titl
         colour = MODE_COLOURS.get(change["mode"])
         if colour is None:
             continue
-        end = modes[index + 1]["t_s"] if index + 1 < len(modes) else result.error_on.size / fs
+        end = modes[index + 1]["t_s"] if index + 1 < len(modes) else float(times[-1]) if times.size else change["t_s"]
         bottom.axvspan(change["t_s"], end, color=colour, alpha=0.2, zorder=-1,
                        label=change["mode"] if change["mode"] not in [m["mode"] for m in modes[:index]] else None)
     for alarm in alarms or []:

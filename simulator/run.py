@@ -1,5 +1,15 @@
 """A whole simulated session: identify the secondary path, run the runtime in closed loop with
-the plant, and measure the result against the causal optimum."""
+the plant, and measure the result against the causal optimum.
+
+The scene is streamed: read, simulated, measured and written one chunk (about a second) at a
+time, so memory does not grow with the scene's length. What the summary needs from the whole
+run is accumulated on the way (energies per 100 ms frame and per second, the output peak);
+what needs samples is bounded: the steady-state window (the last 3 s) is kept for the band
+attenuation, the spectra and the causal optimum, which is solved over that window alone (the
+same window as before streaming, plus enough history for the filters to be exact).
+Outputs are written as they are produced to temporary names and renamed at the end, so an
+interrupted or failed run leaves nothing that looks finished.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +17,7 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +27,35 @@ from device.contract.config import Config
 from device.core.alarms import format_alarms
 from device.core.dsp.identification import (IdentificationResult, RigIdentification, configured_probe,
                                             controller_tap_budget, identify_rig, resolved_controller_taps)
-from device.core.engine import AncEngine
 from device.contract.errors import UserError
-from device.core.session import Session, load_classifier
+from device.core import summary as session_summary_parts
+from device.core.session import Session, compose_session, load_classifier
 from simulator import report
 from simulator.optimum import causal_optima
-from simulator.plant import ClosedLoopResult, PathChange, Plant, run_closed_loop
-from simulator.scenes import Scene, load_scene
+from simulator.plant import ClosedLoop, ClosedLoopChunk, ClosedLoopResult, PathChange, Plant
+from simulator.scenes import SceneStream
 
-POLL_EVERY_BLOCKS = 16
+# The worker drains the ring every 32 blocks (21 ms at 48 kHz), about as often as it runs on a
+# device (every 20 ms): the simulated session sees its settings change as late as a real one.
+POLL_EVERY_BLOCKS = 32
+CHUNK_S = 1.0            # s of scene per streamed chunk (rounded to whole blocks)
+WAV_OUTPUTS = ("error_off.wav", "error_on.wav", "anti_noise.wav")
 
 
 @dataclass
 class Simulation:
-    scene: Scene
+    scene: SceneStream
     plant: Plant
     cfg: Config
-    result: ClosedLoopResult
     identification: IdentificationResult
     feedback_identification: IdentificationResult | None
-    optimum_error: np.ndarray
+    optimum_error: np.ndarray          # the causal optimum's error over the steady window
     summary: dict[str, Any]
     metrics: list[dict]
     session: Session
+    written: list[Path] = field(default_factory=list)
+    result: ClosedLoopResult | None = None   # whole signals, only with keep_signals=True
+    plot_data: tuple | None = None           # steady-window signals and attenuation over time, for report.png
 
 
 def identify_rig_of_plant(cfg: Config, plant: Plant, seed: int, ambient: np.ndarray | None = None) -> RigIdentification:
@@ -76,9 +92,152 @@ def _progress_printer(enabled: bool):
     return show
 
 
+class Measurements:
+    """What the summary, metrics.jsonl and report.png need, accumulated chunk by chunk."""
+
+    def __init__(self, total: int, fs: int, history: int, session: Session, metrics_file=None):
+        self.fs = fs
+        self.total = total
+        self.window = report.steady_window(total, fs)
+        # The steady window plus the history the optimum's filters need to be exact there.
+        self.kept_from = max(0, self.window.start - history)
+        kept = total - self.kept_from
+        self.kept = {name: np.zeros(kept) for name in ("error_off", "error_on", "disturbance_reference")}
+        self.frame = max(1, int(report.FRAME_S * fs))
+        self.frame_energy_off: list[float] = []
+        self.frame_energy_on: list[float] = []
+        self._frame_carry = (np.zeros(0), np.zeros(0))
+        self._second_carry = [np.zeros(0), np.zeros(0), np.zeros(0)]
+        self._second_samples = 0
+        self.rows: list[dict] = []
+        self._pending_rows: list[dict] = []
+        self.peak = 0.0
+        self.session = session
+        self.metrics_file = metrics_file
+
+    def add(self, chunk: ClosedLoopChunk) -> None:
+        start, stop = chunk.start, chunk.start + chunk.error_on.size
+        self.peak = max(self.peak, float(np.max(np.abs(chunk.output))) if chunk.output.size else 0.0)
+        lo = max(start, self.kept_from)
+        if lo < stop:
+            for name, kept in self.kept.items():
+                kept[lo - self.kept_from:stop - self.kept_from] = getattr(chunk, name)[lo - start:]
+        off = np.concatenate([self._frame_carry[0], chunk.error_off])
+        on = np.concatenate([self._frame_carry[1], chunk.error_on])
+        count = off.size // self.frame
+        if count:
+            a = off[:count * self.frame].reshape(count, self.frame)
+            b = on[:count * self.frame].reshape(count, self.frame)
+            self.frame_energy_off.extend(np.einsum("ij,ij->i", a, a).tolist())
+            self.frame_energy_on.extend(np.einsum("ij,ij->i", b, b).tolist())
+        self._frame_carry = (off[count * self.frame:], on[count * self.frame:])
+        parts = [np.concatenate([carry, new]) for carry, new in
+                 zip(self._second_carry, (chunk.error_off, chunk.error_on, chunk.output))]
+        used = 0
+        while parts[0].size - used >= self.fs:
+            self._second_row(*(p[used:used + self.fs] for p in parts))
+            used += self.fs
+        self._second_carry = [p[used:] for p in parts]
+        self._flush_rows(final=False)
+
+    def _second_row(self, off: np.ndarray, on: np.ndarray, output: np.ndarray) -> None:
+        fs = self.fs
+        self._second_samples += off.size
+        self._pending_rows.append({
+            "t_s": round(self._second_samples / fs, 3),
+            "attenuation_db": round(report.attenuation_db(off, on), 2),
+            "attenuation_band_db": round(report.band_attenuation_db(off, on, fs), 2),
+            "error_off_rms_dbfs": round(10 * np.log10(np.mean(off * off) + 1e-30), 2),
+            "error_on_rms_dbfs": round(10 * np.log10(np.mean(on * on) + 1e-30), 2),
+            "output_rms_dbfs": round(10 * np.log10(np.mean(output * output) + 1e-30), 2),
+        })
+
+    def _flush_rows(self, final: bool) -> None:
+        """Rows go out once the device's metrics interval for the same second is closed."""
+        device = self.session.worker.report.metrics
+        while self._pending_rows:
+            index = len(self.rows)
+            if index >= len(device) and not final:
+                break
+            row = self._pending_rows.pop(0)
+            if index < len(device):
+                row["device"] = device[index].to_dict()
+            self.rows.append(row)
+            if self.metrics_file is not None:
+                self.metrics_file.write(json.dumps(row) + "\n")
+
+    def finish(self) -> None:
+        off, on, output = self._second_carry
+        if off.size >= self.fs // 10:  # a last partial second, if it is long enough to mean something
+            self._second_row(off, on, output)
+        self._flush_rows(final=True)
+
+    def attenuation_over_time(self) -> tuple[np.ndarray, np.ndarray]:
+        off = np.asarray(self.frame_energy_off)
+        on = np.asarray(self.frame_energy_on)
+        ratio = off / np.maximum(on, 1e-30)
+        times = (np.arange(off.size) + 1) * self.frame / self.fs
+        return times, 10.0 * np.log10(np.maximum(ratio, 1e-30))
+
+    def steady(self, name: str) -> np.ndarray:
+        return self.kept[name][self.window.start - self.kept_from:]
+
+
+class _Outputs:
+    """WAVs and metrics.jsonl written as the run goes, under temporary names until `commit`."""
+
+    def __init__(self, out: Path, fs: int):
+        import soundfile
+
+        self.out = out
+        self.temporary: dict[Path, Path] = {}
+        self.wavs = {}
+        for name in WAV_OUTPUTS:
+            final = out / name
+            temporary = self._temporary(final)
+            self.wavs[name] = soundfile.SoundFile(str(temporary), "w", samplerate=fs, channels=1,
+                                                  subtype="FLOAT", format="WAV")
+        metrics = out / "metrics.jsonl"
+        self.metrics = open(self._temporary(metrics), "w", encoding="utf-8")
+
+    def _temporary(self, final: Path) -> Path:
+        handle, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=final.suffix)
+        os.close(handle)
+        self.temporary[final] = Path(name)
+        return Path(name)
+
+    def add(self, chunk: ClosedLoopChunk) -> None:
+        self.wavs["error_off.wav"].write(chunk.error_off.astype(np.float32))
+        self.wavs["error_on.wav"].write(chunk.error_on.astype(np.float32))
+        self.wavs["anti_noise.wav"].write(chunk.output.astype(np.float32))
+
+    def close(self) -> None:
+        for handle in self.wavs.values():
+            handle.close()
+        self.metrics.close()
+
+    def commit(self) -> list[Path]:
+        self.close()
+        for final, temporary in self.temporary.items():
+            os.replace(temporary, final)
+        written = list(self.temporary)
+        self.temporary = {}
+        return written
+
+    def discard(self) -> None:
+        self.close()
+        for temporary in self.temporary.values():
+            temporary.unlink(missing_ok=True)
+        self.temporary = {}
+
+
 def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None = None,
              spool: Any | None = None, progress: bool = False,
-             secondary_path_changes: list[tuple[int, np.ndarray]] | None = None) -> Simulation:
+             secondary_path_changes: list[tuple[int, np.ndarray]] | None = None,
+             out: str | Path | None = None, keep_signals: bool = False) -> Simulation:
+    """Simulate the scene; with `out`, write every output there (nothing is created before the
+    scene, plant, configuration and classifier have been checked). `keep_signals` also keeps
+    the whole signals in memory (`Simulation.result`), for tests on short scenes."""
     plant = Plant.load(plant_name or cfg.simulator.plant)
     if secondary_path_changes:
         plant.path_changes = sorted([*plant.path_changes, *(PathChange(int(at), np.asarray(path, dtype=np.float64))
@@ -86,23 +245,57 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
                                     key=lambda change: change.at_sample)
     block_size = cfg.audio.block_size
     plant.check_block_size(block_size)
-    scene = load_scene(scene_path, plant.sample_rate)
+    scene = SceneStream(scene_path, plant.sample_rate)
     seed = cfg.simulator.seed
     fs = plant.sample_rate
+    classifier = load_classifier(cfg, required=True)
 
-    ambient = scene.samples[:int(cfg.identification.ambient_s * fs)]
+    ambient = scene.head(int(cfg.identification.ambient_s * fs))
     rig = identify_rig_of_plant(cfg, plant, seed, ambient)
     secondary = rig.secondary
     feedback = rig.feedback if rig.neutralize_feedback else None
     # What identification decided becomes the configuration the runtime runs with.
     cfg = cfg.replace("controller", feedback_neutralization=rig.neutralize_feedback,
                       taps=resolved_controller_taps(cfg.controller, rig.recommended_taps))
-    engine = AncEngine.from_config(cfg, secondary.estimate, None if feedback is None else feedback.estimate,
-                                   sample_rate=fs, block_size=block_size)
-    engine.warm_up()
-    classifier, classifier_error = load_classifier(cfg)
-    session = Session(cfg, engine, classifier=classifier, spool=spool, classifier_error=classifier_error)
+    out_dir = prepare_out_dir(out) if out is not None else None
+    own_spool = None
+    if out_dir is not None and spool is None:
+        try:
+            from device.contract.spool import Spool
 
+            spool = own_spool = Spool(out_dir / "spool.sqlite", int(cfg.spool.budget_mb * 2**20))
+        except ImportError:
+            spool = None
+    outputs = None
+    try:
+        session = compose_session(cfg, secondary.estimate, None if feedback is None else feedback.estimate,
+                                  sample_rate=fs, block_size=block_size, spool=spool, classifier=classifier)
+        outputs = _Outputs(out_dir, fs) if out_dir is not None else None
+        sim = _run(scene, plant, cfg, session, rig, outputs, _progress_printer(progress), keep_signals,
+                   str(scene_path))
+    except BaseException:
+        if outputs is not None:
+            outputs.discard()
+        if own_spool is not None:
+            own_spool.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(out_dir / "spool.sqlite") + suffix).unlink(missing_ok=True)
+        raise
+    if own_spool is not None:
+        own_spool.close()
+    if out_dir is not None:
+        sim.written = outputs.commit() + _write_final_outputs(sim, out_dir)
+        if own_spool is not None:
+            sim.written.append(out_dir / "spool.sqlite")
+    return sim
+
+
+def _run(scene: SceneStream, plant: Plant, cfg: Config, session: Session, rig: RigIdentification,
+         outputs, on_progress, keep_signals: bool, scene_name: str) -> Simulation:
+    secondary = rig.secondary
+    feedback = rig.feedback if rig.neutralize_feedback else None
+    fs = plant.sample_rate
+    block_size = cfg.audio.block_size
     counter = [0]
 
     def process_block(reference, error, out, meta):
@@ -111,38 +304,49 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
         if counter[0] % POLL_EVERY_BLOCKS == 0:
             session.poll()
 
-    result = run_closed_loop(scene.samples, plant, process_block, block_size, seed,
-                             on_progress=_progress_printer(progress))
+    loop = ClosedLoop(plant, process_block, block_size, cfg.simulator.seed)
+    steady_start = report.steady_window(scene.samples, fs).start
+    full_secondary = plant.full_secondary_path(steady_start)
+    history = cfg.controller.taps + full_secondary.size + plant.reference_path.size
+    measured = Measurements(scene.samples, fs, history, session, None if outputs is None else outputs.metrics)
+    chunk_length = max(1, int(CHUNK_S * fs) // block_size) * block_size
+    kept: list[ClosedLoopChunk] = []
+    done = 0
+    for scene_chunk in scene.chunks(chunk_length):
+        chunk = loop.run(scene_chunk)
+        measured.add(chunk)
+        if outputs is not None:
+            outputs.add(chunk)
+        if keep_signals:
+            kept.append(chunk)
+        done += scene_chunk.size
+        if on_progress is not None:
+            on_progress(min(1.0, done / scene.samples))
     session_summary = session.stop()
-
-    n = result.error_on.size
-    window = report.steady_window(n, fs)
-    off, on = result.error_off[window], result.error_on[window]
+    measured.finish()
+    duration_s = scene.samples / fs
+    window = measured.window
+    off, on = measured.steady("error_off"), measured.steady("error_on")
     attenuation = report.attenuation_db(off, on)
     band = report.band_attenuation_db(off, on, fs)
-    optima = causal_optima(result.disturbance_reference, result.error_off, plant.full_secondary_path(window.start),
-                           cfg.controller.taps, window.start, window.stop, cfg.safety.max_weight_norm)
+    start = window.start - measured.kept_from
+    optima = causal_optima(measured.kept["disturbance_reference"], measured.kept["error_off"], full_secondary,
+                           cfg.controller.taps, start, measured.kept["error_off"].size, cfg.safety.max_weight_norm)
     optimum = optima.reachable
-    optimum_db = report.attenuation_db(off, optimum.error[window])
-    optimum_band_db = report.band_attenuation_db(off, optimum.error[window], fs)
-    unconstrained_db = report.attenuation_db(off, optima.unconstrained.error[window])
+    optimum_error = optimum.error[start:]
+    optimum_db = report.attenuation_db(off, optimum_error)
+    optimum_band_db = report.band_attenuation_db(off, optimum_error, fs)
+    unconstrained_error = optima.unconstrained.error[start:]
+    unconstrained_db = report.attenuation_db(off, unconstrained_error)
+    times, att = measured.attenuation_over_time()
+    settled = report.convergence(times, att, attenuation)
     causality = plant.causality()
-    events = [event.to_dict() for event in session.worker.report.safety_events]
     worker = session.worker.report
-    classes = [{"time_s": round(c.time_s, 3), "noise_type": c.noise_type, "confidence": round(c.confidence, 3)}
-               for c in worker.class_changes]
-    dominant = None
-    dominant_confidence = None
-    if worker.detections:
-        labels = [d["noise_type"] for d in worker.detections]
-        dominant = max(sorted(set(labels)), key=labels.count)
-        dominant_confidence = round(float(np.mean([d["confidence"] for d in worker.detections
-                                                   if d["noise_type"] == dominant])), 3)
-    ceiling_dbfs = cfg.safety.output_ceiling_dbfs
-    peak = float(np.max(np.abs(result.output))) if result.output.size else 0.0
+    shared = session_summary_parts.session_parts(session)
+    dominant, dominant_confidence = session_summary_parts.dominant_class(worker)
     summary = {
-        "scene": str(scene_path),
-        "duration_s": round(result.duration_s, 3),
+        "scene": scene_name,
+        "duration_s": round(duration_s, 3),
         "sample_rate": fs,
         "scene_sample_rate": scene.source_rate,
         "scene_channels": scene.channels,
@@ -156,14 +360,16 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
         "steady_state_s": [round(window.start / fs, 3), round(window.stop / fs, 3)],
         "attenuation_db": round(attenuation, 2),
         "attenuation_band_db": round(band, 2),
-        "convergence_s": None if (c := report.convergence_time(result.error_off, result.error_on, fs, attenuation)) is None else round(c, 2),
+        "convergence_s": None if settled.time_s is None else round(settled.time_s, 2),
+        "convergence_rule": report.CONVERGENCE_RULE,
+        "dips": settled.dips,
         "wiener_bound_db": round(optimum_db, 2),
         "wiener_bound_band_db": round(optimum_band_db, 2),
         "gap_to_optimum_db": round(optimum_db - attenuation, 2),
         # wiener_bound_* is the optimum reachable within ||w|| <= safety.max_weight_norm; the
         # unconstrained least-squares optimum beside it (simulator/optimum.py).
         "optimum_unconstrained_db": round(unconstrained_db, 2),
-        "optimum_unconstrained_band_db": round(report.band_attenuation_db(off, optima.unconstrained.error[window], fs), 2),
+        "optimum_unconstrained_band_db": round(report.band_attenuation_db(off, unconstrained_error, fs), 2),
         "optimum_weight_norm": round(optimum.weight_norm, 2),
         "optimum_unconstrained_weight_norm": round(optima.unconstrained.weight_norm, 2),
         "optimum_max_weight_norm": optima.max_weight_norm,
@@ -178,60 +384,39 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
         "primary_span_samples": rig.primary_span_samples,
         "recommended_controller_taps": rig.recommended_taps,
         "feedback_path_in_plant": plant.feedback_path is not None,
-        "real_time_factor": round(result.duration_s / max(result.wall_time_s, 1e-9), 1),
-        "engine_real_time_factor": round(result.duration_s / max(result.engine_time_s, 1e-9), 1),
-        "safety_events": events,
+        "real_time_factor": round(duration_s / max(loop.wall_time_s, 1e-9), 1),
+        "engine_real_time_factor": round(duration_s / max(loop.engine_time_s, 1e-9), 1),
+        "safety_events": shared["safety_events"],
         "watchdog_trips": session_summary["watchdog_trips"],
         "diverged": session_summary["watchdog_trips"] > 0,
-        "output_peak_dbfs": round(20 * np.log10(max(peak, 1e-12)), 2),
-        "output_ceiling_dbfs": ceiling_dbfs,
-        "estimated_cancellation_db": _device_estimate(worker.metrics, window.start / fs),
+        "output_peak_dbfs": round(20 * np.log10(max(measured.peak, 1e-12)), 2),
+        "output_ceiling_dbfs": cfg.safety.output_ceiling_dbfs,
+        "estimated_cancellation_db": session_summary_parts.mean_cancellation_db(worker.metrics, after_s=window.start / fs),
         "session_avg_cancellation_db": session_summary["avg_cancellation_db"],
-        "noise_classes": classes,
+        "noise_classes": shared["noise_classes"],
         "dominant_class": dominant,
         "dominant_class_confidence": dominant_confidence,
         "detections": len(worker.detections),
-        "classifier": "on" if worker.classifier_error is None else f"off: {worker.classifier_error}",
-        "records_written": worker.records_written,
-        "session_id": session.session_id,
+        "classifier": shared["classifier"],
+        "records_written": shared["records_written"],
+        "session_id": shared["session_id"],
         "anc_mode": session_summary["anc_mode"],
         "modes": session_summary["modes"],
         "alarms": [{k: a[k] for k in ("kind", "start_s", "detected_s", "end_s", "confidence", "level_dbfs")}
                    for a in session_summary["alarms"]],
     }
-    metrics = per_second_metrics(result, session)
-    return Simulation(scene, plant, cfg, result, secondary, feedback, optimum.error, summary, metrics, session)
+    result = None
+    if keep_signals:
+        def joined(name: str) -> np.ndarray:
+            return np.concatenate([getattr(part, name) for part in kept])
 
-
-def _device_estimate(metrics, steady_start_s: float) -> float | None:
-    """The device's own cancellation estimate over the steady state (mean of its intervals)."""
-    values = [m.estimated_cancellation_db for m in metrics
-              if m.estimated_cancellation_db is not None and m.time_s > steady_start_s + 1e-9]
-    return None if not values else round(float(np.mean(values)), 2)
-
-
-def per_second_metrics(result: ClosedLoopResult, session: Session) -> list[dict]:
-    fs = result.sample_rate
-    worker_metrics = session.worker.report.metrics
-    rows = []
-    seconds = int(np.ceil(result.duration_s))
-    for k in range(seconds):
-        part = slice(k * fs, min((k + 1) * fs, result.error_on.size))
-        off, on = result.error_off[part], result.error_on[part]
-        if off.size < fs // 10:
-            break
-        row = {
-            "t_s": round(part.stop / fs, 3),
-            "attenuation_db": round(report.attenuation_db(off, on), 2),
-            "attenuation_band_db": round(report.band_attenuation_db(off, on, fs), 2),
-            "error_off_rms_dbfs": round(10 * np.log10(np.mean(off * off) + 1e-30), 2),
-            "error_on_rms_dbfs": round(10 * np.log10(np.mean(on * on) + 1e-30), 2),
-            "output_rms_dbfs": round(10 * np.log10(np.mean(result.output[part] ** 2) + 1e-30), 2),
-        }
-        if k < len(worker_metrics):
-            row["device"] = worker_metrics[k].to_dict()
-        rows.append(row)
-    return rows
+        result = ClosedLoopResult(fs, block_size, joined("reference"), joined("error_off"), joined("error_on"),
+                                  joined("output"), joined("disturbance_reference"), loop.wall_time_s,
+                                  loop.engine_time_s)
+    sim = Simulation(scene, plant, cfg, secondary, feedback, optimum_error, summary, measured.rows, session,
+                     result=result)
+    sim.plot_data = (off, on, optimum_error, times, att, window)
+    return sim
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -258,41 +443,30 @@ def prepare_out_dir(out: str | Path) -> Path:
     return out
 
 
-def write_outputs(sim: Simulation, out: Path) -> list[Path]:
-    import soundfile
-
-    fs = sim.result.sample_rate
+def _write_final_outputs(sim: Simulation, out: Path) -> list[Path]:
+    """What is only known at the end: the paths, summary.json, report.png."""
     written: list[Path] = []
-
-    def wav(name: str, samples: np.ndarray) -> None:
-        path = out / name
-        _atomic_write(path, lambda tmp: soundfile.write(tmp, samples.astype(np.float32), fs, subtype="FLOAT", format="WAV"))
-        written.append(path)
 
     def npy(name: str, array: np.ndarray) -> None:
         path = out / name
         _atomic_write(path, lambda tmp: np.save(tmp, array))
         written.append(path)
 
-    wav("error_off.wav", sim.result.error_off)
-    wav("error_on.wav", sim.result.error_on)
-    wav("anti_noise.wav", sim.result.output)
     npy("primary_path.npy", sim.plant.primary_path)
     npy("secondary_path.npy", sim.plant.secondary_path)
     npy("reference_path.npy", sim.plant.reference_path)
     if sim.plant.feedback_path is not None:
         npy("feedback_path.npy", sim.plant.feedback_path)
     npy("secondary_path_estimate.npy", sim.identification.estimate)
-    metrics_path = out / "metrics.jsonl"
-    _atomic_write(metrics_path, lambda tmp: Path(tmp).write_text("".join(json.dumps(row) + "\n" for row in sim.metrics)))
-    written.append(metrics_path)
     summary_path = out / "summary.json"
     _atomic_write(summary_path, lambda tmp: Path(tmp).write_text(json.dumps(sim.summary, indent=2) + "\n"))
     written.append(summary_path)
     try:
         png = out / "report.png"
-        window = report.steady_window(sim.result.error_on.size, fs)
-        _atomic_write(png, lambda tmp: report.write_png(Path(tmp), sim.result, window, sim.optimum_error,
+        off, on, optimum_error, times, att, window = sim.plot_data
+        fs = sim.plant.sample_rate
+        _atomic_write(png, lambda tmp: report.write_png(Path(tmp), fs, off, on, optimum_error, times, att,
+                                                        (window.start / fs, window.stop / fs),
                                                         f"{Path(sim.summary['scene']).name} on {sim.plant.name}",
                                                         modes=sim.summary["modes"], alarms=sim.summary["alarms"]))
         written.append(png)
@@ -302,9 +476,34 @@ def write_outputs(sim: Simulation, out: Path) -> list[Path]:
     return written
 
 
+def gap_in_words(gap_db: float) -> str:
+    """The controller against the optimum, the sign in words: an adaptive filter can beat the
+    best fixed one when the scene drifts."""
+    if gap_db > 0.05:
+        return f"{gap_db:.1f} dB short of it"
+    if gap_db < -0.05:
+        return f"{-gap_db:.1f} dB better than it: an adaptive filter tracks what a fixed one cannot"
+    return "level with it"
+
+
+def convergence_in_words(summary: dict) -> str:
+    if summary["convergence_s"] is None:
+        if summary["attenuation_db"] is None or summary["attenuation_db"] < report.CONVERGENCE_MARGIN_DB:
+            return "no meaningful cancellation to converge to"
+        return (f"never stayed within {report.CONVERGENCE_MARGIN_DB:g} dB of the steady state for "
+                f"{report.CONVERGENCE_HOLD_S:g} s")
+    text = (f"{summary['convergence_s']:.2f} s to stay within {report.CONVERGENCE_MARGIN_DB:g} dB of the steady state "
+            f"(for {report.CONVERGENCE_HOLD_S:g} s or more)")
+    dips = summary.get("dips") or []
+    if dips:
+        shown = ", ".join(f"{d['start_s']:.1f}-{d['end_s']:.1f} s (down to {d['min_db']:.1f} dB)" for d in dips[:3])
+        more = f" and {len(dips) - 3} more" if len(dips) > 3 else ""
+        text += f"; {len(dips)} dip{'s' if len(dips) > 1 else ''} below it later: {shown}{more}"
+    return text
+
+
 def format_summary(summary: dict) -> str:
-    def db(value):
-        return "n/a" if value is None else f"{value:.1f} dB"
+    db = session_summary_parts.db
 
     lines = [
         f"scene        {summary['scene']}  ({summary['duration_s']:.1f} s, {summary['scene_sample_rate']} Hz"
@@ -319,9 +518,8 @@ def format_summary(summary: dict) -> str:
         f"(steady state {summary['steady_state_s'][0]:.1f}-{summary['steady_state_s'][1]:.1f} s)",
         f"optimum      {db(summary['wiener_bound_db'])} overall, {db(summary['wiener_bound_band_db'])} in 50-1000 Hz: "
         f"the best causal {summary['taps']}-tap filter on this plant and scene "
-        f"(controller is {summary['gap_to_optimum_db']:.1f} dB from it)",
-        "convergence  " + ("no meaningful cancellation to converge to" if summary["convergence_s"] is None
-                            else f"{summary['convergence_s']:.2f} s to within 3 dB of the steady state"),
+        f"(controller is {gap_in_words(summary['gap_to_optimum_db'])})",
+        "convergence  " + convergence_in_words(summary),
         f"device view  {db(summary['estimated_cancellation_db'])} over the steady state, as the device estimates it from "
         f"its own microphones and secondary-path model",
         f"speed        {summary['real_time_factor']:.1f}x real time (device side alone, engine and worker without the plant simulation: {summary['engine_real_time_factor']:.0f}x)",
@@ -330,21 +528,13 @@ def format_summary(summary: dict) -> str:
     if summary["feedback_path_in_plant"] and summary["feedback_identification"] is None:
         lines.append("feedback     the plant leaks the speaker into the reference mic and "
                      "controller.feedback_neutralization is off")
-    if summary["safety_events"]:
-        lines.append(f"safety       {len(summary['safety_events'])} watchdog events:")
-        for event in summary["safety_events"][:10]:
-            lines.append(f"             {event['time_s']:.3f} s  {event['kind']} ({event['value']:.1f}), "
-                         f"step size was {event['step_size']:.4g}")
-        if any(event["kind"] == "stopped_reidentify" for event in summary["safety_events"]):
-            lines.append("             anti-noise stopped: the secondary path no longer matches; run `anc-device identify`")
-    else:
-        lines.append("safety       no watchdog events")
+    lines.extend(session_summary_parts.safety_lines(summary["safety_events"]))
     lines.append(format_alarms(summary["alarms"], summary["modes"]))
     if summary["classifier"] != "on":
         lines.append(f"classes      classifier {summary['classifier']}")
     elif summary["noise_classes"]:
-        timeline = ", ".join(f"{c['time_s']:.1f} s {c['noise_type']}" for c in summary["noise_classes"])
-        lines.append(f"classes      dominant {summary['dominant_class']}; timeline: {timeline}")
+        timeline = session_summary_parts.class_intervals(summary["noise_classes"], summary["duration_s"])
+        lines.append(f"classes      dominant {summary['dominant_class']}; {timeline}")
     elif summary["dominant_class"] is not None:
         lines.append(f"classes      mostly {summary['dominant_class']} (mean confidence "
                      f"{summary['dominant_class_confidence']:.2f} over {summary['detections']} windows), never confident "

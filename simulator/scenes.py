@@ -86,6 +86,147 @@ def load_scene(path: str | Path, sample_rate: int) -> Scene:
     )
 
 
+class SceneStream:
+    """A scene read in chunks: checked once in a streaming pass (readable, not empty, no NaN,
+    long enough, not silence) when opened, then `chunks()` yields float64 mono at the plant
+    rate any number of times, in pieces of a fixed length, without holding the file in memory.
+    Resampling runs on overlapping segments, so the chunks join up to what `resample` gives
+    on the whole file (the polyphase filter sees the same neighbours)."""
+
+    READ_FRAMES = 1 << 16
+
+    def __init__(self, path: str | Path, sample_rate: int):
+        import soundfile
+
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"{path}: scene file not found")
+        if path.is_dir():
+            raise UserError(f"{path}: is a directory, not an audio file")
+        if path.stat().st_size == 0:
+            raise UserError(f"{path}: file is empty")
+        self.path = path
+        self.sample_rate = sample_rate
+        try:
+            info = soundfile.info(str(path))
+            frames = 0
+            nonzero = False
+            bad = 0
+            for block in self._blocks():
+                frames += block.size
+                finite = np.isfinite(block)
+                if not finite.all():
+                    bad += int(np.count_nonzero(~finite))
+                nonzero = nonzero or bool(np.any(block))
+        except (RuntimeError, soundfile.LibsndfileError, TypeError, ValueError) as exc:
+            reason = str(exc).split(":")[-1].strip() or exc.__class__.__name__
+            raise UserError(f"{path}: not a readable audio file ({reason})") from None
+        rate = int(info.samplerate)
+        if frames == 0:
+            raise UserError(f"{path}: audio file has no samples")
+        if bad:
+            raise UserError(f"{path}: {bad} samples are NaN or infinite")
+        if frames / rate < MIN_SCENE_SECONDS:
+            raise UserError(f"{path}: scene is {frames / rate:.3f} s long; at least {MIN_SCENE_SECONDS} s is needed")
+        if not nonzero:
+            raise UserError(f"{path}: scene is digital silence; there is nothing to cancel")
+        self.source_rate = rate
+        self.source_frames = frames
+        self.channels = int(info.channels)
+        self.subtype = str(info.subtype)
+        ratio = Fraction(sample_rate, rate).limit_denominator(1000) if rate != sample_rate else Fraction(1)
+        self.up, self.down = ratio.numerator, ratio.denominator
+        self.samples = -(-frames * self.up // self.down)  # what resample_poly returns for the whole file
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples / self.sample_rate
+
+    def _blocks(self, frames: int | None = None):
+        import soundfile
+
+        with soundfile.SoundFile(str(self.path)) as handle:
+            for block in handle.blocks(blocksize=frames or self.READ_FRAMES, dtype="float64", always_2d=True):
+                yield block[:, 0].copy()
+
+    def _resampled(self):
+        """Plant-rate pieces of arbitrary length, in order."""
+        if self.up == self.down:
+            yield from self._blocks()
+            return
+        import scipy.signal
+
+        up, down = self.up, self.down
+        # resample_poly's filter reaches 10*max(up, down) upsampled samples either side.
+        pad = -(-(10 * max(up, down) // up + 2) // down) * down
+        step = max(down, self.READ_FRAMES // down * down)
+        history = np.zeros(pad)          # input before the segment (zeros before the start)
+        pending = np.zeros(0)            # input not resampled yet
+        produced = 0
+        done_input = 0                   # input samples whose outputs have been emitted
+        source = self._blocks(step)
+        exhausted = False
+        while True:
+            while not exhausted and pending.size < step + pad:
+                block = next(source, None)
+                if block is None:
+                    exhausted = True
+                else:
+                    pending = np.concatenate([pending, block])
+            if exhausted:
+                take = pending.size
+                if take == 0:
+                    break
+                right = np.zeros(pad)
+                body = pending
+            else:
+                take = step
+                body = pending[:step]
+                right = pending[step:step + pad]
+            segment = np.concatenate([history, body, right])
+            y = scipy.signal.resample_poly(segment, up, down)
+            first = pad * up // down
+            if exhausted:
+                count = self.samples - produced
+            else:
+                count = take * up // down
+            yield y[first:first + count]
+            produced += count
+            done_input += take
+            history = np.concatenate([history, body])[-pad:]
+            pending = pending[take:]
+            if exhausted:
+                break
+
+    def head(self, samples: int) -> np.ndarray:
+        """The first `samples` samples at the plant rate (fewer if the scene is shorter)."""
+        if samples <= 0:
+            return np.zeros(0)
+        parts, count = [], 0
+        for piece in self._resampled():
+            parts.append(piece[:samples - count])
+            count += parts[-1].size
+            if count >= samples:
+                break
+        return np.concatenate(parts)
+
+    def chunks(self, length: int):
+        """Plant-rate float64 mono in pieces of exactly `length` samples (the last may be shorter)."""
+        buffer = np.empty(length)
+        filled = 0
+        for piece in self._resampled():
+            while piece.size:
+                take = min(length - filled, piece.size)
+                buffer[filled:filled + take] = piece[:take]
+                filled += take
+                piece = piece[take:]
+                if filled == length:
+                    yield buffer.copy()
+                    filled = 0
+        if filled:
+            yield buffer[:filled].copy()
+
+
 # -- generators ------------------------------------------------------------------------------
 
 def _normalize(x: np.ndarray, rms_dbfs: float) -> np.ndarray:
@@ -185,10 +326,11 @@ def generate_scene(kind: str, duration_s: float, sample_rate: int = 48000, seed:
     return _normalize(x, level_dbfs)
 
 
-def write_scene(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
+def write_scene(path: str | Path, samples: np.ndarray, sample_rate: int, format: str | None = None) -> None:
+    """16-bit PCM, scaled down if it would clip; `format` ("WAV", "FLAC") or from the extension."""
     import soundfile
 
     peak = np.max(np.abs(samples))
     if peak >= 1.0:
         samples = samples / peak * 0.99
-    soundfile.write(str(path), samples, sample_rate, subtype="PCM_16")
+    soundfile.write(str(path), samples, sample_rate, subtype="PCM_16", format=format)

@@ -67,7 +67,8 @@ def test_broadband_noise_in_the_causal_duct_is_cancelled(cfg, tmp_path):
 
 def test_watchdog_catches_a_secondary_path_sign_flip_and_output_stays_under_the_ceiling(cfg, tonal_scene, headphone):
     flip_at = 6 * 48000
-    sim = simulate(tonal_scene, cfg, "headphone", secondary_path_changes=[(flip_at, -headphone.secondary_path)])
+    sim = simulate(tonal_scene, cfg, "headphone", secondary_path_changes=[(flip_at, -headphone.secondary_path)],
+                   keep_signals=True)
     events = sim.summary["safety_events"]
     assert events, "the watchdog did not trip"
     assert all(event["time_s"] >= 6.0 for event in events)

@@ -29,7 +29,12 @@ def run(args) -> int:
         print(json.dumps(listing))
         return 0
     print(f"{listing['portaudio']}")
-    print(f"host APIs: {', '.join(listing['host_apis'])}")
+    print(f"host APIs: {', '.join(listing['host_apis']) or 'none'}")
+    if not listing["devices"]:
+        print("no audio devices: PortAudio found no sound card and no sound server. Check that the card is plugged in "
+              "and listed by `aplay -l` / `arecord -l` (package alsa-utils), that this user is in the `audio` group, "
+              "or start the JACK or PipeWire server the configuration names (audio.input_device / audio.output_device)")
+        return 0
     print(f"{'':2} {'#':>3}  {'name':<40} {'host API':<12} {'in':>3} {'out':>3} {'rate':>7} {'low latency':>11}")
     for device in listing["devices"]:
         mark = {"input": "<", "output": ">"}

@@ -26,6 +26,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until SIGTERM/SIGINT)")
     parser.add_argument("--mode", help="what the speaker plays: off, anc or hear-through (default: anc.mode of the config)")
     parser.add_argument("--json", action="store_true", help="print the exit summary as exactly one JSON object on stdout")
+    parser.add_argument("--no-live-view", action="store_true",
+                        help="no status line on the terminal (it is off anyway when stderr is not a terminal or "
+                             "under systemd)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                         help="log level on stderr (default info)")
 
@@ -63,10 +66,11 @@ def run(args) -> int:
         cfg = with_mode(cfg, args.mode)
 
     from device.rig.audio import DuplexStream, import_sounddevice, resolve_stream
-    from device.core.engine import AncEngine
     from device.rig.estimates import load_estimates
-    from device.core.session import Session, load_classifier
+    from device.core.session import compose_session
     from device.rig.supervisor import Supervisor, format_summary
+    from device.commands import live_view
+    from device.commands.live_view import LiveView
 
     sd = import_sounddevice()
     spec = resolve_stream(sd, cfg)
@@ -81,18 +85,23 @@ def run(args) -> int:
     cfg = cfg.replace("controller", feedback_neutralization=estimates.feedback_path is not None,
                       taps=resolved_controller_taps(cfg.controller, estimates.metadata.get(
                           "recommended_controller_taps", DEFAULT_TAP_BUDGET)))
-    engine = AncEngine.from_config(cfg, estimates.secondary_path, estimates.feedback_path,
-                                   sample_rate=spec.sample_rate, block_size=spec.block_size)
-    engine.warm_up()
-    classifier, classifier_error = load_classifier(cfg)
     spool = open_spool(cfg)
     try:
-        session = Session(cfg, engine, classifier=classifier, spool=spool, classifier_error=classifier_error)
+        session = compose_session(cfg, estimates.secondary_path, estimates.feedback_path,
+                                  sample_rate=spec.sample_rate, block_size=spec.block_size, spool=spool)
         stream = DuplexStream(sd, spec, session)
         logging.getLogger(__name__).info(
             "secondary path: %d taps, modelling error %s dB, identified %s",
             estimates.secondary_path.size, estimates.metadata.get("quality_db"), estimates.metadata.get("created_at"))
-        summary = Supervisor(cfg, sd, session, stream, spool=spool).run(args.duration)
+        supervisor = Supervisor(cfg, sd, session, stream, spool=spool)
+        view = LiveView(supervisor) if live_view.wanted() and not args.no_live_view else None
+        if view is not None:
+            view.start()
+        try:
+            summary = supervisor.run(args.duration)
+        finally:
+            if view is not None:
+                view.stop()
     finally:
         if spool is not None:
             spool.close()

@@ -23,31 +23,18 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     # Heavy imports after argument parsing keep `--help` instant.
-    from simulator.run import format_summary, prepare_out_dir, simulate, write_outputs
+    from simulator.run import format_summary, simulate
 
     cfg = load_config(args.config)
     if args.mode is not None:
         cfg = with_mode(cfg, args.mode)
-    out = prepare_out_dir(args.out) if args.out else None
-    spool = None
-    if out is not None:
-        try:
-            from device.contract.spool import Spool
-
-            spool = Spool(out / "spool.sqlite", int(cfg.spool.budget_mb * 2**20))
-        except ImportError:
-            spool = None
-    try:
-        sim = simulate(args.scene, cfg, args.plant, spool=spool,
-                       progress=sys.stderr.isatty() and not args.json)
-    finally:
-        if spool is not None and hasattr(spool, "close"):
-            spool.close()
-    written = write_outputs(sim, out) if out is not None else []
+    sim = simulate(args.scene, cfg, args.plant, out=args.out,
+                   progress=sys.stderr.isatty() and not args.json)
     if args.json:
         print(json.dumps(sim.summary))
     else:
         print(format_summary(sim.summary))
-        if written:
-            print(f"wrote        {len(written)} files to {out}/ (report.png, error_off.wav, error_on.wav, metrics.jsonl, ...)")
+        if sim.written:
+            names = sorted(path.name for path in sim.written)
+            print(f"wrote        {len(names)} files to {args.out.rstrip('/')}/: {', '.join(names)}")
     return 0

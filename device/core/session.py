@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 RING_SECONDS = 2.0
 
 
-def load_classifier(cfg: Config) -> tuple[Any | None, str | None]:
-    """The configured classifier, or (None, reason): the controller runs without it."""
+def load_classifier(cfg: Config, required: bool = False) -> tuple[Any | None, str | None]:
+    """The configured classifier, or (None, reason): the controller runs without it.
+
+    `required`: a model that is missing or refused is a user mistake (UserError naming
+    `classifier.model`) rather than a warning; `classifier.enabled: false` is how to run without one."""
     if not cfg.classifier.enabled:
         return None, "disabled in the configuration"
     try:
@@ -38,6 +41,8 @@ def load_classifier(cfg: Config) -> tuple[Any | None, str | None]:
     try:
         return NoiseClassifier(cfg.classifier.model), None
     except UserError as exc:
+        if required:
+            raise UserError(f"classifier.model: {exc} (set classifier.enabled: false to run without it)") from None
         log.error("classifier refused, running without classification: %s", exc)
         return None, str(exc)
 
@@ -48,6 +53,20 @@ def record_factory(cfg: Config, session_id: str) -> Any | None:
     except ImportError:
         return None
     return RecordFactory(cfg.runtime.device_id or socket.gethostname(), session_id)
+
+
+def compose_session(cfg: Config, secondary_path: np.ndarray, feedback_path: np.ndarray | None, *,
+                    sample_rate: int, block_size: int, spool: Any | None = None,
+                    classifier: tuple[Any | None, str | None] | None = None) -> "Session":
+    """The one way a backend builds a session: the classifier first (a missing or refused model
+    is a UserError before anything is compiled), then the engine from the configuration and the
+    path estimates, compiled and warmed up, then the session around both and the spool.
+    `classifier`: what `load_classifier(cfg, required=True)` returned, when the caller checked it
+    earlier (before creating outputs)."""
+    model, classifier_error = classifier if classifier is not None else load_classifier(cfg, required=True)
+    engine = AncEngine.from_config(cfg, secondary_path, feedback_path, sample_rate=sample_rate, block_size=block_size)
+    engine.warm_up()
+    return Session(cfg, engine, classifier=model, spool=spool, classifier_error=classifier_error)
 
 
 class Session:

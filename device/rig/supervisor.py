@@ -37,6 +37,7 @@ from device.contract.config import Config
 from device.rig.control import RuntimeControl
 from device.rig.memory import page_out_cold_libraries, return_freed_memory
 from device.contract.errors import UserError
+from device.core import summary as session_summary_parts
 from device.core.session import Session
 from device.core.worker import memory_mb
 
@@ -267,7 +268,7 @@ class Supervisor:
         worker = self.session.worker
         spec = self.stream.spec
         period_ms = spec.block_size * 1e3 / spec.sample_rate
-        events = [event.to_dict() for event in worker.report.safety_events]
+        shared = session_summary_parts.session_parts(self.session)
         summary = {
             "status": session["status"],
             "device": spec.describe(),
@@ -288,14 +289,13 @@ class Supervisor:
             "gc_max_ms": round(self.gc_max_ms, 3),
             **memory_mb(),
             "estimated_cancellation_db": session["avg_cancellation_db"],
-            "estimated_cancellation_recent_db": _recent_cancellation(worker.report.metrics),
+            "estimated_cancellation_recent_db": session_summary_parts.mean_cancellation_db(worker.report.metrics, last=5),
             "watchdog_trips": session["watchdog_trips"],
-            "safety_events": events,
-            "noise_classes": [{"time_s": round(c.time_s, 3), "noise_type": c.noise_type,
-                               "confidence": round(c.confidence, 3)} for c in worker.report.class_changes],
-            "classifier": "on" if worker.report.classifier_error is None else f"off: {worker.report.classifier_error}",
-            "records_written": worker.report.records_written,
-            "session_id": self.session.session_id,
+            "safety_events": shared["safety_events"],
+            "noise_classes": shared["noise_classes"],
+            "classifier": shared["classifier"],
+            "records_written": shared["records_written"],
+            "session_id": shared["session_id"],
             "anc_mode": session["anc_mode"],
             "modes": session["modes"],
             "alarms": session["alarms"],
@@ -305,19 +305,10 @@ class Supervisor:
         return summary
 
 
-def _value(value) -> str:
-    return "-" if value is None else str(value)
-
-
-def _recent_cancellation(metrics, intervals: int = 5) -> float | None:
-    """The device's estimate over its last few metrics intervals (the session average includes
-    the convergence)."""
-    values = [m.estimated_cancellation_db for m in metrics[-intervals:] if m.estimated_cancellation_db is not None]
-    return round(float(sum(values) / len(values)), 2) if values else None
-
-
 def format_summary(summary: dict[str, Any]) -> str:
     from device.core.alarms import format_alarms
+
+    _value = session_summary_parts.value_or_dash
 
     def ms(key):
         value = summary.get(key)
@@ -340,7 +331,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"memory       {_value(summary['rss_mb'])} MiB resident (peak {_value(summary['rss_peak_mb'])}): "
         f"{_value(summary['rss_anon_mb'])} own, {_value(summary['rss_file_mb'])} libraries, "
         f"{_value(summary['rss_shmem_mb'])} shared memory (JACK)",
-        f"classifier   {summary['classifier']}; classes {', '.join(c['noise_type'] for c in summary['noise_classes']) or '-'}",
+        f"classifier   {summary['classifier']}; classes {session_summary_parts.class_intervals(summary['noise_classes'], summary['duration_s'])}",
         f"records      {summary['records_written']} written to the spool",
         format_alarms(summary["alarms"], summary["modes"]),
     ]
