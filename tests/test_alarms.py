@@ -99,3 +99,21 @@ def test_thresholds_are_config_keys_with_ranges(tmp_path):
     bad.write_text("alarms:\n  prominence_db: 100\n")
     with pytest.raises(ConfigError, match=r"alarms\.prominence_db: 100\.0 is out of range \[3, 40\] dB"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode", "loud"], "anc-device: error: --mode: 'loud' is not one of off, anc, hear-through\n"),
+    (["--config", "BAD"], "alarms.hold_s: -1.0 is out of range [0, 60] s\n"),
+])
+def test_bad_mode_or_threshold_on_the_command_line_is_one_line_and_exit_2(args, message, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("alarms:\n  hold_s: -1\n")
+    args = [str(bad) if a == "BAD" else a for a in args]
+    run = subprocess.run([sys.executable, "-m", "device.cli", "--simulate", str(ROOT / "simulator/scenes/pink.wav"),
+                          *args], capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.endswith(message) and run.stderr.count("\n") == 1, run.stderr
