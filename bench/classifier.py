@@ -3,7 +3,7 @@
 Prints JSON lines:
   {"bench": "features", ...}   feature_vector on one window (median, p99, max in ms)
   {"bench": "inference", ...}  one onnxruntime call on one feature vector
-  {"bench": "classify", ...}   NoiseClassifier.classify: both, as the worker calls it every hop
+  {"bench": "classify", ...}   NoiseClassifier.classify: both plus the `unknown` rule, as the worker calls it every hop
   {"bench": "decimator", ...}  StreamDecimator.process on one 32-sample 48 kHz block (microseconds)
   {"bench": "model", ...}      ONNX file size, trees, nodes; RSS added by importing onnxruntime and
                                loading the model (MiB, from /proc/self/status)
@@ -85,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"bench": "features", "window_s": window_s, **feat, **host}))
     infer = timings(clf.classify_features, [vectors[i % 64] for i in range(args.windows)])
     print(json.dumps({"bench": "inference", "intra_op_threads": 1, **infer}))
-    both = timings(clf.classify, wins)
+    from device.contract.config import load_config
+    from device.core.classifier import UnknownRule
+
+    rule = UnknownRule.from_config(load_config().classifier)
+    both = timings(lambda w: clf.classify(w, rule), wins)
     print(json.dumps({"bench": "classify", "window_s": window_s, **both}))
 
     dec = features.StreamDecimator(48000, features.SAMPLE_RATE)

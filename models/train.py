@@ -1,6 +1,6 @@
 """Train the noise classifier: Random Forest on `device.core.features`, exported to ONNX with a model card.
 
-    python -m models.train [--data DIR] [--out models/noise_classifier.onnx] [--seed 0] [--quick]
+    python -m models.train [--data DIR] [--out models/noise_classifier.onnx] [--seed 0] [--no-eval]
 
 Data: the real recordings in ``<repo>/../shared/data/noise/<class>/*.wav`` (16 kHz mono; its
 README gives sources, licences and attribution, copied into the model card) plus seeded
@@ -23,25 +23,30 @@ each step drawn from a seeded generator:
   brown/pink/white noise, or a hum;
 * microphone self-noise (white, 35-60 dB below), a gain of -40..+6 dB;
 * a slow gain swell (recordings only): 2-8 dB at 0.1-0.6 Hz, as a vehicle passing or people
-  moving nearer; then clipping at full scale and 16-bit quantisation.
+  moving nearer; then clipping at full scale and 16-bit quantisation;
+* speed and pitch (recordings only, applied first): playback 0.9-1.1x by polyphase resampling
+  (an engine, a saw, voices a little faster or slower).
 
 `AUG_PARAMS` holds the probabilities and ranges (copied into the model card); `models/ablation.py`
-measures variants of them, and of the features and forest, under the same grouped CV.
+measures the feature groups under the same leave-one-source-out protocol.
 
 Copies per clip are chosen so that each class gets about the same number of training rows.
 
-Evaluation is grouped by SOURCE RECORDING, never by clip or window: in each of the 5 folds the
-test recordings (and every augmented row built from them, including as mixed-in background)
-are absent from training. Traffic (2 Berlin recordings), office (2 SSE recordings) and
-construction (17 ESC-10 chainsaw recordings, split by ESC-10's own folds, which keep a
-freesound source together) are tested on recordings the model has never heard. Cafe has ONE
-recording, so leave-one-recording-out is impossible: it is split by time into 5 blocks of
-consecutive clips with a guard gap of one clip (4 s) on each side, and reported separately --
-that figure says the model recognises other moments of the same cafe, not other cafes. The
-synthetic white/pink are held out by generator seed.
+Evaluation is LEAVE-ONE-SOURCE-OUT: each source recording (a Berlin street, a cafe, an ESC-10
+chainsaw recording; the generated white/pink "recordings" of one generator index together) is
+held out in turn; its windows, and every augmented row built from it (also as mixed-in
+background), are absent from training. In each outer fold the feature set (`CANDIDATES`:
+every feature, or without the lowest MFCC means that carry the microphone's EQ) is chosen on a
+two-way inner split of the training recordings (`select_candidate`: a class left with one
+recording is split by time for training but not scored), never on the held-out one.
+The fold also computes the out-of-distribution statistics from its training rows and reports
+which held-out windows the device's `unknown` rule (config `classifier.unknown_*`) would
+answer `unknown`, and a reliability curve of the forest's probabilities.
 
-The final model is trained on everything and written with its card (classes, feature spec,
-data summary and attribution, hyper-parameters, evaluation, sha256 of the ONNX file).
+The final model is trained on everything, with the feature set the inner split of all
+recordings chooses, and written with its card (classes, feature spec, data summary and
+attribution, hyper-parameters, evaluation, out-of-distribution statistics, sha256 of the ONNX
+file).
 Deterministic: the same command and data give the same bytes.
 """
 
@@ -70,7 +75,6 @@ REAL_CLASSES = ("traffic", "office", "construction", "cafe")
 SR = features.SAMPLE_RATE
 WINDOW_S = 2.0   # the device's classifier.window_s: 2 s beat 1 s by ~5 points in grouped CV (docs/classifier.md)
 HOP_S = 0.5
-N_FOLDS = 5
 
 FOREST_PARAMS = {
     "n_estimators": 60,     # as accurate as 150 over three seeds (docs/classifier.md) at 40% of the memory
@@ -82,7 +86,7 @@ FOREST_PARAMS = {
     "class_weight": "balanced",
     "bootstrap": True,
 }
-ROWS_PER_CLASS = 2400        # target training rows per class after augmentation
+ROWS_PER_CLASS = 800         # target training rows per class after augmentation (LOSO trains ~100 forests)
 SYNTH_RECORDINGS = 10        # synthetic white and pink "recordings" per class
 SYNTH_SECONDS = 8.0
 ONNX_OPSETS = {"": 17, "ai.onnx.ml": 3}  # onnxruntime >= 1.17 on the Pi
@@ -99,8 +103,6 @@ class Clip:
     attribution: str = ""
     source: str = ""
     synthetic: bool = False
-    fold: int = -1
-    guard: set[str] = field(default_factory=set)   # clips excluded from training when this one is tested
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -240,6 +242,8 @@ AUG_PARAMS = {
     "swell_p": 0.5,         # probability of a slow gain swell (passing vehicles, people moving)
     "swell_db": (2.0, 8.0),
     "swell_hz": (0.1, 0.6),
+    "speed_p": 0.5,         # probability of a speed (and with it pitch) change (recordings only)
+    "speed_range": (0.9, 1.1),  # playback speed factor: an engine, a saw or voices a little faster or slower
 }
 
 
@@ -260,6 +264,14 @@ def random_eq(x: np.ndarray, rng: np.random.Generator, gentle: bool, highpass_ma
     if rng.random() < 0.5:
         sections.append(_shelf(rng.uniform(2000, 5000), rng.uniform(-span, span), high=True))
     return scipy.signal.sosfilt(np.concatenate(sections), x)
+
+
+def change_speed(x: np.ndarray, factor: float) -> np.ndarray:
+    """Play `x` `factor` times faster (shorter, higher: speed and pitch together), by polyphase resampling."""
+    from fractions import Fraction
+
+    ratio = Fraction(1.0 / factor).limit_denominator(40)
+    return scipy.signal.resample_poly(x, ratio.numerator, ratio.denominator)
 
 
 def random_room(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -304,6 +316,8 @@ def augment(clip: Clip, rng: np.random.Generator, pool: list[Clip],
     x = clip.audio.copy()
     deps = {clip.key}
     gentle = clip.label in ("white", "pink")
+    if p.get("speed_p") and not gentle and rng.random() < p["speed_p"]:
+        x = change_speed(x, rng.uniform(*p["speed_range"]))
     if rng.random() < p["eq_p"]:
         x = random_eq(x, rng, gentle, p["highpass_max_hz"])
     if p["tilt_p"] and not gentle and rng.random() < p["tilt_p"]:
@@ -345,68 +359,216 @@ class Rows:
     clip: np.ndarray        # index into the clip list of the window's own clip
     deps: list[frozenset]   # clip keys each row was built from
     clean: np.ndarray       # True for unaltered windows (the evaluation rows)
+    level: np.ndarray       # RMS level of the window in dBFS, before the features normalise it
 
 
-def build_rows(clips: list[Clip], seed: int, rows_per_class: int, log=print) -> Rows:
-    X, y, idx, deps, clean = [], [], [], [], []
+def build_rows(clips: list[Clip], seed: int, rows_per_class: int, log=print,
+               params: dict | None = None) -> Rows:
+    from device.core.classifier import window_level_dbfs
+
+    X, y, idx, deps, clean, level = [], [], [], [], [], []
     windows_per_class = {c: sum(len(windows(k.audio)) for k in clips if k.label == c) for c in CLASSES}
     real_pool = [c for c in clips if not c.synthetic]
     for i, clip in enumerate(clips):
         for w in windows(clip.audio):
             X.append(features.feature_vector(w)); y.append(CLASSES.index(clip.label))
-            idx.append(i); deps.append(frozenset({clip.key})); clean.append(True)
+            idx.append(i); deps.append(frozenset({clip.key})); clean.append(True); level.append(window_level_dbfs(w))
         have = windows_per_class[clip.label]
         copies = max(1, int(round(rows_per_class / max(have, 1)))) if have else 0
         for c in range(copies):
             rng = np.random.default_rng([seed, 11, i, c])
-            audio, used = augment(clip, rng, real_pool)
+            audio, used = augment(clip, rng, real_pool, params)
             for w in windows(audio, offset=int(rng.integers(0, int(HOP_S * SR)))):
                 X.append(features.feature_vector(w)); y.append(CLASSES.index(clip.label))
-                idx.append(i); deps.append(frozenset(used)); clean.append(False)
+                idx.append(i); deps.append(frozenset(used)); clean.append(False); level.append(window_level_dbfs(w))
     log(f"train: {len(X)} rows ({int(np.sum(clean))} clean windows) from {len(clips)} clips")
-    return Rows(np.array(X, dtype=np.float32), np.array(y), np.array(idx), deps, np.array(clean))
+    return Rows(np.array(X, dtype=np.float32), np.array(y), np.array(idx), deps, np.array(clean),
+                np.array(level))
 
 
-# -- folds -------------------------------------------------------------------------------------
+# -- feature groups and the inner selection ----------------------------------------------------
 
-def assign_folds(clips: list[Clip], n_folds: int = N_FOLDS) -> dict[str, object]:
-    """Give every clip a test fold, by recording; single-recording classes by time block with a guard."""
-    by_recording: dict[str, list[Clip]] = {}
-    for clip in clips:
-        by_recording.setdefault(clip.recording, []).append(clip)
-    by_class: dict[str, list[str]] = {}
-    for rec, members in sorted(by_recording.items()):
-        by_class.setdefault(members[0].label, []).append(rec)
-    notes = {}
-    for label, recordings in by_class.items():
-        if len(recordings) == 1:
-            members = sorted(by_recording[recordings[0]], key=lambda c: c.order)
-            blocks = np.array_split(np.arange(len(members)), n_folds)
-            for b, block in enumerate(blocks):
-                for j in block:
-                    members[j].fold = b
-                    neighbours = {members[k].key for k in (block[0] - 1, block[-1] + 1) if 0 <= k < len(members)}
-                    members[j].guard = neighbours
-            notes[label] = (f"one source recording ({recordings[0]}): split by time into {n_folds} blocks of "
-                            f"consecutive clips, one clip (~{members[0].audio.size / SR:.0f} s) on each side of the "
-                            "test block left out of training as a guard gap")
+def _names(prefix: str, rng: range | None = None) -> tuple[str, ...]:
+    if rng is not None:
+        return tuple(f"{prefix}{i}" for i in rng)
+    return tuple(n for n in features.FEATURE_NAMES if n.startswith(prefix))
+
+
+FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
+    "mfcc_mean_low": _names("mfcc_mean_", range(0, 4)),    # level, tilt: the microphone and its EQ
+    "mfcc_mean_high": _names("mfcc_mean_", range(4, features.N_MFCC)),
+    "mfcc_std": _names("mfcc_std_"),
+    "delta_std": _names("delta_std_"),
+    "flatness": _names("flatness_"),
+    "level_dynamics": ("level_std_db", "level_range_db"),
+    "flux": _names("flux_"),
+    "modulation": _names("mod_") + ("comodulation",),
+    "onsets": _names("onset_"),
+    "tonality": ("crest_mean_db", "crest_std_db", "peak_persistence"),
+}
+# Candidate feature sets (groups left out) the inner split chooses between in each outer fold.
+CANDIDATES: dict[str, tuple[str, ...]] = {
+    "all": (),
+    "no_mfcc_mean_low": ("mfcc_mean_low",),
+}
+
+
+def column_mask(dropped: tuple[str, ...]) -> np.ndarray:
+    """True for the feature columns the forest may use. Dropped columns stay in the vector the
+    device computes (the ONNX input is always every feature); the forest is trained with them
+    held constant, so no tree splits on them."""
+    keep = np.ones(features.N_FEATURES, dtype=bool)
+    for group in dropped:
+        for name in FEATURE_GROUPS[group]:
+            keep[features.FEATURE_NAMES.index(name)] = False
+    return keep
+
+
+def _masked(X: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    if keep.all():
+        return X
+    out = X.copy()
+    out[:, ~keep] = 0.0
+    return out
+
+
+def inner_folds(clips: list[Clip], members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two inner folds (0/1) for the clips `members` (indices into `clips`), and which clips count
+    in the inner score. A class's recordings alternate between the folds and count; a class left
+    with ONE recording is split by time into halves so that both inner trainings still know it,
+    but it does not count: other moments of the same recording measure the recording, not the
+    class, and would favour the features that describe the recording."""
+    fold = np.full(len(clips), -1)
+    counts = np.zeros(len(clips), dtype=bool)
+    by_class: dict[str, dict[str, list[int]]] = {}
+    for i in members:
+        by_class.setdefault(clips[i].label, {}).setdefault(clips[i].recording, []).append(int(i))
+    for label, recordings in sorted(by_class.items()):
+        names = sorted(recordings)
+        if len(names) == 1:
+            ordered = sorted(recordings[names[0]], key=lambda k: clips[k].order)
+            half = len(ordered) // 2
+            for j, k in enumerate(ordered):
+                fold[k] = 0 if j < half else 1
             continue
-        if label == "construction":
-            # ESC-10 folds keep each freesound source in one fold: fold n -> our fold n-1.
-            for rec in recordings:
-                m = re.match(r"esc10_(\d+)-", rec)
-                fold = (int(m.group(1)) - 1) % n_folds if m else zlib.crc32(rec.encode()) % n_folds
-                for clip in by_recording[rec]:
-                    clip.fold = fold
-            notes[label] = f"{len(recordings)} source recordings, held out whole (ESC-10 folds 1-5)"
-            continue
-        start = {"traffic": 0, "office": 2}.get(label, 0)
-        for r, rec in enumerate(recordings):
-            for clip in by_recording[rec]:
-                clip.fold = (start + r) % n_folds
-        kind = "synthetic seeds" if by_recording[recordings[0]][0].synthetic else "source recordings"
-        notes[label] = f"{len(recordings)} {kind}, each held out whole"
-    return notes
+        for r, name in enumerate(names):
+            for k in recordings[name]:
+                fold[k] = r % 2
+                counts[k] = True
+    return fold, counts
+
+
+def source_group(clip: Clip) -> str:
+    """The held-out unit of the outer evaluation: the source recording; the generated white and
+    pink "recordings" of one generator index k are held out together (synth_k), which halves
+    their folds and tests each on an unseen seed all the same."""
+    if clip.synthetic:
+        return "synth_" + clip.recording.rsplit("_", 1)[-1]
+    return clip.recording
+
+
+def _train_rows(rows: Rows, excluded_keys: set[str], within: np.ndarray | None = None) -> np.ndarray:
+    mask = np.array([not (d & excluded_keys) for d in rows.deps])
+    return mask if within is None else mask & within
+
+
+def _balanced(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(np.mean([np.mean(y_pred[y_true == k] == k) for k in np.unique(y_true)]))
+
+
+def select_candidate(clips: list[Clip], rows: Rows, members: np.ndarray, allowed: np.ndarray, seed: int,
+                     params: dict) -> tuple[str, dict[str, float]]:
+    """The candidate feature set with the best balanced accuracy on the inner split of `members`
+    (training rows limited to `allowed`); ties go to the earlier candidate."""
+    fold, counts = inner_folds(clips, members)
+    keys = np.array([c.key for c in clips])
+    scores = {}
+    for name, dropped in CANDIDATES.items():
+        keep = column_mask(dropped)
+        y_true, y_pred = [], []
+        for f in (0, 1):
+            test_clips = np.flatnonzero(fold == f)
+            train = _train_rows(rows, set(keys[test_clips]), allowed)
+            test = rows.clean & np.isin(rows.clip, test_clips[counts[test_clips]])
+            if not test.any() or not train.any():
+                continue
+            forest = make_forest(seed, params)
+            forest.fit(_masked(rows.X[train], keep), rows.y[train])
+            y_true.append(rows.y[test])
+            y_pred.append(forest.classes_[np.argmax(forest.predict_proba(_masked(rows.X[test], keep)), axis=1)])
+        scores[name] = round(_balanced(np.concatenate(y_true), np.concatenate(y_pred)), 4)
+    best = max(CANDIDATES, key=lambda n: (scores[n], -list(CANDIDATES).index(n)))
+    return best, scores
+
+
+# -- out-of-distribution statistics ------------------------------------------------------------
+
+LEVEL_PERCENTILES = (0.5, 99.5)  # of the clean training windows' levels: the range the classes were heard at
+
+
+def ood_statistics(rows: Rows, train: np.ndarray) -> dict:
+    """Per class, per feature mean and standard deviation of the training rows (augmented ones
+    included: they stand for other rooms and microphones), and the level range of the clean
+    training windows (the augmented gains are arbitrary; the recordings' levels are what was heard)."""
+    X = rows.X[train].astype(np.float64)
+    y = rows.y[train]
+    mean, std = {}, {}
+    for k, name in enumerate(CLASSES):
+        members = X[y == k]
+        mean[name] = [round(float(v), 5) for v in members.mean(axis=0)]
+        std[name] = [round(float(v), 5) for v in np.maximum(members.std(axis=0), 1e-3)]
+    low, high = np.percentile(rows.level[train & rows.clean], LEVEL_PERCENTILES)
+    return {"mean": mean, "std": std, "level_dbfs": [round(float(low), 2), round(float(high), 2)],
+            "score": ("sqrt(min over classes of the mean of the 10 largest ((x - mean) / std)^2 over the "
+                      "features), device.core.classifier.OodStatistics"),
+            "level_percentiles": list(LEVEL_PERCENTILES)}
+
+
+def unknown_rule():
+    from device.contract.config import load_config
+    from device.core.classifier import UnknownRule
+
+    return UnknownRule.from_config(load_config().classifier)
+
+
+def _unknown_flags(ood: dict, X: np.ndarray, level: np.ndarray, confidence: np.ndarray, rule) -> np.ndarray:
+    from device.core.classifier import OodStatistics
+
+    stats = OodStatistics(ood, CLASSES, "train")
+    flags = np.zeros(X.shape[0], dtype=bool)
+    low, high = stats.level_dbfs
+    for i in range(X.shape[0]):
+        flags[i] = (stats.score(X[i]) > rule.max_distance
+                    or not low - rule.level_margin_db <= level[i] <= high + rule.level_margin_db
+                    or confidence[i] < rule.min_probability)
+    return flags
+
+
+def _scores(ood: dict, X: np.ndarray) -> np.ndarray:
+    from device.core.classifier import OodStatistics
+
+    stats = OodStatistics(ood, CLASSES, "train")
+    return np.array([stats.score(x) for x in X])
+
+
+def reliability(y_true: np.ndarray, proba: np.ndarray, bins: int = 10) -> list[dict]:
+    """Reliability curve: per bin of the top probability, windows, mean top probability, accuracy."""
+    confidence = proba.max(axis=1)
+    correct = np.argmax(proba, axis=1) == y_true
+    out = []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        m = (confidence >= lo) & ((confidence < hi) if b < bins - 1 else (confidence <= hi))
+        if m.any():
+            out.append({"bin": [round(lo, 2), round(hi, 2)], "windows": int(m.sum()),
+                        "mean_confidence": round(float(confidence[m].mean()), 4),
+                        "accuracy": round(float(correct[m].mean()), 4)})
+    return out
+
+
+def expected_calibration_error(curve: list[dict]) -> float:
+    total = sum(b["windows"] for b in curve)
+    return round(sum(b["windows"] * abs(b["accuracy"] - b["mean_confidence"]) for b in curve) / max(total, 1), 4)
 
 
 # -- model -------------------------------------------------------------------------------------
@@ -462,84 +624,111 @@ def _accuracy(y_true, y_pred) -> float | None:
 
 
 def cross_validate(clips: list[Clip], rows: Rows, seed: int, params: dict, log=print) -> dict:
+    """Leave-one-source-out: each source recording (a street, a cafe, a chainsaw recording, a
+    generator seed) is tested by a forest trained without it and without every augmented row
+    built from it (also as mixed-in background); the feature set is chosen in each fold on an
+    inner split of the training recordings only."""
     keys = np.array([c.key for c in clips])
-    folds = np.array([c.fold for c in clips])
+    rec_of = np.array([source_group(c) for c in clips])
+    recordings = sorted(set(rec_of))
     y_pred = np.full(rows.y.size, -1)
     proba = np.zeros((rows.y.size, len(CLASSES)))
+    scores = np.full(rows.y.size, np.nan)
+    unknown = np.zeros(rows.y.size, dtype=bool)
     tested = np.zeros(rows.y.size, dtype=bool)
-    for fold in range(N_FOLDS):
-        test_clips = set(keys[folds == fold])
-        excluded = set(test_clips)
-        for c in clips:
-            if c.fold == fold:
-                excluded |= c.guard
-        train = np.array([not (d & excluded) for d in rows.deps])
-        test = rows.clean & np.isin(rows.clip, np.flatnonzero(folds == fold))
-        if not test.any():
-            continue
+    rule = unknown_rule()
+    chosen: dict[str, str] = {}
+    for n, rec in enumerate(recordings):
+        test_clips = np.flatnonzero(rec_of == rec)
+        train = _train_rows(rows, set(keys[test_clips]))
+        test = rows.clean & np.isin(rows.clip, test_clips)
+        members = np.flatnonzero(rec_of != rec)
+        best, inner = select_candidate(clips, rows, members, train, seed, params)
+        chosen[rec] = best
+        keep = column_mask(CANDIDATES[best])
         forest = make_forest(seed, params)
-        forest.fit(rows.X[train], rows.y[train])
+        forest.fit(_masked(rows.X[train], keep), rows.y[train])
         fold_proba = np.zeros((int(test.sum()), len(CLASSES)))
-        fold_proba[:, forest.classes_] = forest.predict_proba(rows.X[test])
+        fold_proba[:, forest.classes_] = forest.predict_proba(_masked(rows.X[test], keep))
         proba[test] = fold_proba
-        y_pred[test] = np.argmax(proba[test], axis=1)
+        y_pred[test] = np.argmax(fold_proba, axis=1)
+        ood = ood_statistics(rows, train)
+        scores[test] = _scores(ood, rows.X[test])
+        unknown[test] = _unknown_flags(ood, rows.X[test], rows.level[test], fold_proba.max(axis=1), rule)
         tested |= test
-        log(f"train: fold {fold}: {int(train.sum())} training rows, {int(test.sum())} test windows, "
-            f"accuracy {np.mean(y_pred[test] == rows.y[test]):.3f}")
-    y_true = rows.y[tested]
-    pred = y_pred[tested]
+        log(f"train: LOSO {n + 1}/{len(recordings)} {rec}: features {best} (inner {inner}), "
+            f"{int(train.sum())} training rows, {int(test.sum())} windows, "
+            f"accuracy {np.mean(y_pred[test] == rows.y[test]):.3f}, unknown {np.mean(unknown[test]):.3f}")
+    y_true, pred = rows.y[tested], y_pred[tested]
     clip_of = rows.clip[tested]
     is_real = np.array([not clips[i].synthetic for i in clip_of])
     labels = np.array([clips[i].label for i in clip_of])
-    held_out = is_real & (labels != "cafe")
+    unk = unknown[tested]
     conf = _confusion(y_true, pred)
     conf_real = _confusion(y_true[is_real], pred[is_real])
     per_recording = {}
-    for rec in sorted({clips[i].recording for i in clip_of}):
-        mask = np.array([clips[i].recording == rec for i in clip_of])
+    for rec in recordings:
+        mask = np.array([source_group(clips[i]) == rec for i in clip_of])
         per_recording[rec] = {
             "class": clips[clip_of[mask][0]].label,
             "windows": int(mask.sum()),
             "accuracy": _accuracy(y_true[mask], pred[mask]),
+            "unknown_rate": round(float(unk[mask].mean()), 4),
+            "features": chosen[rec],
             "predicted": {CLASSES[k]: int(v) for k, v in zip(*np.unique(pred[mask], return_counts=True))},
         }
     # File-level: mean probability over a clip's windows, as `anc-device classify` does for a file.
-    clip_true, clip_pred = [], []
+    clip_true, clip_pred, clip_real = [], [], []
     for i in np.unique(clip_of):
-        if clips[i].synthetic:
-            continue
         mask = rows.clean & tested & (rows.clip == i)
         clip_true.append(CLASSES.index(clips[i].label))
         clip_pred.append(int(np.argmax(proba[mask].mean(axis=0))))
-    real_per_class = {c: _accuracy(y_true[is_real & (labels == c)], pred[is_real & (labels == c)])
-                      for c in REAL_CLASSES}
+        clip_real.append(not clips[i].synthetic)
+    clip_true, clip_pred, clip_real = np.array(clip_true), np.array(clip_pred), np.array(clip_real)
+    per_class = {c: _accuracy(y_true[labels == c], pred[labels == c]) for c in CLASSES}
+    per_class_clips = {c: _accuracy(clip_true[clip_true == k], clip_pred[clip_true == k])
+                       for k, c in enumerate(CLASSES)}
+    real_per_class = {c: per_class[c] for c in REAL_CLASSES}
+    curve = reliability(y_true[is_real], proba[tested][is_real])
+    known = ~unk & is_real
+    tested_scores = scores[tested]
     return {
-        "method": (f"{N_FOLDS}-fold cross-validation grouped by source recording: the test recordings, and "
-                   "every augmented row built from them (also as mixed-in background), are absent from "
-                   "training; evaluation on the clean 2 s windows (0.5 s hop)"),
+        "method": ("leave-one-source-out: every source recording held out in turn (its windows, and every "
+                   "augmented row built from it, also as mixed-in background, absent from training); the "
+                   "feature set chosen in each fold on a two-way inner split of the training recordings "
+                   "(recordings alternate; a class left with one recording is split by time for training "
+                   "and left out of the inner score), never on the held-out recording; evaluation on the "
+                   "clean 2 s windows (0.5 s hop)"),
+        "folds": len(recordings),
         "real_accuracy": _accuracy(y_true[is_real], pred[is_real]),
-        "real_balanced_accuracy": round(float(np.nanmean([v for v in real_per_class.values() if v is not None])), 4),
-        "real_accuracy_per_class": real_per_class,
-        "held_out_recordings_accuracy": _accuracy(y_true[held_out], pred[held_out]),
-        "held_out_recordings_note": ("traffic, office and construction windows, each tested with its whole "
-                                     "source recording unseen in training"),
-        "cafe_time_block_accuracy": _accuracy(y_true[labels == "cafe"], pred[labels == "cafe"]),
-        "cafe_note": ("cafe has one source recording: tested on time blocks of it with a 4 s guard gap; this "
-                      "measures other moments of the same cafe (same room, microphone and crowd), not other "
-                      "cafes, so it is optimistic"),
-        "real_clip_accuracy": _accuracy(np.array(clip_true), np.array(clip_pred)),
-        "real_clips": len(clip_true),
-        "clip_note": ("file-level: the mean probability over the windows of each 4-5 s clip (what `anc-device "
+        "real_balanced_accuracy": round(float(np.mean([v for v in real_per_class.values()])), 4),
+        "accuracy_per_class": per_class,
+        "real_clip_accuracy": _accuracy(clip_true[clip_real], clip_pred[clip_real]),
+        "real_clips": int(clip_real.sum()),
+        "clip_accuracy_per_class": per_class_clips,
+        "clip_note": ("file-level: the mean probability over the windows of each 4-10 s clip (what `anc-device "
                       "classify` reports for a file)"),
         "synthetic_accuracy": _accuracy(y_true[~is_real], pred[~is_real]),
         "overall_accuracy": _accuracy(y_true, pred),
         "windows": int(tested.sum()),
         "real_windows": int(is_real.sum()),
+        "unknown": {
+            "rule": {"max_distance": rule.max_distance, "min_probability": rule.min_probability,
+                     "level_margin_db": rule.level_margin_db},
+            "rate_real": round(float(unk[is_real].mean()), 4),
+            "rate_synthetic": round(float(unk[~is_real].mean()), 4),
+            "rate_per_class": {c: round(float(unk[labels == c].mean()), 4) for c in CLASSES},
+            "accuracy_of_answered_real": _accuracy(y_true[known], pred[known]),
+            "score_percentiles_real": {str(q): round(float(np.percentile(tested_scores[is_real], q)), 3)
+                                       for q in (50, 90, 95, 99)},
+        },
+        "calibration": {"reliability_real": curve, "expected_calibration_error_real":
+                        expected_calibration_error(curve)},
+        "features_chosen": {name: sum(1 for v in chosen.values() if v == name) for name in CANDIDATES},
         "per_class": _per_class(conf),
         "confusion_matrix": {"rows_true_cols_predicted": list(CLASSES), "all": conf.tolist(),
                              "real_only": conf_real.tolist()},
         "per_recording": per_recording,
-        "selection_note": SELECTION_NOTE,
     }
 
 
@@ -571,11 +760,14 @@ def train(data_dir: Path, out: Path, seed: int = 0, rows_per_class: int = ROWS_P
     params = dict(FOREST_PARAMS if params is None else params)
     if clips is None:
         clips = load_real(data_dir) + synthetic_clips(seed, synth_recordings)
-    fold_notes = assign_folds(clips)
     rows = build_rows(clips, seed, rows_per_class, log=log)
     evaluation = cross_validate(clips, rows, seed, params, log=log) if evaluate else None
+    everything = np.ones(rows.y.size, dtype=bool)
+    chosen, inner_scores = select_candidate(clips, rows, np.arange(len(clips)), everything, seed, params)
+    log(f"train: features {chosen} (inner split of all recordings: {inner_scores})")
     forest = make_forest(seed, params)
-    forest.fit(rows.X, rows.y)
+    forest.fit(_masked(rows.X, column_mask(CANDIDATES[chosen])), rows.y)
+    ood = ood_statistics(rows, everything)
     onnx_bytes = export_onnx(forest, features.N_FEATURES)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(onnx_bytes)
@@ -609,10 +801,13 @@ def train(data_dir: Path, out: Path, seed: int = 0, rows_per_class: int = ROWS_P
             "synthetic": (f"{synth_recordings} seeded white recordings (Gaussian, every third uniform) and "
                           f"{synth_recordings} pink (FFT 1/f shaping, Kellet filter, Voss-McCartney in turn), "
                           f"{SYNTH_SECONDS:g} s each, -40..-12 dBFS"),
-            "folds": fold_notes,
+            "feature_set": {"chosen": chosen, "left_out_groups": list(CANDIDATES[chosen]),
+                            "inner_split_balanced_accuracy": inner_scores,
+                            "candidates": {k: list(v) for k, v in CANDIDATES.items()}},
             "data_notes": DATA_NOTES,
         },
         "evaluation": evaluation,
+        "ood": ood,
     }
     import sklearn
 
@@ -638,17 +833,9 @@ AUGMENTATION = [
     "gain -40..+6 dB",
     "slow gain swell (p=0.5, not white/pink): 2-8 dB sinusoidal at 0.1-0.6 Hz (a vehicle passing, people "
     "moving closer), then clipping at full scale and 16-bit quantisation",
+    "speed and pitch (p=0.5, not white/pink): playback 0.9-1.1x by polyphase resampling",
     "windows start at a random offset 0-0.5 s",
 ]
-SELECTION_NOTE = (
-    "The features (spectral flux added), the augmentation (spectral tilt, slow gain swell) and max_features=5 "
-    "were chosen by comparing about 30 variants on these same folds (models/ablation.py, each averaged over 3 "
-    "forest seeds; docs/classifier.md), so this figure is optimistic by an unknown amount. With two recordings "
-    "of traffic and of office no recording is left over for a separate validation split: a nested grouped CV "
-    "choosing max_features inside each fold (models/ablation.py --nested, 124 version-1 features, same "
-    "augmentation) scored the same as the unnested choice (0.913 vs 0.912), but its inner folds lose whole "
-    "classes (both traffic recordings out at once), so it selects little."
-)
 DATA_NOTES = (
     "The real data are few and narrow: traffic is two street recordings from Berlin/Potsdam, office two short "
     "SSE library ambiences (movement/walla and small objects; no typing, printers or air conditioning), "
@@ -660,28 +847,29 @@ DATA_NOTES = (
 
 def summarise(card: dict) -> str:
     ev = card.get("evaluation")
-    lines = [f"model      {card['onnx_file']}  {card['size_bytes'] / 1e6:.2f} MB  sha256 {card['sha256'][:16]}"]
+    lines = [f"model      {card['onnx_file']}  {card['size_bytes'] / 1e6:.2f} MB  sha256 {card['sha256'][:16]}",
+             f"features   {card['training']['feature_set']['chosen']}"]
     if ev:
+        unk = ev["unknown"]
         lines += [
-            f"real recordings (grouped CV)      accuracy {ev['real_accuracy']:.3f}  "
-            f"balanced {ev['real_balanced_accuracy']:.3f}  ({ev['real_windows']} windows)",
-            f"  held-out recordings (traffic, office, construction)  {ev['held_out_recordings_accuracy']:.3f}",
-            f"  cafe (one recording, time blocks + guard)           {ev['cafe_time_block_accuracy']:.3f}",
-            f"  per clip (mean over a 4-5 s clip's windows)         {ev['real_clip_accuracy']:.3f}  ({ev['real_clips']} clips)",
-            f"synthetic white/pink (held-out seeds)  {ev['synthetic_accuracy']:.3f}",
-            "per class  precision  recall  support",
+            f"leave-one-source-out ({ev['folds']} folds)",
+            f"  real recordings   accuracy {ev['real_accuracy']:.3f}  balanced {ev['real_balanced_accuracy']:.3f}  "
+            f"({ev['real_windows']} windows); per clip {ev['real_clip_accuracy']:.3f} ({ev['real_clips']} clips)",
+            f"  synthetic white/pink  {ev['synthetic_accuracy']:.3f}",
+            "  per class (windows / clips): " + ", ".join(
+                f"{c} {ev['accuracy_per_class'][c]:.3f}/{ev['clip_accuracy_per_class'][c]:.3f}" for c in CLASSES),
+            f"  unknown: {unk['rate_real']:.3f} of real windows, {unk['rate_synthetic']:.3f} of synthetic; "
+            f"accuracy of the answered real windows {unk['accuracy_of_answered_real']}",
+            f"  calibration (real windows): expected calibration error {ev['calibration']['expected_calibration_error_real']:.3f}",
+            "confusion (rows true, cols predicted): " + " ".join(c[:5] for c in CLASSES),
         ]
-        for name, v in ev["per_class"].items():
-            p = "   -  " if v["precision"] is None else f"{v['precision']:.3f}"
-            r = "   -  " if v["recall"] is None else f"{v['recall']:.3f}"
-            lines.append(f"  {name:<12} {p}    {r}  {v['support']}")
-        lines.append("confusion (rows true, cols predicted): " + " ".join(c[:5] for c in CLASSES))
         for name, row in zip(CLASSES, ev["confusion_matrix"]["all"]):
             lines.append(f"  {name:<12} " + " ".join(f"{v:5d}" for v in row))
         lines.append("per recording:")
         for rec, v in ev["per_recording"].items():
             if not rec.startswith("synth"):
-                lines.append(f"  {rec:<32} {v['class']:<12} {v['accuracy']:.3f}  {v['predicted']}")
+                lines.append(f"  {rec:<32} {v['class']:<12} {v['accuracy']:.3f}  unknown {v['unknown_rate']:.2f}  "
+                             f"{v['features']}  {v['predicted']}")
     return "\n".join(lines)
 
 

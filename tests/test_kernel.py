@@ -73,7 +73,10 @@ def test_starts_muted_measures_baseline_then_fades_in(cfg, headphone):
 
 
 def test_output_never_exceeds_the_ceiling_and_is_not_clipped(cfg, headphone):
-    engine = _engine(cfg, headphone.full_secondary_path()[:256], output_ceiling_dbfs=-12.0, max_weight_norm=1e6)
+    # The watchdog's limiting trip is held off: it would mute the output after 50 ms and the
+    # checks below would look at silence.
+    engine = _engine(cfg, headphone.full_secondary_path()[:256], output_ceiling_dbfs=-12.0, max_weight_norm=1e6,
+                     watchdog_hold_ms=10000.0)
     engine.weights[:] = 0.0
     engine.weights[0] = 50.0  # absurd gain: the limiter must hold the ceiling
     engine.set_adaptation(False)
@@ -86,10 +89,15 @@ def test_output_never_exceeds_the_ceiling_and_is_not_clipped(cfg, headphone):
         engine.process(ref, ref, out)
         peaks.append(np.max(np.abs(out)))
         waveforms.append(out.copy())
+    assert engine.drain_events() == []
     assert max(peaks) <= ceiling * (1 + 1e-12)
-    # A limiter rides the gain; it does not flatten the waveform at the ceiling.
+    # A limiter rides the gain; it does not flatten the waveform at the ceiling. With instant
+    # attack each new peak lands on the ceiling (14% of the samples here, 34 dB over it); a
+    # clip would put nearly all of them there. The release-rate property is in
+    # test_safety_properties.py.
     signal = np.concatenate(waveforms[100:])
-    assert np.mean(np.abs(signal) >= ceiling * 0.999) < 0.05
+    assert np.max(np.abs(signal)) >= ceiling * 0.999
+    assert np.mean(np.abs(signal) >= ceiling * 0.999) < 0.3
 
 
 def test_enable_and_intensity_ramp_without_clicks(cfg, headphone):

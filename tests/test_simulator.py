@@ -51,7 +51,8 @@ def test_broadband_noise_on_headphone_is_reported_as_non_causal(cfg, tmp_path):
     # Nothing predictable to cancel: the optimum itself is small, and the controller does not
     # make things much worse than no control.
     assert sim.summary["wiener_bound_db"] < 3.0
-    # The no-harm guard keeps the controller from making unpredictable noise louder.
+    # With the default step the misadjustment on unpredictable noise is small; the no-harm guard's
+    # own test (a step large enough that it must act) is in test_safety_properties.py.
     assert sim.summary["attenuation_db"] > -0.5
 
 
@@ -61,7 +62,8 @@ def test_broadband_noise_in_the_causal_duct_is_cancelled(cfg, tmp_path):
     sim = simulate(path, cfg, "duct")
     assert sim.summary["causality"]["broadband_possible"] is True
     assert sim.summary["wiener_bound_db"] > 15.0
-    assert sim.summary["attenuation_db"] > 10.0
+    assert sim.summary["attenuation_db"] > 14.0  # 16.4 dB measured
+    assert sim.summary["wiener_bound_db"] - sim.summary["attenuation_db"] <= 6.0  # 4.3 dB from the optimum
     assert sim.summary["feedback_identification"]["quality_db"] < -20.0
 
 
@@ -71,6 +73,7 @@ def test_watchdog_catches_a_secondary_path_sign_flip_and_output_stays_under_the_
                    keep_signals=True)
     events = sim.summary["safety_events"]
     assert events, "the watchdog did not trip"
+    assert events[0]["kind"] == "error_rise", events  # the error grows at once: the model is wrong
     assert all(event["time_s"] >= 6.0 for event in events)
     assert events[0]["time_s"] < 6.5  # caught within half a second
     assert events[-1]["kind"] == "stopped_reidentify"

@@ -292,7 +292,10 @@ def test_runtime_unit_contract():
     service = unit_settings(ROOT / "systemd/anc-device.service")["Service"]
     assert service["Type"] == ["notify"]
     assert service["NotifyAccess"] == ["main"]
-    assert service["WatchdogSec"] and service["Restart"] == ["on-failure"]
+    assert service["Restart"] == ["on-failure"]
+    watchdog = service["WatchdogSec"][-1]  # the last assignment wins
+    seconds = float(watchdog[:-1]) if watchdog.endswith("s") else float(watchdog)
+    assert seconds > 0, f"WatchdogSec={watchdog} switches the watchdog off"
     assert service["User"] == ["anc-device"] and service["Group"] == ["anc"]
     assert service["SupplementaryGroups"] == ["audio"]
     assert service["ExecStart"] == ["/opt/anc-device/venv/bin/anc-device run --config /etc/anc-device/config.yaml"]

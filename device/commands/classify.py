@@ -3,13 +3,20 @@
 Each file is read with soundfile (WAV, FLAC, OGG; any rate, first channel of multichannel
 files), resampled to 16 kHz with scipy.signal.resample_poly, cut into the configured windows
 (`classifier.window_s`, hop `classifier.hop_s`; a file shorter than one window is one window)
-and classified window by window as the device would; the file's probabilities are the mean
-over its windows and its class the most probable one.
+and classified window by window as the device would, with the device's `unknown` rule
+(`classifier.unknown_*`). The file's probabilities are the mean over its windows; its class is
+`unknown` when more than half of its windows are unknown, otherwise the most probable class.
+
+Every readable file is classified; a file that cannot be (missing, not audio, silent, too
+short) gets one line on stderr naming it, and the exit status is 2 if any file was bad.
+Output piped into a command that stops reading (`| head`) ends quietly.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -54,7 +61,8 @@ def read_audio(path: Path, sample_rate: int) -> np.ndarray:
     return mono
 
 
-def classify_audio(classifier, audio: np.ndarray, window_s: float, hop_s: float) -> dict:
+def classify_audio(classifier, audio: np.ndarray, window_s: float, hop_s: float, rule=None) -> dict:
+    from device.core.classifier import UNKNOWN, window_level_dbfs
     from device.core.features import SAMPLE_RATE, feature_vector
 
     size = int(round(window_s * SAMPLE_RATE))
@@ -63,44 +71,78 @@ def classify_audio(classifier, audio: np.ndarray, window_s: float, hop_s: float)
         starts = [0]
     else:
         starts = list(range(0, audio.size - size + 1, hop))
-    vectors = np.stack([feature_vector(audio[s:s + size]) for s in starts])
-    probs = classifier.predict_proba(vectors).mean(axis=0)
+    detections = [classifier.classify_features(feature_vector(audio[s:s + size]),
+                                               window_level_dbfs(audio[s:s + size]), rule) for s in starts]
+    probs = np.mean([[d.probabilities[name] for name in classifier.classes] for d in detections], axis=0)
     k = int(np.argmax(probs))
+    unknown = sum(d.noise_type == UNKNOWN for d in detections)
+    scores = [d.ood_score for d in detections if d.ood_score is not None]
+    reasons = [d.unknown_reason for d in detections if d.unknown_reason]
     return {
-        "class": classifier.classes[k],
+        "class": UNKNOWN if unknown * 2 > len(detections) else classifier.classes[k],
         "confidence": float(probs[k]),
         "probabilities": {name: float(p) for name, p in zip(classifier.classes, probs)},
         "windows": len(starts),
+        "unknown_windows": int(unknown),
+        "ood_score": float(np.median(scores)) if scores else None,
+        "unknown_reason": max(set(reasons), key=reasons.count) if reasons else None,
         "duration_s": audio.size / SAMPLE_RATE,
     }
 
 
-def run(args) -> int:
-    from device.core.classifier import NoiseClassifier
+def _classify_file(classifier, path: Path, cfg, rule) -> dict:
     from device.core.features import MIN_SAMPLES, SAMPLE_RATE
+
+    audio = read_audio(path, SAMPLE_RATE)
+    if audio.size < MIN_SAMPLES:
+        raise UserError(f"{path}: {audio.size / SAMPLE_RATE * 1e3:.0f} ms of audio; at least "
+                        f"{MIN_SAMPLES / SAMPLE_RATE * 1e3:.0f} ms is needed")
+    if not np.any(audio):
+        raise UserError(f"{path}: digital silence, there is no noise to classify")
+    return classify_audio(classifier, audio, cfg.classifier.window_s, cfg.classifier.hop_s, rule)
+
+
+def _line(path: Path, result: dict, as_json: bool) -> str:
+    if as_json:
+        return json.dumps({
+            "file": str(path),
+            "class": result["class"],
+            "confidence": round(result["confidence"], 4),
+            "probabilities": {k: round(v, 4) for k, v in result["probabilities"].items()},
+            "windows": result["windows"],
+            "unknown_windows": result["unknown_windows"],
+            "ood_score": None if result["ood_score"] is None else round(result["ood_score"], 3),
+            "duration_s": round(result["duration_s"], 3),
+        })
+    probs = "  ".join(f"{k} {v:.2f}" for k, v in result["probabilities"].items())
+    windows = f"{result['windows']} window{'s' if result['windows'] != 1 else ''}"
+    if result["class"] == "unknown":
+        why = f"; {result['unknown_reason']}" if result["unknown_reason"] else ""
+        return (f"{path}: unknown ({result['unknown_windows']} of {windows} unlike every class{why})  "
+                f"{probs}")
+    return f"{path}: {result['class']} (confidence {result['confidence']:.2f}, {windows})  {probs}"
+
+
+def run(args) -> int:
+    from device.core.classifier import NoiseClassifier, UnknownRule
 
     cfg = load_config(args.config)
     classifier = NoiseClassifier(args.model or cfg.classifier.model)
-    for name in args.files:
-        path = Path(name)
-        audio = read_audio(path, SAMPLE_RATE)
-        if audio.size < MIN_SAMPLES:
-            raise UserError(f"{path}: {audio.size / SAMPLE_RATE * 1e3:.0f} ms of audio; at least "
-                            f"{MIN_SAMPLES / SAMPLE_RATE * 1e3:.0f} ms is needed")
-        if not np.any(audio):
-            raise UserError(f"{path}: digital silence, there is no noise to classify")
-        result = classify_audio(classifier, audio, cfg.classifier.window_s, cfg.classifier.hop_s)
-        if args.json:
-            print(json.dumps({
-                "file": str(path),
-                "class": result["class"],
-                "confidence": round(result["confidence"], 4),
-                "probabilities": {k: round(v, 4) for k, v in result["probabilities"].items()},
-                "windows": result["windows"],
-                "duration_s": round(result["duration_s"], 3),
-            }), flush=True)
-        else:
-            probs = "  ".join(f"{k} {v:.2f}" for k, v in result["probabilities"].items())
-            print(f"{path}: {result['class']} (confidence {result['confidence']:.2f}, "
-                  f"{result['windows']} window{'s' if result['windows'] != 1 else ''})  {probs}", flush=True)
-    return 0
+    rule = UnknownRule.from_config(cfg.classifier)
+    bad = 0
+    try:
+        for name in args.files:
+            path = Path(name)
+            try:
+                result = _classify_file(classifier, path, cfg, rule)
+            except UserError as exc:
+                bad += 1
+                print(f"anc-device: error: {exc}", file=sys.stderr, flush=True)
+                continue
+            print(_line(path, result, args.json), flush=True)
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python's exit-time flush of
+        # stdout from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 2 if bad else 0

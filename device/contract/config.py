@@ -130,6 +130,9 @@ SCHEMA: dict[str, Any] = {
         "hop_s": Key("float", "s", 0.05, 10.0),
         "confidence_threshold": Key("float", "probability", 0.0, 1.0),
         "hysteresis_windows": Key("int", "windows", 1, 100),
+        "unknown_distance": Key("float", "RMS z-score", 0.0, 1000.0, exclusive_minimum=True),
+        "unknown_min_probability": Key("float", "probability", 0.0, 1.0),
+        "unknown_level_margin_db": Key("float", "dB", 0.0, 200.0),
     },
     "presets": {name: _preset_section() for name in NOISE_CLASSES},
     "runtime": {

@@ -25,8 +25,8 @@ import numpy as np
 from device.contract.config import NOISE_CLASSES
 from device.contract.errors import UserError
 
-FEATURE_VERSION = 2  # 2: + spectral flux (mean, std, p90)
-N_FEATURES = 127
+FEATURE_VERSION = 3  # 2: + spectral flux (mean, std, p90); 3: + modulation, comodulation, onsets, tonality
+N_FEATURES = 149
 
 
 class ModelError(UserError):

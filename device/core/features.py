@@ -19,7 +19,7 @@ log                    10*log10(max(S, 1e-10)), floored at (max over the window 
 MFCC                   DCT-II (orthonormal) of the log-mel frames, first 40 coefficients
 =====================  ==================================================================
 
-Window summary (`feature_vector`, ``N_FEATURES`` = 127 values, in this order):
+Window summary (`feature_vector`, ``N_FEATURES`` = 149 values, in this order):
 
 * before the analysis the window is scaled to -20 dBFS RMS, so the features describe the
   *kind* of noise and not how loud the microphone or its gain happens to be (the level is
@@ -36,7 +36,25 @@ Window summary (`feature_vector`, ``N_FEATURES`` = 127 values, in this order):
                         bands of the frame-to-frame change of the log-mel spectrum (dB), its
                         mean, standard deviation and 90th percentile over the window (onsets,
                         clatter and speech change the spectrum fast; machinery and traffic
-                        swells slowly).
+                        swells slowly);
+* ``mod_b{b}_m{m}_db``  (version 3) modulation spectrum: the dB envelope of each of four
+                        acoustic bands (20-300, 300-1000, 1000-3000, 3000-8000 Hz), mean
+                        removed, and its power in four modulation bands (0.5-2 Hz: traffic
+                        swells; 2-6 Hz: syllables of speech babble; 6-12 Hz: tool strokes;
+                        12-31 Hz: clicks), in dB re 1 dB^2;
+* ``comodulation``      mean correlation between the four band envelopes (one source swelling
+                        or striking across the spectrum vs. many independent talkers);
+* ``onset_rate_hz``, ``onset_strength_db``  frames whose positive spectral flux is a local
+                        maximum ``ONSET_THRESHOLD_DB`` above the window's median, per second
+                        (keyboard clicks, footsteps, hammer blows), and the strongest rise;
+* ``crest_mean_db``, ``crest_std_db``, ``peak_persistence``  tonality: the strongest bin over
+                        the frame's mean power (50 Hz-7.5 kHz, dB), and the fraction of frames
+                        whose strongest bin is within one bin of its most common place.
+
+The version-3 groups are differences of dB values within a band or a frame, so the
+microphone's gain and a fixed EQ cancel out of them; the MFCC means (the lowest above all)
+carry the recording's EQ, which is why `models/train.py` may train without them (the card's
+``training.feature_set``) while the device still computes every feature.
 
 `power_and_peak` gives the level and the dominant frequency of a window for the
 noise-detection record. `StreamDecimator` turns the 48 kHz microphone stream into the
@@ -66,6 +84,14 @@ TARGET_RMS_DBFS = -20.0  # level every window is scaled to before the analysis
 SILENCE_RMS = 1e-7       # below this RMS (-140 dBFS) a window is left unscaled
 FLATNESS_BAND_HZ = (50.0, 7500.0)
 N_DELTA = N_MFCC
+# Acoustic bands (Hz) whose dB envelopes give the modulation features, and the modulation
+# bands (Hz, of the envelope): slow swells (passing vehicles), syllabic rate (speech babble,
+# ~4 Hz), fast (tool strokes, footsteps), very fast (clicks, impulses). The frame rate is
+# 62.5 Hz, so the last band ends near its Nyquist.
+MOD_ACOUSTIC_BANDS_HZ = ((20.0, 300.0), (300.0, 1000.0), (1000.0, 3000.0), (3000.0, 8000.0))
+MOD_BANDS_HZ = ((0.5, 2.0), (2.0, 6.0), (6.0, 12.0), (12.0, 31.0))
+MOD_NFFT = 128           # frames of the envelope FFT (2 s = 123 frames, zero-padded)
+ONSET_THRESHOLD_DB = 3.0  # positive spectral flux this far above the window's median is an onset
 
 FEATURE_NAMES: tuple[str, ...] = (
     tuple(f"mfcc_mean_{i}" for i in range(N_MFCC))
@@ -73,6 +99,10 @@ FEATURE_NAMES: tuple[str, ...] = (
     + tuple(f"delta_std_{i}" for i in range(N_DELTA))
     + ("flatness_mean_db", "flatness_std_db", "level_std_db", "level_range_db")
     + ("flux_mean_db", "flux_std_db", "flux_p90_db")
+    + tuple(f"mod_b{b}_m{m}_db" for b in range(len(MOD_ACOUSTIC_BANDS_HZ)) for m in range(len(MOD_BANDS_HZ)))
+    + ("comodulation",)
+    + ("onset_rate_hz", "onset_strength_db")
+    + ("crest_mean_db", "crest_std_db", "peak_persistence")
 )
 if len(FEATURE_NAMES) != N_FEATURES:  # the model card's contract (device.contract.model_card)
     raise ImportError(f"features compute {len(FEATURE_NAMES)} values, the model contract says {N_FEATURES}")
@@ -100,6 +130,10 @@ def feature_spec() -> dict:
         "n_mfcc": N_MFCC,
         "level_normalisation_dbfs": TARGET_RMS_DBFS,
         "flatness_band_hz": list(FLATNESS_BAND_HZ),
+        "modulation_acoustic_bands_hz": [list(b) for b in MOD_ACOUSTIC_BANDS_HZ],
+        "modulation_bands_hz": [list(b) for b in MOD_BANDS_HZ],
+        "modulation_nfft": MOD_NFFT,
+        "onset_threshold_db": ONSET_THRESHOLD_DB,
         "n_features": N_FEATURES,
         "names": list(FEATURE_NAMES),
     }
@@ -197,6 +231,24 @@ def _flatness_bins(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT) -> slice:
     return slice(int(lo), int(hi))
 
 
+@lru_cache(maxsize=4)
+def _band_matrix() -> np.ndarray:
+    """(n_mels, n_bands) 0/1 matrix summing mel bands into the modulation's acoustic bands
+    (a mel band belongs to the acoustic band holding its centre)."""
+    centres = _mel_to_hz(np.linspace(_hz_to_mel(FMIN), _hz_to_mel(FMAX), N_MELS + 2))[1:-1]
+    m = np.zeros((N_MELS, len(MOD_ACOUSTIC_BANDS_HZ)))
+    for b, (lo, hi) in enumerate(MOD_ACOUSTIC_BANDS_HZ):
+        m[(centres >= lo) & (centres < hi), b] = 1.0
+    m.setflags(write=False)
+    return m
+
+
+@lru_cache(maxsize=4)
+def _modulation_bins() -> tuple[slice, ...]:
+    freqs = np.fft.rfftfreq(MOD_NFFT, HOP_LENGTH / SAMPLE_RATE)
+    return tuple(slice(int(np.searchsorted(freqs, lo)), int(np.searchsorted(freqs, hi))) for lo, hi in MOD_BANDS_HZ)
+
+
 def _percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
     """np.percentile(values, qs) (linear method, same arithmetic) of a 1-D array, without its overhead."""
     n = values.size
@@ -230,8 +282,10 @@ def power_spectrogram(audio: np.ndarray) -> np.ndarray:
     return spectrum.real ** 2 + spectrum.imag ** 2
 
 
-def _log_mel(power: np.ndarray) -> np.ndarray:
-    log_mel = 10.0 * np.log10(np.maximum(power @ mel_filterbank().T, AMIN))
+def _log_mel(power: np.ndarray, mel_power: np.ndarray | None = None) -> np.ndarray:
+    if mel_power is None:
+        mel_power = power @ mel_filterbank().T
+    log_mel = 10.0 * np.log10(np.maximum(mel_power, AMIN))
     return np.maximum(log_mel, log_mel.max() - TOP_DB)
 
 
@@ -262,7 +316,8 @@ def feature_vector(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndar
     if rms > SILENCE_RMS:
         x = x * (10.0 ** (TARGET_RMS_DBFS / 20.0) / rms)
     power = power_spectrogram(x)
-    log_mel = _log_mel(power)
+    mel_power = power @ mel_filterbank().T
+    log_mel = _log_mel(power, mel_power)
     coeffs = log_mel @ _dct_matrix()
     deltas = np.diff(coeffs, axis=0)
     flux = np.sqrt(np.mean(np.diff(log_mel, axis=0) ** 2, axis=1))
@@ -285,7 +340,52 @@ def feature_vector(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndar
     out[tail + 4] = flux.mean()
     out[tail + 5] = flux.std()
     out[tail + 6] = _percentiles(flux, (90.0,))[0]
+    _sound_features(power, mel_power, log_mel, out[tail + 7:])
     return out
+
+
+def _sound_features(power: np.ndarray, mel_power: np.ndarray, log_mel: np.ndarray, out: np.ndarray) -> None:
+    """Features of what the sound does over time, not of the microphone: every one is a
+    difference of dB values within a band or a frame, so gain and a fixed EQ cancel out."""
+    n_bands, n_mod = len(MOD_ACOUSTIC_BANDS_HZ), len(MOD_BANDS_HZ)
+    # Modulation spectrum of each band's dB envelope (mean removed): how deep it swells at
+    # each modulation rate, in dB re 1 dB^2.
+    envelope = 10.0 * np.log10(mel_power @ _band_matrix() + AMIN)
+    envelope = envelope - envelope.mean(axis=0)
+    n_frames = min(envelope.shape[0], MOD_NFFT)
+    spectrum = np.fft.rfft(envelope[:n_frames], n=MOD_NFFT, axis=0)
+    mod_power = (spectrum.real ** 2 + spectrum.imag ** 2) / n_frames
+    k = 0
+    for b in range(n_bands):
+        for bins in _modulation_bins():
+            out[k] = 10.0 * np.log10(mod_power[bins, b].mean() + 1e-6)
+            k += 1
+    # Comodulation: mean correlation between the band envelopes (one source swelling or
+    # striking across the spectrum vs. many independent talkers).
+    sd = envelope.std(axis=0)
+    if np.all(sd > 1e-6):
+        corr = np.corrcoef(envelope.T)
+        out[k] = (corr.sum() - n_bands) / (n_bands * (n_bands - 1))
+    else:
+        out[k] = 0.0
+    k += 1
+    # Onsets: frames whose positive spectral flux stands ONSET_THRESHOLD_DB above the median
+    # and is a local maximum; their rate (per second) and how strong they are.
+    rise = np.maximum(np.diff(log_mel, axis=0), 0.0).mean(axis=1)
+    base = _percentiles(rise, (50.0,))[0]
+    peaks = (rise[1:-1] > rise[:-2]) & (rise[1:-1] >= rise[2:]) & (rise[1:-1] > base + ONSET_THRESHOLD_DB)
+    out[k] = np.count_nonzero(peaks) / (rise.size * HOP_LENGTH / SAMPLE_RATE)
+    out[k + 1] = float(np.max(rise) - base)
+    k += 2
+    # Tonality: spectral crest (strongest bin over the frame's mean, dB) and how often the
+    # strongest bin stays where it mostly is (a steady tone or hum: near 1; noise: near 0).
+    band = power[:, _flatness_bins()] + AMIN
+    crest_db = 10.0 * np.log10(band.max(axis=1) / band.mean(axis=1))
+    out[k] = crest_db.mean()
+    out[k + 1] = crest_db.std()
+    strongest = band.argmax(axis=1)
+    mode = np.bincount(strongest).argmax()
+    out[k + 2] = np.count_nonzero(np.abs(strongest - mode) <= 1) / strongest.size
 
 
 def power_and_peak(audio: np.ndarray, sample_rate: int) -> tuple[float, float]:

@@ -6,7 +6,7 @@ It drains the block ring and, in audio time:
   * summarises callback timing (duration, start jitter, xrun flags) per metrics interval;
   * decimates the reference mic to 16 kHz and classifies the last window every hop, with a
     confidence threshold and hysteresis, switching the controller preset when the class
-    changes;
+    changes (`unknown`, a window unlike every class: the neutral controller settings);
   * listens for warning sounds (sirens, smoke alarms, beepers, horns: `device.core.alarms`)
     and switches the speaker to hear-through while one sounds, then back to the wearer's mode;
   * emits processing-metric, noise-detection, alarm-detection and session records to a sink
@@ -18,6 +18,7 @@ the same records from the same blocks.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -169,7 +170,7 @@ class Worker:
 
         self.classifier = classifier
         if classifier is not None:
-            from device.core.classifier import ClassTracker
+            from device.core.classifier import ClassTracker, UnknownRule
             from device.core.features import SAMPLE_RATE, StreamDecimator
 
             self._decimator = StreamDecimator(self.sample_rate, SAMPLE_RATE)
@@ -179,6 +180,7 @@ class Worker:
             self._since_hop = 0
             self._classifier_rate = SAMPLE_RATE
             self._tracker = ClassTracker(cfg.classifier.confidence_threshold, cfg.classifier.hysteresis_windows)
+            self._unknown_rule = UnknownRule.from_config(cfg.classifier)
 
     def _reset_interval(self) -> None:
         self._interval_error = 0.0
@@ -317,7 +319,7 @@ class Worker:
         self._since_hop = 0
         from device.core.features import power_and_peak
 
-        detection = self.classifier.classify(self._window)
+        detection = self.classifier.classify(self._window, self._unknown_rule)
         power_db, peak_hz = power_and_peak(self._window, self._classifier_rate)
         time_s = self.samples / self.sample_rate
         entry = {
@@ -327,6 +329,7 @@ class Worker:
             "probabilities": {k: round(float(v), 4) for k, v in detection.probabilities.items()},
             "avg_power_db": round(float(power_db), 2),
             "peak_frequency_hz": round(float(peak_hz), 1),
+            "ood_score": None if detection.ood_score is None else round(float(detection.ood_score), 3),
         }
         self.report.detections.append(entry)
         if self.records is not None:
@@ -344,6 +347,16 @@ class Worker:
 
     # -- settings from the control channel ------------------------------------------------------
     def _apply_preset(self, name: str) -> None:
+        from device.core.classifier import UNKNOWN
+
+        if name == UNKNOWN:
+            # Unlike every class the model knows: the neutral settings of the controller section.
+            controller = self.cfg.controller
+            self.preset_intensity = 1.0
+            self.engine.apply_preset(controller.step_size, controller.leakage, self.settings.speaker_gain(1.0))
+            log.info("noise unknown: neutral settings, step %.4g, leakage %.3g", controller.step_size,
+                     controller.leakage)
+            return
         preset = self.cfg.presets[name]
         self.preset_intensity = preset.intensity
         self.engine.apply_preset(preset.step_size, preset.leakage, self.settings.speaker_gain(preset.intensity))
@@ -352,11 +365,14 @@ class Worker:
 
     def apply_settings(self, changes: dict) -> None:
         """Validated settings from the control channel, applied between blocks."""
-        self.settings.update(changes)
+        proposed = dataclasses.replace(self.settings)
+        proposed.update(changes)
+        if "anc_intensity" in changes:
+            # First, so that a gain the engine refuses (UserError) leaves every setting as it was.
+            self.engine.set_intensity(proposed.speaker_gain(self.preset_intensity))
+        self.settings = proposed
         if "anc_enabled" in changes:
             self.engine.set_enabled(self.settings.enabled)
-        if "anc_intensity" in changes:
-            self.engine.set_intensity(self.settings.speaker_gain(self.preset_intensity))
         if "anc_enabled" in changes or "anc_mode" in changes:
             self._apply_mode()
         if "preset" in changes:

@@ -54,8 +54,13 @@ class RuntimeControl:
             return
         if settings is None:
             return
+        try:
+            self.worker.apply_settings(settings)
+        except UserError as exc:  # the engine refused a value the validation let through: nothing applied
+            self.desired_error = f"{self.desired.path}: {exc}"
+            log.error("desired settings refused, nothing applied: %s", self.desired_error)
+            return
         self.desired_error = None
-        self.worker.apply_settings(settings)
         self.applied.update(settings)
         log.info("applied desired settings %s", json.dumps(settings, sort_keys=True))
 

@@ -249,8 +249,7 @@ def test_sigterm_fades_out_exits_0_and_records_the_session(identification, jack_
     assert not np.any(emulator.recorded(0.005)["speaker"])
     records = read_session_records(tmp_path / "spool.sqlite")
     assert records, "no session record in the spool"
-    if "session_id" in summary:
-        assert summary["session_id"] in {record["session_id"] for record in records}
+    assert summary["session_id"] in {record["session_id"] for record in records}
     assert records[-1]["total_samples"] > 0
 
 
@@ -283,7 +282,7 @@ def test_emulator_killed_mid_run_is_reported_once_and_recovered(identification, 
           f"after {reconnected_after:.1f} s; stream errors logged: {errors}; summary: {json.dumps(summary)}")
     assert status == 0, log[-3000:]
     assert summary["stream_errors"] >= 1
-    assert summary.get("stream_restarts", 1) >= 1
+    assert summary["stream_restarts"] >= 1
     assert len(errors) == len(set(errors)), f"a stream error was logged more than once: {errors}"
     assert anti_noise_back, "no anti-noise reached the restarted plant"
 
