@@ -104,8 +104,12 @@ def convergence(times: np.ndarray, attenuation: np.ndarray, steady_db: float,
     return Convergence(float(times[settled] - frame_s), True, dips)
 
 
+MODE_COLOURS = {"off": "0.6", "anc": None, "hear-through": "tab:orange"}
+
+
 def write_png(path: Path, sample_rate: int, off: np.ndarray, on: np.ndarray, optimum_error: np.ndarray,
-              times: np.ndarray, attenuation: np.ndarray, steady_s: tuple[float, float], title: str) -> None:
+              times: np.ndarray, attenuation: np.ndarray, steady_s: tuple[float, float], title: str,
+              modes: list[dict] | None = None, alarms: list[dict] | None = None) -> None:
     """Spectra over the steady window and attenuation over time (from per-frame energies: the
     whole signals are never needed)."""
     import matplotlib
@@ -130,7 +134,21 @@ def write_png(path: Path, sample_rate: int, off: np.ndarray, on: np.ndarray, opt
     bottom.axvspan(*steady_s, color="0.9", zorder=-1, label="steady state")
     bottom.set_xlabel("time (s)")
     bottom.set_ylabel("attenuation (dB, 100 ms frames)")
-    bottom.set_title("attenuation over time")
+    # The speaker's mode over time (shaded when not anti-noise) and every warning sound heard.
+    modes = modes or []
+    for index, change in enumerate(modes):
+        colour = MODE_COLOURS.get(change["mode"])
+        if colour is None:
+            continue
+        end = modes[index + 1]["t_s"] if index + 1 < len(modes) else float(times[-1]) if times.size else change["t_s"]
+        bottom.axvspan(change["t_s"], end, color=colour, alpha=0.2, zorder=-1,
+                       label=change["mode"] if change["mode"] not in [m["mode"] for m in modes[:index]] else None)
+    for alarm in alarms or []:
+        bottom.axvline(alarm["start_s"], color="tab:red", linestyle=":")
+        bottom.axvline(alarm["detected_s"], color="tab:red")
+        bottom.annotate(f"{alarm['kind']}", (alarm["detected_s"], 0.95), xycoords=("data", "axes fraction"),
+                        color="tab:red", fontsize=8)
+    bottom.set_title("attenuation over time" + ("; alarm onset (dotted) and detection (red)" if alarms else ""))
     bottom.grid(True, alpha=0.3)
     bottom.legend()
     fig.savefig(path, dpi=100)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from device.contract.config import Config
+from device.core.alarms import format_alarms
 from device.core.dsp.identification import (IdentificationResult, RigIdentification, configured_probe,
                                             controller_tap_budget, identify_rig, resolved_controller_taps)
 from device.contract.errors import UserError
@@ -400,6 +401,10 @@ def _run(scene: SceneStream, plant: Plant, cfg: Config, session: Session, rig: R
         "classifier": shared["classifier"],
         "records_written": shared["records_written"],
         "session_id": shared["session_id"],
+        "anc_mode": session_summary["anc_mode"],
+        "modes": session_summary["modes"],
+        "alarms": [{k: a[k] for k in ("kind", "start_s", "detected_s", "end_s", "confidence", "level_dbfs")}
+                   for a in session_summary["alarms"]],
     }
     result = None
     if keep_signals:
@@ -463,7 +468,8 @@ def _write_final_outputs(sim: Simulation, out: Path) -> list[Path]:
         fs = sim.plant.sample_rate
         _atomic_write(png, lambda tmp: report.write_png(Path(tmp), fs, off, on, optimum_error, times, att,
                                                         (window.start / fs, window.stop / fs),
-                                                        f"{Path(sim.summary['scene']).name} on {sim.plant.name}"))
+                                                        f"{Path(sim.summary['scene']).name} on {sim.plant.name}",
+                                                        modes=sim.summary["modes"], alarms=sim.summary["alarms"]))
         written.append(png)
     except ImportError:
         print("anc-device: matplotlib is not installed; skipped report.png (pip install 'anc-device[plots]')",
@@ -524,6 +530,7 @@ def format_summary(summary: dict) -> str:
         lines.append("feedback     the plant leaks the speaker into the reference mic and "
                      "controller.feedback_neutralization is off")
     lines.extend(session_summary_parts.safety_lines(summary["safety_events"]))
+    lines.append(format_alarms(summary["alarms"], summary["modes"]))
     if summary["classifier"] != "on":
         lines.append(f"classes      classifier {summary['classifier']}")
     elif summary["noise_classes"]:

@@ -24,12 +24,22 @@ HELP = "run the noise canceller on the configured sound card until stopped"
 def add_arguments(parser) -> None:
     parser.add_argument("--config", help="YAML file overriding config/default.yaml")
     parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until SIGTERM/SIGINT)")
+    parser.add_argument("--mode", help="what the speaker plays: off, anc or hear-through (default: anc.mode of the config)")
     parser.add_argument("--json", action="store_true", help="print the exit summary as exactly one JSON object on stdout")
     parser.add_argument("--no-live-view", action="store_true",
                         help="no status line on the terminal (it is off anyway when stderr is not a terminal or "
                              "under systemd)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                         help="log level on stderr (default info)")
+
+
+def with_mode(cfg, mode: str):
+    """The configuration with anc.mode set from --mode, refused in one line when unknown."""
+    from device.contract.config import ANC_MODES
+
+    if mode not in ANC_MODES:
+        raise UserError(f"--mode: {mode!r} is not one of {', '.join(ANC_MODES)}")
+    return cfg.replace("anc", mode=mode)
 
 
 def open_spool(cfg):
@@ -52,6 +62,8 @@ def run(args) -> int:
     if args.duration is not None and not args.duration > 0:
         raise UserError(f"--duration: expected a positive number of seconds, got {args.duration}")
     cfg = load_config(args.config)
+    if args.mode is not None:
+        cfg = with_mode(cfg, args.mode)
 
     from device.rig.audio import DuplexStream, import_sounddevice, resolve_stream
     from device.rig.estimates import load_estimates

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from device.commands.run import with_mode
 from device.contract.config import load_config
 
 NAME = "simulate"
@@ -16,6 +17,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--plant", help="built-in plant preset (headphone, duct) or plant YAML file; default from config")
     parser.add_argument("--config", help="YAML file overriding config/default.yaml")
     parser.add_argument("--out", help="directory for error-mic WAVs off/on, anti-noise, metrics.jsonl, paths, report.png")
+    parser.add_argument("--mode", help="what the speaker plays: off, anc or hear-through (default: anc.mode of the config)")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
 
@@ -24,6 +26,8 @@ def run(args) -> int:
     from simulator.run import format_summary, simulate
 
     cfg = load_config(args.config)
+    if args.mode is not None:
+        cfg = with_mode(cfg, args.mode)
     sim = simulate(args.scene, cfg, args.plant, out=args.out,
                    progress=sys.stderr.isatty() and not args.json)
     if args.json:

@@ -37,6 +37,8 @@ def default_file(name: str) -> Path:
 DEFAULT_CONFIG = default_file("default.yaml")
 
 NOISE_CLASSES = ("white", "pink", "traffic", "office", "construction", "cafe")
+# What the speaker plays: nothing, anti-noise, or the room (the outer mic, equalized).
+ANC_MODES = ("off", "anc", "hear-through")
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,17 @@ SCHEMA: dict[str, Any] = {
         "enabled": Key("bool"),
         "intensity": Key("float", "0..1 of full anti-noise", 0.0, 1.0),
         "ramp_ms": Key("float", "ms", 0.0, 10000.0, exclusive_minimum=True),
+        "mode": Key("str", choices=ANC_MODES),
+        "hear_through_taps": Key("int", "samples", 1, 1024),
+        "hear_through_gain_db": Key("float", "dB", -40.0, 12.0),
+    },
+    "alarms": {
+        "enabled": Key("bool"),
+        "hold_s": Key("float", "s", 0.0, 60.0),
+        "prominence_db": Key("float", "dB", 3.0, 40.0),
+        "min_level_dbfs": Key("float", "dBFS", -120.0, 0.0),
+        "min_duration_ms": Key("float", "ms", 32.0, 1000.0),
+        "release_ms": Key("float", "ms", 50.0, 10000.0),
     },
     "identification": {
         "probe_level_dbfs": Key("float", "dBFS", -80.0, -6.0),

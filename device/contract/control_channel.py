@@ -13,7 +13,7 @@ runtime can poll with a cheap ``stat`` (`DesiredWatcher`) without ever blocking 
 
 Settings (all optional, validated the same way on both sides):
 ``anc_enabled`` bool, ``anc_intensity`` number 0..1, ``preset`` one of the noise classes or
-``"auto"`` (let the classifier choose).
+``"auto"`` (let the classifier choose), ``anc_mode`` one of off, anc, hear-through.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from device.contract.config import NOISE_CLASSES
+from device.contract.config import ANC_MODES, NOISE_CLASSES
 from device.contract.errors import UserError
 from device.contract.files import utc_now_iso, write_json_atomic
 
@@ -33,7 +33,7 @@ DESIRED_FILE = "desired.json"
 REPORTED_FILE = "reported.json"
 MODEL_FILE = "model.json"      # written by the agent after a model update: {"path", "sha256", "action"}
 PRESETS = ("auto",) + NOISE_CLASSES
-SETTINGS = ("anc_enabled", "anc_intensity", "preset")
+SETTINGS = ("anc_enabled", "anc_intensity", "preset", "anc_mode")
 
 
 def validate_settings(settings: Any, source: str = "desired") -> dict[str, Any]:
@@ -55,6 +55,9 @@ def validate_settings(settings: Any, source: str = "desired") -> dict[str, Any]:
         elif key == "preset":
             if value not in PRESETS:
                 raise UserError(f"{source}: preset: must be one of {', '.join(PRESETS)}, got {value!r}")
+        elif key == "anc_mode":
+            if value not in ANC_MODES:
+                raise UserError(f"{source}: anc_mode: must be one of {', '.join(ANC_MODES)}, got {value!r}")
         clean[key] = value
     return clean
 

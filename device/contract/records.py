@@ -1,6 +1,6 @@
 """Record types the runtime emits and the cloud agent delivers.
 
-Three kinds, with the fields of the mission brief plus the envelope every record carries:
+Four kinds, with the fields of the mission brief plus the envelope every record carries:
 
 * ``record_id``  uuid4 hex, unique; a sink that sees the same id twice drops the duplicate
   (delivery is at least once).
@@ -9,7 +9,7 @@ Three kinds, with the fields of the mission brief plus the envelope every record
 * ``seq``        monotonic per device, also across restarts: microseconds since the epoch at
   creation, bumped by one when two records share a microsecond. It only goes backwards if
   the wall clock does (the device runs NTP); it orders records, ``record_id`` identifies them.
-* ``kind``       "session" | "noise_detection" | "processing_metric".
+* ``kind``       "session" | "noise_detection" | "processing_metric" | "alarm_detection".
 * ``created_at`` ISO-8601 UTC with milliseconds.
 
 `RecordFactory` fills the envelope; the worker passes only the kind's own fields.
@@ -89,13 +89,34 @@ class ProcessingMetricRecord(_Envelope):
         return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
 
 
-Record = SessionRecord | NoiseDetectionRecord | ProcessingMetricRecord
+@dataclass(frozen=True)
+class AlarmDetectionRecord(_Envelope):
+    """A warning sound the runtime heard and let through (hear-through bypass)."""
+
+    alarm_kind: str           # siren | smoke_alarm | low_frequency_alarm | reversing_beeper | car_horn
+    start_time: str           # ISO-8601 UTC: onset of the sound
+    end_time: str             # ISO-8601 UTC: last moment it was heard
+    detected_s: float         # detection latency after the onset, s
+    duration_s: float
+    confidence: float         # 0..1
+    level_dbfs: float         # peak level of the tone at the reference mic
+    frequency_hz: float       # its frequency at detection
+    kind: str = field(default="alarm_detection")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+
+
+Record = SessionRecord | NoiseDetectionRecord | ProcessingMetricRecord | AlarmDetectionRecord
 _BY_KIND = {"session": SessionRecord, "noise_detection": NoiseDetectionRecord,
-            "processing_metric": ProcessingMetricRecord}
+            "processing_metric": ProcessingMetricRecord, "alarm_detection": AlarmDetectionRecord}
 KINDS = tuple(_BY_KIND)
 # What an outbox over its budget drops first: a lost metric costs a point on a chart, a lost
-# session record a whole session.
-DROP_ORDER = ("processing_metric", "noise_detection", "session")
+# session record a whole session; an alarm record is rare and says the wearer was warned.
+DROP_ORDER = ("processing_metric", "noise_detection", "alarm_detection", "session")
 if sorted(DROP_ORDER) != sorted(KINDS):
     raise ImportError("records: DROP_ORDER must name every record kind once")
 
@@ -131,6 +152,9 @@ class RecordFactory:
     def noise_detection(self, **fields: Any) -> NoiseDetectionRecord:
         fields.setdefault("timestamp", utc_now_iso())
         return NoiseDetectionRecord(**self._envelope(), **fields)
+
+    def alarm_detection(self, **fields: Any) -> AlarmDetectionRecord:
+        return AlarmDetectionRecord(**self._envelope(), **fields)
 
     def processing_metric(self, **fields: Any) -> ProcessingMetricRecord:
         fields.setdefault("timestamp", utc_now_iso())

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from device.contract.config import Config
+from device.contract.config import ANC_MODES, Config
 from device.core.dsp import layout as L
 from device.core.dsp.fxlms import process_block
 from device.core.dsp.identification import controller_tap_budget, recommended_controller_taps
+from device.core.dsp.hear_through import design_equalizer
 from device.contract.errors import UserError
 
 EVENT_CAPACITY = 256
@@ -50,6 +51,9 @@ class ControllerSettings:
     highpass_hz: float = 20.0
     sustained_rise_db: float = 1.0
     sustained_hold_ms: float = 400.0
+    mode: str = "anc"
+    hear_through_taps: int = 64
+    hear_through_gain_db: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: Config, sample_rate: int | None = None, block_size: int | None = None,
@@ -84,6 +88,9 @@ class ControllerSettings:
             highpass_hz=cfg.controller.highpass_hz,
             sustained_rise_db=cfg.safety.sustained_rise_db,
             sustained_hold_ms=cfg.safety.sustained_hold_ms,
+            mode=cfg.anc.mode,
+            hear_through_taps=cfg.anc.hear_through_taps,
+            hear_through_gain_db=cfg.anc.hear_through_gain_db,
         )
 
 
@@ -160,6 +167,11 @@ class AncEngine:
         self._events_read = 0
         self._enabled = settings.enabled
         self._intensity = settings.intensity
+        self._mode = settings.mode
+        # The equalizer reads the reference history, which holds max(taps, path_taps) samples.
+        hear_taps = min(settings.hear_through_taps, self.reference_buffer.size // 2)
+        self.hear_through = np.ascontiguousarray(
+            design_equalizer(secondary_path, hear_taps, settings.hear_through_gain_db, settings.sample_rate))
         self.base_step_size = settings.step_size
         self.step_factor = 1.0
         self._configure(settings)
@@ -185,7 +197,8 @@ class AncEngine:
         p[L.P_STEP] = s.step_size
         p[L.P_LEAKAGE] = s.leakage
         p[L.P_REGULARIZATION] = s.regularization
-        p[L.P_USER_TARGET] = s.intensity if s.enabled else 0.0
+        p[L.P_USER_TARGET] = s.intensity if s.enabled and s.mode == "anc" else 0.0
+        p[L.P_HEAR_TARGET] = 1.0 if s.enabled and s.mode == "hear-through" else 0.0  # the worker decides later
         p[L.P_USER_RATE] = 1.0 / _samples(s.ramp_ms, fs)
         p[L.P_FADE_RATE] = 1.0 / _samples(s.fade_ms, fs)
         p[L.P_TRIP_RATE] = 1.0 / _samples(s.trip_fade_ms, fs)
@@ -219,6 +232,7 @@ class AncEngine:
         self.status[L.S_LIMITER_GAIN] = 1.0
         self.status[L.S_STEP] = 1.0
         self.status[L.S_USER_GAIN] = self.params[L.P_USER_TARGET]
+        self.status[L.S_HEAR_GAIN] = self.params[L.P_HEAR_TARGET]
         self.params[L.P_STOP] = 0.0
         self._events_read = 0
 
@@ -228,7 +242,7 @@ class AncEngine:
         process_block(
             reference, error, out, self.weights, self.secondary_path, self.feedback_path,
             self.reference_buffer, self.filtered_buffer, self.output_buffer,
-            self.params, self.status, self.cursors, self.events,
+            self.params, self.status, self.cursors, self.events, self.hear_through,
         )
 
     def warm_up(self) -> None:
@@ -243,15 +257,30 @@ class AncEngine:
             array[...] = 0.0
 
     # -- settings, applied at the next block ---------------------------------------------
+    def _apply_targets(self) -> None:
+        """The speaker's two sources from enabled, intensity and mode; the kernel crossfades
+        to the new targets over `anc.ramp_ms`. The weights stay (frozen) in hear-through.
+        `enabled` gates the anti-noise; the mode is the one the worker settled on (it turns
+        the wearer's hear-through off with anc_enabled false, but not an alarm's)."""
+        self.params[L.P_USER_TARGET] = self._intensity if self._enabled and self._mode == "anc" else 0.0
+        self.params[L.P_HEAR_TARGET] = 1.0 if self._mode == "hear-through" else 0.0
+
     def set_enabled(self, enabled: bool) -> None:
         self._enabled = bool(enabled)
-        self.params[L.P_USER_TARGET] = self._intensity if self._enabled else 0.0
+        self._apply_targets()
 
     def set_intensity(self, intensity: float) -> None:
         if not 0.0 <= intensity <= 1.0 or not math.isfinite(intensity):
             raise UserError(f"anc_intensity: {intensity} is out of range [0, 1]")
         self._intensity = float(intensity)
-        self.params[L.P_USER_TARGET] = self._intensity if self._enabled else 0.0
+        self._apply_targets()
+
+    def set_mode(self, mode: str) -> None:
+        """off, anc or hear-through (`device.contract.config.ANC_MODES`), from the next block."""
+        if mode not in ANC_MODES:
+            raise UserError(f"anc_mode: {mode!r} is not one of {', '.join(ANC_MODES)}")
+        self._mode = mode
+        self._apply_targets()
 
     def apply_preset(self, step_size: float, leakage: float, intensity: float) -> None:
         """Switch controller settings (a noise-class preset): step and leakage take effect at
@@ -283,6 +312,11 @@ class AncEngine:
         return self._intensity
 
     @property
+    def speaker_mode(self) -> str:
+        """What the speaker plays: off, anc (off while anti-noise is disabled) or hear-through."""
+        return "off" if self._mode == "anc" and not self._enabled else self._mode
+
+    @property
     def is_silent(self) -> bool:
         return self.status[L.S_MODE] == L.MODE_STOP and self.status[L.S_SAFETY_GAIN] <= 0.0
 
@@ -305,6 +339,7 @@ class AncEngine:
             "step_size": self.step_size,
             "leakage": float(self.params[L.P_LEAKAGE]),
             "user_gain": float(s[L.S_USER_GAIN]),
+            "hear_through_gain": float(s[L.S_HEAR_GAIN]),
             "safety_gain": float(s[L.S_SAFETY_GAIN]),
             "limiter_gain_db": 20.0 * math.log10(max(s[L.S_LIMITER_GAIN], 1e-12)),
             "weight_norm": float(s[L.S_WEIGHT_NORM]),

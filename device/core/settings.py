@@ -1,6 +1,6 @@
 """The wearer's settings, in one place with one meaning.
 
-``anc_enabled``, ``anc_intensity`` and ``preset`` come from the configuration at start and from
+``anc_enabled``, ``anc_intensity``, ``preset`` and ``anc_mode`` come from the configuration at start and from
 the control channel (the device shadow) later. They are held here, by the worker, and reported
 the same way everywhere: `reported.json`, the session record and the run summary all give the
 user's intensity (0..1), never the product of it and a preset's. What the speaker gets is
@@ -19,6 +19,7 @@ class AncSettings:
     enabled: bool
     intensity: float  # the user's 0..1
     preset: str = AUTO  # "auto" (the classifier chooses) or a noise class forced by the user
+    mode: str = "anc"  # off, anc or hear-through: what the wearer asked the speaker to play
 
     @property
     def preset_override(self) -> str | None:
@@ -32,9 +33,17 @@ class AncSettings:
             self.intensity = float(changes["anc_intensity"])
         if "preset" in changes:
             self.preset = changes["preset"]
+        if "anc_mode" in changes:
+            self.mode = changes["anc_mode"]
 
     def reported(self) -> dict:
-        return {"anc_enabled": self.enabled, "anc_intensity": round(self.intensity, 4), "preset": self.preset}
+        return {"anc_enabled": self.enabled, "anc_intensity": round(self.intensity, 4), "preset": self.preset,
+                "anc_mode": self.mode}
+
+    @property
+    def speaker_mode(self) -> str:
+        """The wearer's mode as the speaker plays it: anc_enabled false means off."""
+        return self.mode if self.enabled else "off"
 
     def speaker_gain(self, preset_intensity: float) -> float:
         """The anti-noise gain the engine applies: the user's intensity times the active preset's."""

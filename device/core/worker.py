@@ -7,7 +7,10 @@ It drains the block ring and, in audio time:
   * decimates the reference mic to 16 kHz and classifies the last window every hop, with a
     confidence threshold and hysteresis, switching the controller preset when the class
     changes (`unknown`, a window unlike every class: the neutral controller settings);
-  * emits processing-metric, noise-detection and session records to a sink (the spool).
+  * listens for warning sounds (sirens, smoke alarms, beepers, horns: `device.core.alarms`)
+    and switches the speaker to hear-through while one sounds, then back to the wearer's mode;
+  * emits processing-metric, noise-detection, alarm-detection and session records to a sink
+    (the spool).
 
 It runs on a thread on the device and synchronously in the simulator (`poll`), so both give
 the same records from the same blocks.
@@ -27,6 +30,7 @@ import numpy as np
 
 from device.contract.config import Config
 from device.contract.files import utc_iso
+from device.core.alarms import AlarmDetector, AlarmEvent, DetectorSettings
 from device.core.engine import AncEngine, SafetyEvent
 from device.core.ringbuffer import BlockRing
 from device.core.settings import AncSettings
@@ -107,6 +111,8 @@ class WorkerReport:
     safety_events: list[SafetyEvent] = field(default_factory=list)
     records_written: int = 0
     classifier_error: str | None = None
+    modes: list[dict] = field(default_factory=list)     # [{t_s, mode}]: what the speaker played from when
+    alarms: list[dict] = field(default_factory=list)    # [{kind, start_s, detected_s, end_s, ...}]
 
 
 class Worker:
@@ -149,7 +155,15 @@ class Worker:
         self.current_class: str | None = None
         # The user's settings (config, then the control channel); a forced preset stops the
         # classifier from switching presets.
-        self.settings = AncSettings(bool(cfg.anc.enabled), float(cfg.anc.intensity))
+        self.settings = AncSettings(bool(cfg.anc.enabled), float(cfg.anc.intensity), mode=cfg.anc.mode)
+        # Warning-sound bypass: the alarm holding the speaker in hear-through, and the audio
+        # time at which the wearer's mode comes back once it has ended.
+        self.alarm_detector = (AlarmDetector(self.sample_rate, DetectorSettings.from_config(cfg.alarms))
+                               if cfg.alarms.enabled else None)
+        self.bypass: AlarmEvent | None = None
+        self._bypass_until: float | None = None
+        self.speaker_mode = ""
+        self._apply_mode()
         self.preset_intensity = 1.0
         self.callback_durations = LatencyHistogram()
         self.callback_jitter = LatencyHistogram()
@@ -208,13 +222,14 @@ class Worker:
         self._guard_disturbance += d2
         self._guard_samples += error.size
         if self._guard_samples >= self.guard_samples:
-            if self._guard_error > 0 and self.engine.mode == "run":
+            # Only anti-noise is judged: hear-through raises the error level by design.
+            if self._guard_error > 0 and self.engine.mode == "run" and self.speaker_mode == "anc":
                 self._guard_step(_db(self._guard_disturbance / self._guard_error))
             self._guard_error = self._guard_disturbance = 0.0
             self._guard_samples = 0
         self._interval_output += float(np.dot(output, output))
         self._interval_samples += error.size
-        if self.engine.mode == "run":
+        if self.engine.mode == "run" and self.speaker_mode == "anc":
             self._session_error += e2
             self._session_disturbance += d2
         if meta.size:
@@ -236,6 +251,48 @@ class Worker:
         self.samples += error.size
         if self.classifier is not None and self.samples - self.last_signal_sample < self.sample_rate:
             self._classify(reference)
+        if self.alarm_detector is not None:
+            self._listen(reference)
+
+    # -- warning sounds -------------------------------------------------------------------------
+    def _listen(self, reference: np.ndarray) -> None:
+        """Run the detector; a detection holds the speaker in hear-through until `alarms.hold_s`
+        after the sound ends (and never before the detector has seen it end)."""
+        now = self.samples / self.sample_rate
+        for event in self.alarm_detector.process(reference):
+            if event.end_s is None:
+                self.bypass, self._bypass_until = event, None
+                log.warning("warning sound: %s (%.0f Hz, %.1f dBFS), hear-through on",
+                            event.kind, event.frequency_hz, event.level_dbfs)
+                self._apply_mode()
+            else:
+                self._close_alarm(event, now)
+        if self._bypass_until is not None and now >= self._bypass_until and self.alarm_detector.active is None:
+            self.bypass, self._bypass_until = None, None
+            self._apply_mode()
+
+    def _close_alarm(self, event: AlarmEvent, now: float) -> None:
+        entry = event.to_dict()
+        self.report.alarms.append(entry)
+        self._bypass_until = event.end_s + self.cfg.alarms.hold_s
+        log.info("warning sound ended: %s, %.1f s long", event.kind, event.end_s - event.start_s)
+        if self.records is not None:
+            wall = self.wall_clock()
+            self._pending.append(self.records.alarm_detection(
+                alarm_kind=event.kind, start_time=utc_iso(wall - (now - event.start_s)),
+                end_time=utc_iso(wall - (now - event.end_s)), detected_s=round(event.detected_s - event.start_s, 3),
+                duration_s=round(event.end_s - event.start_s, 3), confidence=entry["confidence"],
+                level_dbfs=entry["level_dbfs"], frequency_hz=entry["frequency_hz"]))
+
+    def _apply_mode(self) -> None:
+        """Give the engine the mode the speaker should play: hear-through while a warning sound
+        holds it, else the wearer's (off when anc_enabled is false). Recorded when it changes."""
+        mode = "hear-through" if self.bypass is not None else self.settings.speaker_mode
+        if mode == self.speaker_mode:
+            return
+        self.speaker_mode = mode
+        self.engine.set_mode(mode)
+        self.report.modes.append({"t_s": round(self.samples / self.sample_rate, 3), "mode": mode})
 
     def _speaker_at_error(self, output: np.ndarray) -> np.ndarray:
         """The speaker's contribution at the error mic, through the estimated secondary path,
@@ -316,6 +373,8 @@ class Worker:
         self.settings = proposed
         if "anc_enabled" in changes:
             self.engine.set_enabled(self.settings.enabled)
+        if "anc_enabled" in changes or "anc_mode" in changes:
+            self._apply_mode()
         if "preset" in changes:
             forced = self.settings.preset_override
             if forced is not None:
@@ -336,7 +395,7 @@ class Worker:
         self.report.safety_events.extend(events)
         snapshot = self.engine.snapshot()
         cancellation = None
-        if self._interval_error > 0 and snapshot["mode"] == "run":
+        if self._interval_error > 0 and snapshot["mode"] == "run" and self.speaker_mode == "anc":
             cancellation = _db(self._interval_disturbance / self._interval_error)
         interval_s = n / self.sample_rate
         metrics = IntervalMetrics(
@@ -431,6 +490,10 @@ class Worker:
     def finish(self, status: str = "completed", start_time: str | None = None) -> dict:
         """Drain what is left, close the partial interval, write the session record."""
         self.poll()
+        if self.alarm_detector is not None:
+            open_event = self.alarm_detector.finish(self.samples / self.sample_rate)
+            if open_event is not None:
+                self._close_alarm(open_event, self.samples / self.sample_rate)
         if self._interval_samples > 0:
             self._close_interval()
         self.report.safety_events.extend(self.engine.drain_events())
@@ -449,6 +512,9 @@ class Worker:
             self._pending.append(self.records.session(**session))
             self._flush()
         session["watchdog_trips"] = snapshot["watchdog_trips"]
+        session["anc_mode"] = self.settings.mode
+        session["modes"] = list(self.report.modes)
+        session["alarms"] = list(self.report.alarms)
         return session
 
 

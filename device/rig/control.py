@@ -117,6 +117,7 @@ class RuntimeControl:
         return {
             **worker.settings.reported(),
             "mode": engine.mode,
+            "speaker_mode": worker.speaker_mode,
             "noise_type": worker.current_class,
             "estimated_cancellation_db": None if metrics is None or metrics.estimated_cancellation_db is None
             else round(metrics.estimated_cancellation_db, 1),
@@ -133,7 +134,8 @@ class RuntimeControl:
         now = self.clock()
         state = self.state()
         # Health counters change all the time; only settings, mode and errors count as a change.
-        significant = {k: state[k] for k in ("anc_enabled", "anc_intensity", "preset", "mode", "noise_type",
+        significant = {k: state[k] for k in ("anc_enabled", "anc_intensity", "preset", "anc_mode", "speaker_mode",
+                                            "mode", "noise_type",
                                             "model", "model_error", "desired_error")}
         if not force and significant == self._last_report and now - self._last_report_time < REPORT_INTERVAL_S:
             return

@@ -296,6 +296,9 @@ class Supervisor:
             "classifier": shared["classifier"],
             "records_written": shared["records_written"],
             "session_id": shared["session_id"],
+            "anc_mode": session["anc_mode"],
+            "modes": session["modes"],
+            "alarms": session["alarms"],
         }
         p99 = summary["callback_p99_ms"]
         summary["callback_p99_of_period"] = None if p99 is None else round(p99 / period_ms, 4)
@@ -303,6 +306,8 @@ class Supervisor:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
+    from device.core.alarms import format_alarms
+
     _value = session_summary_parts.value_or_dash
 
     def ms(key):
@@ -328,5 +333,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{_value(summary['rss_shmem_mb'])} shared memory (JACK)",
         f"classifier   {summary['classifier']}; classes {session_summary_parts.class_intervals(summary['noise_classes'], summary['duration_s'])}",
         f"records      {summary['records_written']} written to the spool",
+        format_alarms(summary["alarms"], summary["modes"]),
     ]
     return "\n".join(lines)
+

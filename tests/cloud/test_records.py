@@ -16,6 +16,9 @@ def _three(factory):
                                 avg_power_db=-30.0, peak_frequency_hz=250.0),
         factory.processing_metric(latency_ms=0.4, cpu_utilization=0.2, memory_mb=80.0,
                                   cancellation_db=None, algorithm="fxlms", extras={"xruns": 0}),
+        factory.alarm_detection(alarm_kind="siren", start_time="2026-01-01T00:00:10.000Z",
+                                end_time="2026-01-01T00:00:14.000Z", detected_s=0.18, duration_s=4.0,
+                                confidence=0.9, level_dbfs=-20.0, frequency_hz=900.0),
     ]
 
 
@@ -23,10 +26,10 @@ def test_factory_fills_the_envelope_and_round_trips():
     factory = RecordFactory("thing-1", "s1")
     records = _three(factory)
     assert [r.kind for r in records] == list(KINDS)
-    assert len({r.record_id for r in records}) == 3
+    assert len({r.record_id for r in records}) == len(KINDS)
     assert all(r.device_id == "thing-1" and r.session_id == "s1" for r in records)
     seqs = [r.seq for r in records]
-    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(KINDS)
     for record in records:
         data = json.loads(record.to_json())
         assert data["kind"] == record.kind and from_dict(data) == record

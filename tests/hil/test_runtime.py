@@ -334,3 +334,51 @@ def test_desired_settings_reach_the_live_runtime_and_it_reports_them(identificat
     status, summary = stop_run(process)
     assert status == 0, process.stderr()[-3000:]
     assert (read_reported(state) or {}).get("status") == "stopped"
+
+
+def test_shadow_anc_mode_reaches_the_live_runtime_and_a_bad_value_changes_nothing(
+        identification, jack_server, emulator_factory, device_processes, tmp_path):
+    """`anc_mode` through the local channel, as a shadow delta writes it: hear-through in a running
+    `anc-device run` (the speaker plays the room, `reported.json` says so), then an unknown mode is
+    rejected and reported while the mode stays, then off silences the speaker."""
+    from device.contract.control_channel import DESIRED_FILE, read_reported, write_desired
+    from device.contract.files import write_json_atomic
+
+    copy_state(identification, tmp_path)
+    state = tmp_path / "state"
+    emulator = emulator_factory(jack_server, "headphone", generate_scene("pink", 5.0, 48000, seed=2))
+    config = write_config(tmp_path)
+    process = device_processes(anc_device("run", "--config", str(config), "--json"), jack_server, "run")
+    emulator.wait_connected(timeout_s=60, alive=process.alive)
+    wait_for_log(process, r"anti-noise on", timeout_s=30)
+
+    def reported_becomes(key, value):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (read_reported(state) or {}).get(key) != value:
+            time.sleep(0.05)
+        return read_reported(state) or {}
+
+    write_desired(state, {"anc_mode": "hear-through"})
+    reported = reported_becomes("anc_mode", "hear-through")
+    assert reported["anc_mode"] == "hear-through" and reported["speaker_mode"] == "hear-through", reported
+    time.sleep(0.5)
+    assert np.any(emulator.recorded(0.2)["speaker"]), "hear-through plays nothing"
+
+    previous = json.loads((state / DESIRED_FILE).read_text())
+    write_json_atomic(state / DESIRED_FILE, {**previous, "version": previous["version"] + 1,
+                                             "settings": {"anc_mode": "transparency"}})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (read_reported(state) or {}).get("desired_error"):
+        time.sleep(0.05)
+    reported = read_reported(state)
+    assert "anc_mode" in (reported.get("desired_error") or ""), reported
+    assert reported["anc_mode"] == "hear-through", reported
+
+    write_desired(state, {"anc_mode": "off"})
+    reported = reported_becomes("anc_mode", "off")
+    assert reported["anc_mode"] == "off", reported
+    time.sleep(0.5)  # one ramp (anc.ramp_ms) has long ended
+    assert not np.any(emulator.recorded(0.2)["speaker"]), "speaker not silent in mode off"
+    status, summary = stop_run(process)
+    assert status == 0, process.stderr()[-3000:]
+    assert [m["mode"] for m in summary["modes"]][-2:] == ["hear-through", "off"], summary["modes"]

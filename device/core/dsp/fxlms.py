@@ -34,6 +34,7 @@ import math
 
 import numba as nb
 
+from device.core.dsp.hear_through import hear_through_output
 from device.core.dsp.layout import (
     C_FILTERED,
     C_OUTPUT,
@@ -54,6 +55,7 @@ from device.core.dsp.layout import (
     P_CEILING,
     P_FADE_RATE,
     P_FLOOR,
+    P_HEAR_TARGET,
     P_HOLD,
     P_HP_B2,
     P_HP_B1,
@@ -81,6 +83,7 @@ from device.core.dsp.layout import (
     S_CONTROL_SAMPLES,
     S_ERROR_POWER,
     S_EVENTS,
+    S_HEAR_GAIN,
     S_HOLD,
     S_HP_Y2,
     S_HP_Y1,
@@ -176,6 +179,7 @@ def process_block(
     status,
     cursors,
     events,
+    hear_through,
 ):
     """Run the controller over one block. See the module docstring for the algorithm.
 
@@ -183,6 +187,7 @@ def process_block(
     weights (N), secondary_path (L), feedback_path (F, may be empty): filters.
     reference_buffer (2*max(N, L)), filtered_buffer (2*(N+1)), output_buffer (2*max(F, L)):
     double-length histories. params/status/cursors/events: see layout.
+    hear_through (K <= max(N, L), may be empty): the hear-through equalizer over the reference.
     """
     taps = weights.shape[0]
     path_taps = secondary_path.shape[0]
@@ -237,6 +242,9 @@ def process_block(
     hp_x2 = status[S_HP_X2]
     hp_y1 = status[S_HP_Y1]
     hp_y2 = status[S_HP_Y2]
+    hear_taps = hear_through.shape[0]
+    hear_target = params[P_HEAR_TARGET] if hear_taps > 0 else 0.0
+    hear_gain = status[S_HEAR_GAIN]
 
     # Recompute the filtered-reference power once a block so the running sum cannot drift.
     power = _dot(filtered_buffer, filtered_buffer, position_filtered, position_filtered, taps)
@@ -276,7 +284,9 @@ def process_block(
 
         total_gain = user_gain * safety_gain
         y_raw = 0.0
-        if mode == MODE_RUN and adapt_allowed and total_gain >= MIN_ADAPT_GAIN:
+        # Hear-through freezes the weights: switching back to ANC is instant.
+        hearing = hear_gain > 0.0 or hear_target > 0.0
+        if mode == MODE_RUN and adapt_allowed and total_gain >= MIN_ADAPT_GAIN and not hearing:
             # secondary_path[j] maps the output played j samples ago; j = 0 is not played yet.
             disturbance = e - _dot(secondary_path, output_buffer, position_output, 1, path_taps - 1)
             if have_next_dot:
@@ -304,11 +314,18 @@ def process_block(
             y_raw = _dot(weights, reference_buffer, position_reference, 0, taps)
             have_next_dot = False
 
-        # Gains: the user's (enabled * intensity) and the safety fades, both ramped.
+        y_hear = hear_through_output(hear_through, reference_buffer, position_reference) if hearing else 0.0
+
+        # Gains: the user's (enabled * intensity), the hear-through's and the safety fades, all
+        # ramped; a mode switch is a crossfade of the first two over the same ramp.
         if user_gain < user_target:
             user_gain = min(user_target, user_gain + user_rate)
         elif user_gain > user_target:
             user_gain = max(user_target, user_gain - user_rate)
+        if hear_gain < hear_target:
+            hear_gain = min(hear_target, hear_gain + user_rate)
+        elif hear_gain > hear_target:
+            hear_gain = max(hear_target, hear_gain - user_rate)
         if mode == MODE_RUN:
             safety_gain = min(1.0, safety_gain + fade_rate)
         elif mode == MODE_TRIP:
@@ -316,7 +333,7 @@ def process_block(
         else:
             safety_gain = max(0.0, safety_gain - fade_rate)
 
-        y = y_raw * user_gain * safety_gain
+        y = (y_raw * user_gain + y_hear * hear_gain) * safety_gain
         magnitude = abs(y)
         limiter_gain += (1.0 - limiter_gain) * release
         if magnitude * limiter_gain > ceiling:
@@ -352,6 +369,16 @@ def process_block(
                 else:
                     status[S_RATIO] = 0.0
                 mode = MODE_RUN
+        elif mode == MODE_RUN and hearing:
+            # Playing the room in raises the error level by design and a loud alarm is
+            # limited by design: neither is divergence, and the frozen weights cannot diverge.
+            # The error trackers restart from the uncontrolled level, so the room just played
+            # cannot look like a rise once anti-noise is back.
+            hold = 0.0
+            limit_hold = 0.0
+            slow_hold = 0.0
+            error_power = status[S_RATIO] * reference_power
+            slow_error = status[S_RATIO] * slow_reference
         elif mode == MODE_RUN:
             uncontrolled = status[S_RATIO] * reference_power + floor
             if error_power > rise * uncontrolled:
@@ -448,6 +475,7 @@ def process_block(
     status[S_LIMIT_HOLD] = limit_hold
     status[S_WEIGHT_NORM] = norm
     status[S_PEAK_OUT] = peak
+    status[S_HEAR_GAIN] = hear_gain
     if abs(hp_y1) < DENORMAL_FLOOR:
         hp_y1 = 0.0
     if abs(hp_y2) < DENORMAL_FLOOR:

@@ -34,7 +34,8 @@ P_HP_A2 = 23
 P_SLOW_COEF = 24         # one-pole smoothing coefficient of the slow (sustained-rise) power trackers
 P_SLOW_RISE = 25         # linear power factor over the uncontrolled level that counts as a sustained rise
 P_SLOW_HOLD = 26         # samples a sustained rise must last before a trip
-N_PARAMS = 27
+P_HEAR_TARGET = 27       # 0..1: target gain of the hear-through path (ramped like the user gain)
+N_PARAMS = 28
 
 # status: scalar state, written by the kernel
 S_MODE = 0               # MODE_* below
@@ -67,7 +68,8 @@ S_HP_Y2 = 26
 S_SLOW_ERROR = 27        # slowly smoothed error-mic power (sustained-rise watchdog)
 S_SLOW_REFERENCE = 28    # slowly smoothed reference power (after feedback neutralization)
 S_SLOW_HOLD = 29         # samples the sustained rise has lasted
-N_STATUS = 30
+S_HEAR_GAIN = 30         # current hear-through gain (ramps towards P_HEAR_TARGET)
+N_STATUS = 31
 
 # cursors: positions in the double-length circular buffers
 C_REFERENCE = 0

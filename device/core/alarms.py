@@ -1,0 +1,336 @@
+"""Warning-sound detector: sirens, smoke and CO alarms, reversing beepers, car horns.
+
+Runs on the worker thread on the reference microphone, never in the audio callback. Every
+warning sound a wearer must hear is built to be heard over noise: a loud narrowband tone or a
+harmonic complex that stands far above the spectrum around it, held or swept in a regular
+way. The detector looks for exactly that, on short frames, with no trained model:
+
+* the reference is decimated to 16 kHz (`StreamDecimator`) and cut into 32 ms Hann frames
+  every 16 ms (512-point FFT, 31.25 Hz bins);
+* per frame, the strongest spectral peak between 300 Hz and 4 kHz, its frequency (parabolic
+  interpolation on the log spectrum), its **prominence** (peak power over the median power of
+  the 24 bins around it, excluding the peak's own lobe, in dB) and its level (dBFS);
+* a frame is *tonal* when its prominence reaches `alarms.prominence_db` and its level
+  `alarms.min_level_dbfs`; a **track** is a run of tonal frames whose peak moves smoothly
+  (at most 12% per frame) or jumps by a musical interval (ratio 1.15-1.7, a hi-lo siren);
+* a track becomes a detection after `alarms.min_duration_ms` of it, and its kind is read from
+  what it does: **frequency modulation** (range of the peak over the track above 4%: a
+  wail or yelp siren, or a hi-lo jump) gives `siren`; a steady peak at 2.5-3.7 kHz gives
+  `smoke_alarm` (ISO 8201 temporal-three near 3 kHz); a steady 480-570 Hz fundamental with
+  odd harmonics only (a square wave) gives `low_frequency_alarm` (the 520 Hz variant for
+  sleepers); a steady harmonic complex (four or more partials of one fundamental in
+  250-650 Hz, and nothing half-way between them, which rules out engines and saws whose real
+  fundamental is lower) gives `car_horn`; a steady pure tone at 850-1700 Hz gives
+  `reversing_beeper`; a steady tone at 400-850 Hz is the first half-cycle of a hi-lo siren.
+  Any other tone (below 400 Hz: hum and engine orders; or not in these bands) is not a
+  warning sound;
+* the **cadence** raises the confidence after the fact: on/off pulses of 0.3-0.8 s (the T3
+  pattern and beepers) or a frequency that keeps moving;
+* the event ends (`end_s`, the last tonal frame) when the tone has been absent for
+  `alarms.release_ms`, longer than the 1.5 s pause of the temporal-three pattern, so one
+  alarm is one event.
+
+Cost: one 512-point real FFT, a median over 24 bins and a few dozen comparisons per 16 ms
+frame, plus the decimator: `python bench/alarms.py --cost` measures it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from device.core.features import SAMPLE_RATE, StreamDecimator
+
+FRAME = 512
+HOP = 256
+BIN_HZ = SAMPLE_RATE / FRAME
+SEARCH_HZ = (300.0, 4000.0)
+FLOOR_HALF_WIDTH = 12       # bins each side of the peak whose median is the local floor
+LOBE_HALF_WIDTH = 2         # bins each side of the peak that belong to its own window lobe
+STEADY_TOLERANCE = 0.015   # a steady tone stays within 1.5% of its median frequency
+SWEEP_STEP = 0.25           # largest frame-to-frame change of a swept tone (a fast yelp)
+SWEEP_SMOOTHNESS = 0.6      # median |second difference| over median |step| of a swept tone
+JUMP_RATIOS = (1.15, 1.7)   # frame-to-frame jump of a hi-lo siren
+MODULATED_RANGE = 1.04      # max / min peak frequency over the track above which it is swept
+HARMONIC_DB = 6.0           # a partial counts when it stands this far above the local floor
+KINDS = ("siren", "smoke_alarm", "low_frequency_alarm", "reversing_beeper", "car_horn")
+
+
+@dataclass
+class AlarmEvent:
+    kind: str
+    start_s: float            # onset: the first tonal frame of the track
+    detected_s: float         # when the detector decided (audio time)
+    end_s: float | None = None
+    confidence: float = 0.0   # 0..1
+    level_dbfs: float = -200.0  # peak level of the tone at the reference mic
+    frequency_hz: float = 0.0
+    pulses: int = 1
+    _frequencies: list = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "start_s": round(self.start_s, 3), "detected_s": round(self.detected_s, 3),
+                "end_s": None if self.end_s is None else round(self.end_s, 3),
+                "confidence": round(self.confidence, 3), "level_dbfs": round(self.level_dbfs, 1),
+                "frequency_hz": round(self.frequency_hz, 1)}
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    prominence_db: float = 10.0
+    min_level_dbfs: float = -70.0
+    min_duration_ms: float = 160.0
+    release_ms: float = 1600.0
+
+    @classmethod
+    def from_config(cls, section) -> "DetectorSettings":
+        return cls(prominence_db=section.prominence_db, min_level_dbfs=section.min_level_dbfs,
+                   min_duration_ms=section.min_duration_ms, release_ms=section.release_ms)
+
+
+@dataclass
+class _Frame:
+    time_s: float
+    frequency: float
+    prominence: float
+    level: float
+    spectrum_db: np.ndarray
+    floor_db: np.ndarray
+
+
+def _peak(power_db: np.ndarray, low: int, high: int) -> tuple[int, float]:
+    k = low + int(np.argmax(power_db[low:high]))
+    a, b, c = power_db[k - 1], power_db[k], power_db[k + 1]
+    denominator = a - 2 * b + c
+    shift = 0.5 * (a - c) / denominator if denominator < 0 else 0.0
+    return k, (k + shift) * BIN_HZ
+
+
+def _local_floor(power_db: np.ndarray, k: int) -> float:
+    left = power_db[max(0, k - FLOOR_HALF_WIDTH):max(0, k - LOBE_HALF_WIDTH)]
+    right = power_db[k + LOBE_HALF_WIDTH + 1:k + FLOOR_HALF_WIDTH + 1]
+    return float(np.median(np.concatenate([left, right])))
+
+
+def _partial_db(frame: _Frame, frequency: float) -> float:
+    """How far the strongest bin within +-1 bin of `frequency` stands above the local floor."""
+    k = int(round(frequency / BIN_HZ))
+    if k < 2 or k >= frame.spectrum_db.size - FLOOR_HALF_WIDTH - 1:
+        return -100.0
+    return float(frame.spectrum_db[k - 1:k + 2].max()) - _local_floor(frame.spectrum_db, k)
+
+
+def _is_overtone(frame: _Frame) -> bool:
+    """True when the peak is an overtone of a lower fundamental (a voice, an engine, a saw):
+    partials stand at f (h - 1) / h and f (h + 1) / h for some h = 2..4. A warning tone has
+    harmonics only above it, at whole multiples."""
+    peak = frame.frequency
+    for order in (2, 3, 4):
+        if (_partial_db(frame, peak * (order - 1) / order) >= HARMONIC_DB
+                and _partial_db(frame, peak * (order + 1) / order) >= HARMONIC_DB):
+            return True
+    return False
+
+
+def classify_steady(frame: _Frame) -> str | None:
+    """The kind of a steady (unmodulated) tone, from its frequency and harmonic structure."""
+    peak = frame.frequency
+    if 2500.0 <= peak <= 3700.0:
+        return "smoke_alarm"
+    # A harmonic complex: the peak is partial m of a fundamental f0 in 250-650 Hz.
+    for order in (1, 2, 3, 4):
+        f0 = peak / order
+        if not 250.0 <= f0 <= 650.0:
+            continue
+        present = [h for h in range(1, 9) if h * f0 < SEARCH_HZ[1] and _partial_db(frame, h * f0) >= HARMONIC_DB]
+        between = [h for h in range(1, 6) if _partial_db(frame, (h + 0.5) * f0) >= HARMONIC_DB]
+        if len(between) >= 2:
+            continue  # partials half-way between: the real fundamental is lower (an engine, a saw)
+        odd = [h for h in present if h % 2 == 1]
+        even = [h for h in present if h % 2 == 0]
+        if 480.0 <= f0 <= 570.0 and 1 in present and len(odd) >= 2 and not even:
+            return "low_frequency_alarm"
+        if len(present) >= 4:
+            return "car_horn"
+    if _is_overtone(frame):
+        return None
+    if 850.0 <= peak <= 1700.0:
+        return "reversing_beeper"
+    if 400.0 <= peak < 850.0:
+        return "siren"  # first tone of a hi-lo siren: it will jump
+    return None
+
+
+class AlarmDetector:
+    """Streaming detector; `process` takes reference-mic samples at `sample_rate` and returns
+    the events that were detected or ended during them."""
+
+    def __init__(self, sample_rate: int, settings: DetectorSettings = DetectorSettings()):
+        self.settings = settings
+        self.sample_rate = sample_rate
+        self._decimator = StreamDecimator(sample_rate, SAMPLE_RATE)
+        self._buffer = np.zeros(FRAME)
+        self._fill = 0
+        self._since_hop = 0
+        self._window = np.hanning(FRAME + 1)[:FRAME]
+        # Full-scale sine -> 0 dBFS at the peak bin: Hann coherent gain FRAME / 2.
+        self._scale = 2.0 / self._window.sum()
+        self._low = int(SEARCH_HZ[0] / BIN_HZ)
+        self._high = int(SEARCH_HZ[1] / BIN_HZ)
+        self._track: list[_Frame] = []
+        self._frames_needed = max(2, int(round(settings.min_duration_ms / (1e3 * HOP / SAMPLE_RATE))))
+        self._release_s = settings.release_ms * 1e-3
+        self._decimated_samples = 0
+        self.active: AlarmEvent | None = None
+        self._last_tonal_s = -1e9
+        self._pulse_on = False
+        self._missed = 0
+        self.frames = 0
+
+    # -- frame analysis ----------------------------------------------------------------------
+    def _analyse(self, frame: np.ndarray, time_s: float) -> _Frame:
+        if not np.all(np.isfinite(frame)):
+            frame = np.nan_to_num(frame, nan=0.0, posinf=0.0, neginf=0.0)  # a broken input is not a tone
+        spectrum = np.fft.rfft(frame * self._window) * self._scale
+        power_db = 10.0 * np.log10(spectrum.real ** 2 + spectrum.imag ** 2 + 1e-20)
+        k, frequency = _peak(power_db, self._low, self._high)
+        floor = _local_floor(power_db, k)
+        return _Frame(time_s, frequency, float(power_db[k] - floor), float(power_db[k]), power_db, None)
+
+    def _tonal(self, frame: _Frame) -> bool:
+        return frame.prominence >= self.settings.prominence_db and frame.level >= self.settings.min_level_dbfs
+
+    def _kind(self, track: list[_Frame]) -> str | None:
+        """What the last frames of a tonal track are, if a warning sound (see the module doc)."""
+        frequencies = np.maximum(np.array([f.frequency for f in track]), BIN_HZ)
+        median = float(np.median(frequencies))
+        if np.max(np.abs(frequencies - median)) <= STEADY_TOLERANCE * median:
+            kinds = [classify_steady(f) for f in track[-4:]]
+            best = max(set(kinds), key=kinds.count)
+            return best if kinds.count(best) >= 3 else None
+        if not 400.0 <= median <= 2000.0:
+            return None
+        ratios = frequencies[1:] / frequencies[:-1]
+        jumps = np.flatnonzero(np.abs(np.log(ratios)) > np.log(1.0 + SWEEP_STEP))
+        if jumps.size == 1:
+            # Hi-lo: two steady tones a musical interval apart.
+            first, second = frequencies[:jumps[0] + 1], frequencies[jumps[0] + 1:]
+            interval = max(first.mean(), second.mean()) / min(first.mean(), second.mean())
+            steady = all(np.max(np.abs(part - part.mean())) <= STEADY_TOLERANCE * part.mean()
+                         for part in (first, second))
+            return "siren" if steady and JUMP_RATIOS[0] <= interval <= JUMP_RATIOS[1] else None
+        if jumps.size > 1:
+            return None
+        # A sweep: the frequency moves far, and smoothly: its second differences are small
+        # against its steps (a siren's sweep is a slow periodic function; a chain of noise
+        # peaks is a random walk, whose second differences exceed its steps).
+        steps = np.abs(np.diff(frequencies))
+        curvature = np.abs(np.diff(frequencies, 2))
+        swept = frequencies.max() / frequencies.min() > MODULATED_RANGE
+        smooth = float(np.median(curvature)) <= SWEEP_SMOOTHNESS * float(np.median(steps)) + 0.003 * median
+        return "siren" if swept and smooth and not _is_overtone(track[-1]) else None
+
+    # -- streaming ------------------------------------------------------------------------------
+    def process(self, samples: np.ndarray) -> list[AlarmEvent]:
+        decimated = self._decimator.process(samples)
+        changed: list[AlarmEvent] = []
+        position = 0
+        while position < decimated.size:
+            take = min(decimated.size - position, HOP - self._since_hop)
+            chunk = decimated[position:position + take]
+            self._buffer[:-take] = self._buffer[take:]
+            self._buffer[-take:] = chunk
+            self._fill = min(FRAME, self._fill + take)
+            self._since_hop += take
+            self._decimated_samples += take
+            position += take
+            if self._since_hop == HOP and self._fill == FRAME:
+                self._since_hop = 0
+                event = self._step(self._decimated_samples / SAMPLE_RATE)
+                if event is not None:
+                    changed.append(event)
+            elif self._since_hop == HOP:
+                self._since_hop = 0
+        return changed
+
+    def _step(self, time_s: float) -> AlarmEvent | None:
+        self.frames += 1
+        frame = self._analyse(self._buffer, time_s)
+        tonal = self._tonal(frame)
+        if tonal:
+            self._track.append(frame)
+            self._missed = 0
+            if len(self._track) > 4 * self._frames_needed:
+                del self._track[0]
+        elif self._track:
+            self._missed += 1
+            if self._missed > 1:  # one missed frame is tolerated inside a track
+                self._track = []
+        active = self.active
+        if active is not None:
+            # Only a track that is itself a warning sound keeps the event alive; any other
+            # tone (traffic, voices) does not.
+            kind = self._kind(self._track[-self._frames_needed:]) if len(self._track) >= self._frames_needed else None
+            if tonal and kind is not None:
+                if not self._pulse_on and time_s - self._last_tonal_s > 0.2:
+                    active.pulses += 1
+                self._pulse_on = True
+                self._last_tonal_s = time_s
+                active.level_dbfs = max(active.level_dbfs, frame.level)
+                active._frequencies.append(frame.frequency)
+                self._update_confidence(active)
+            else:
+                self._pulse_on = False
+                if time_s - self._last_tonal_s >= self._release_s:
+                    active.end_s = self._last_tonal_s
+                    self.active = None
+                    return active
+            return None
+        if len(self._track) >= self._frames_needed:
+            track = self._track[-self._frames_needed:]
+            kind = self._kind(track)
+            if kind is None:
+                return None
+            # The onset is the start of the first frame of the track.
+            start = max(0.0, track[0].time_s - FRAME / SAMPLE_RATE)
+            event = AlarmEvent(kind=kind, start_s=start, detected_s=time_s,
+                               level_dbfs=max(f.level for f in track),
+                               frequency_hz=float(np.median([f.frequency for f in track])))
+            event._frequencies.extend(f.frequency for f in track)
+            self._last_tonal_s = time_s
+            self._pulse_on = True
+            self._update_confidence(event)
+            self.active = event
+            return event
+        return None
+
+    def _update_confidence(self, event: AlarmEvent) -> None:
+        """Evidence grows with the tone's prominence, its duration and its regularity: a second
+        pulse of a pulsed alarm, or a siren that keeps sweeping."""
+        prominence = np.mean([f.prominence for f in self._track]) if self._track else self.settings.prominence_db
+        confidence = 0.5 + 0.02 * (prominence - self.settings.prominence_db)
+        if event.pulses >= 2:
+            confidence += 0.2
+        if event.kind == "siren" and len(event._frequencies) > 30:
+            spread = max(event._frequencies[-30:]) / max(min(event._frequencies[-30:]), 1.0)
+            confidence += 0.2 if spread > MODULATED_RANGE else 0.0
+        event.confidence = float(min(1.0, max(event.confidence, confidence)))
+
+    def finish(self, time_s: float) -> AlarmEvent | None:
+        """Close the event still open at the end of a stream (end = last tonal frame)."""
+        if self.active is None:
+            return None
+        event, self.active = self.active, None
+        event.end_s = self._last_tonal_s
+        return event
+
+
+def format_alarms(alarms: list[dict], modes: list[dict]) -> str:
+    """The warning sounds let through and the speaker's mode timeline, for the summaries."""
+    timeline = ", ".join(f"{m['t_s']:.2f} s {m['mode']}" for m in modes) or "-"
+    if not alarms:
+        return f"alarms       none heard; modes: {timeline}"
+    heard = "; ".join(f"{a['kind']} {a['start_s']:.2f}-{a['end_s']:.2f} s (detected at {a['detected_s']:.2f} s)"
+                      for a in alarms)
+    return f"alarms       {len(alarms)}: {heard}; modes: {timeline}"
