@@ -38,7 +38,7 @@ def _background():
 @pytest.fixture(scope="module")
 def bypass_cfg(cfg):
     # The classifier is not under test here and costs most of the simulation time.
-    return cfg.replace("classifier", enabled=False).replace("alarms", hold_s=HOLD_S)
+    return cfg.replace("classifier", enabled=False).replace("alarms", enabled=True, hold_s=HOLD_S)
 
 
 SLOW_IN_BABBLE = pytest.mark.xfail(

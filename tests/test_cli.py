@@ -36,7 +36,8 @@ def test_simulate_json_prints_exactly_one_object(scene):
     summary = json.loads(run.stdout)  # the whole stdout is one JSON document
     assert REQUIRED_KEYS <= summary.keys()
     assert summary["sample_rate"] == 48000 and summary["scene_sample_rate"] == 16000
-    assert summary["taps"] == 256 and summary["latency_samples"] == 72
+    # controller.taps is `auto`: a length identification recommends for this rig, within the budget.
+    assert summary["taps"] % 64 == 0 and 128 <= summary["taps"] <= 1024 and summary["latency_samples"] == 72
     # Reported, not judged: speed depends on the machine's load (0.6x was seen on a busy 2-core
     # VM); bench/ scripts measure it.
     assert summary["real_time_factor"] > 0

@@ -116,7 +116,7 @@ def test_a_wrong_model_never_diverges_and_is_never_louder_for_long(cfg, tmp_path
     scene = tmp_path / f"{scene_kind}.wav"
     write_scene(scene, generate_scene(scene_kind, 5.0, 48000, seed=4), 48000)
     duct_cfg = load_config().replace("classifier", enabled=False)
-    sim = simulate(scene, duct_cfg, "duct", secondary_path_changes=[(0, real)])
+    sim = simulate(scene, duct_cfg, "duct", secondary_path_changes=[(0, real)], keep_signals=True)
     kinds = [event["kind"] for event in sim.summary["safety_events"]]
     assert "stopped_reidentify" not in kinds and "non_finite" not in kinds
     assert sim.summary["output_peak_dbfs"] <= duct_cfg.safety.output_ceiling_dbfs + 1e-6

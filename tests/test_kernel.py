@@ -24,7 +24,7 @@ def test_numba_kernel_matches_numpy_reference_in_closed_loop(cfg, plant_name):
     path = plant.full_secondary_path()[:256]
     feedback = plant.full_feedback_path()[:256] if plant.feedback_path is not None else None
     engine = _engine(cfg, path, feedback)
-    reference = ReferenceFxlms(cfg.controller.taps, path, feedback, engine.params.copy())
+    reference = ReferenceFxlms(engine.weights.size, path, feedback, engine.params.copy())
     outputs = []
 
     def both(ref, err, out, meta):

@@ -29,7 +29,9 @@ BLOCK = 32
 
 
 def _engine(cfg, path, **safety):
-    cfg = cfg.replace("safety", **{"baseline_ms": 5.0, "fade_ms": 5.0, **safety})
+    # A fixed 256-tap controller: the figures these properties are stated with (norms, levels)
+    # are for that length, whatever `controller.taps: auto` would choose.
+    cfg = cfg.replace("safety", **{"baseline_ms": 5.0, "fade_ms": 5.0, **safety}).replace("controller", taps=256)
     return AncEngine.from_config(cfg, path)
 
 

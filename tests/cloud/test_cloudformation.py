@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from device.contract.records import KINDS
+
 TEMPLATE = Path("cloud_sync/aws/anc-fleet.yaml")
 
 
@@ -102,6 +104,6 @@ def test_the_health_carries_what_the_rules_read(tmp_path, pki, thing):
     health = Agent(load_agent_config(write_config(tmp_path, None, pki, thing))).health()
     for field in ("backlog_total", "spool_file_bytes", "spool_budget_bytes", "connect_failures", "dropped_oversize"):
         assert isinstance(health[field], int), field
-    assert set(health["dropped"]) == {"processing_metric", "noise_detection", "session"}
+    assert set(health["dropped"]) == set(KINDS)
     card = json.loads((Path("models") / "noise_classifier.json").read_text())
     assert health["model_accuracy"] == card["evaluation"]["real_accuracy"]

@@ -17,9 +17,10 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from cloud_sync.agent import check_private_key
-from cloud_sync.kinesis import KinesisForwarder, KinesisSink
-from cloud_sync.mqtt import MqttClient, MqttForwarder
+from cloud_sync.identity import check_private_key
+from cloud_sync.telemetry.kinesis import KinesisForwarder, KinesisSink
+from cloud_sync.mqtt import MqttClient
+from cloud_sync.telemetry.mqtt import MqttForwarder
 from cloud_sync.shadow import ShadowSync, parse_delta
 from device.contract.errors import UserError
 from device.contract.spool import Spool
@@ -148,6 +149,9 @@ class _FakeMqtt:
     def publish_json(self, topic, document, qos=1):
         self.published.append((topic, document))
 
+    def add_connected_listener(self, listener):
+        pass
+
 
 @pytest.mark.parametrize("intensity", [-0.5, -1e-9, 1.0000001, 7])
 def test_shadow_intensity_outside_0_1_is_rejected_whole_and_never_reaches_the_runtime(tmp_path, intensity):
@@ -155,6 +159,7 @@ def test_shadow_intensity_outside_0_1_is_rejected_whole_and_never_reaches_the_ru
     applied either; desired.json is not written; reported.last_rejected names the key."""
     client = _FakeMqtt()
     shadow = ShadowSync(client, "thing-1", tmp_path, health=lambda: {})
+    shadow.start()
     delta = json.dumps({"version": 12, "state": {"anc_enabled": False, "anc_intensity": intensity}}).encode()
     client.handlers["$aws/things/thing-1/shadow/update/delta"]("t", delta)
     assert not (tmp_path / "desired.json").exists()
@@ -169,7 +174,7 @@ def test_shadow_intensity_outside_0_1_is_rejected_whole_and_never_reaches_the_ru
 
 def test_shadow_intensity_inside_0_1_is_passed_on_unchanged(tmp_path):
     client = _FakeMqtt()
-    ShadowSync(client, "thing-1", tmp_path, health=lambda: {})
+    ShadowSync(client, "thing-1", tmp_path, health=lambda: {}).start()
     for value in (0, 0.25, 1):
         client.handlers["$aws/things/thing-1/shadow/update/delta"](
             "t", json.dumps({"state": {"anc_intensity": value}}).encode())

@@ -42,7 +42,7 @@ def test_append_peek_ack_and_counts(tmp_path):
     assert [r["kind"] for r in spool.peek(10, kinds=["session"])] == ["session"]
     assert spool.ack([records[0].record_id, "unknown"]) == 1
     stats = spool.stats()
-    assert stats["backlog"] == {"processing_metric": 0, "noise_detection": 1, "session": 1}
+    assert stats["backlog"] == {"processing_metric": 0, "noise_detection": 1, "session": 1, "alarm_detection": 0}
     assert stats["oldest_unsent_age_s"] == 12.5
     assert stats["appended"] == 3 and stats["acked"] == 1 and sum(stats["dropped"].values()) == 0
     spool.close()

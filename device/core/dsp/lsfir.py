@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg
-import scipy.signal
 
 
 def normal_equations(x: np.ndarray, d: np.ndarray, taps: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,4 +66,8 @@ def fit_fir(x: np.ndarray, d: np.ndarray, taps: int, start: int | None = None, s
 
 def apply_fir(h: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Causal filtering of x by h, same length as x."""
+    # Imported here: the live path (engine, worker) imports this module, and scipy.signal costs
+    # seconds of start-up on a Raspberry Pi.
+    import scipy.signal
+
     return scipy.signal.lfilter(h, [1.0], x)
