@@ -49,17 +49,23 @@ def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return scipy.signal.resample_poly(x, ratio.numerator, ratio.denominator)
 
 
-def load_scene(path: str | Path, sample_rate: int) -> Scene:
-    """Read a scene file as float64 mono at `sample_rate`, or raise UserError saying why not."""
-    import soundfile
-
-    path = Path(path)
+def check_audio_path(path: Path, what: str = "audio file") -> None:
+    """UserError unless `path` is a non-empty file."""
     if not path.exists():
-        raise UserError(f"{path}: scene file not found")
+        raise UserError(f"{path}: {what} not found")
     if path.is_dir():
         raise UserError(f"{path}: is a directory, not an audio file")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: file is empty")
+
+
+def read_mono(path: str | Path, what: str = "audio file"):
+    """The first channel of an audio file as float64, its rate and its soundfile info; a
+    UserError naming the file when it is missing, unreadable, empty or holds NaN/Inf."""
+    import soundfile
+
+    path = Path(path)
+    check_audio_path(path, what)
     try:
         info = soundfile.info(str(path))
         data, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
@@ -72,6 +78,13 @@ def load_scene(path: str | Path, sample_rate: int) -> Scene:
     if not np.all(np.isfinite(mono)):
         bad = int(np.count_nonzero(~np.isfinite(mono)))
         raise UserError(f"{path}: {bad} samples are NaN or infinite")
+    return mono, int(rate), info
+
+
+def load_scene(path: str | Path, sample_rate: int) -> Scene:
+    """Read a scene file as float64 mono at `sample_rate`, or raise UserError saying why not."""
+    path = Path(path)
+    mono, rate, info = read_mono(path, "scene file")
     if mono.size / rate < MIN_SCENE_SECONDS:
         raise UserError(f"{path}: scene is {mono.size / rate:.3f} s long; at least {MIN_SCENE_SECONDS} s is needed")
     if not np.any(mono):
@@ -99,12 +112,7 @@ class SceneStream:
         import soundfile
 
         path = Path(path)
-        if not path.exists():
-            raise UserError(f"{path}: scene file not found")
-        if path.is_dir():
-            raise UserError(f"{path}: is a directory, not an audio file")
-        if path.stat().st_size == 0:
-            raise UserError(f"{path}: file is empty")
+        check_audio_path(path, "scene file")
         self.path = path
         self.sample_rate = sample_rate
         try:

@@ -113,8 +113,10 @@ def cloud(tmp_path_factory):
 
     def config(name, **mqtt):
         cfg = yaml.safe_load((ROOT / "config" / "cloud_sync.yaml").read_text())
-        cfg.update(thing_name="thing-1", spool_path=str(base / "spool.sqlite"), state_dir=str(base / "state"),
-                   status_file=str(base / "state" / "status.json"))
+        runtime = base / "runtime.yaml"  # the agent reads the spool and state directory from the runtime's file
+        runtime.write_text(yaml.safe_dump({"runtime": {"state_dir": str(base / "state")},
+                                           "spool": {"path": str(base / "spool.sqlite")}}))
+        cfg.update(thing_name="thing-1", runtime_config=str(runtime), status_file=str(base / "state" / "status.json"))
         cfg["mqtt"].update(endpoint="127.0.0.1", port=1, ca_file=str(pki.ca_file), cert_file=str(cert),
                            key_file=str(key))
         cfg["mqtt"].update(mqtt)
@@ -132,15 +134,10 @@ def cloud(tmp_path_factory):
     }
 
 
-# The agent turns the first three into tracebacks today (FileNotFoundError / ssl.SSLError from
-# paho's tls_set, raised outside its UserError handling); the rows stay here so they pass once it
-# does not.
-AGENT_RAISES = pytest.mark.xfail(reason="anc-cloud-sync raises FileNotFoundError / ssl.SSLError from "
-                                        "MqttClient.tls_set instead of a UserError naming the file", strict=False)
 CLOUD_ROWS = [
-    pytest.param("missing_ca", "no_ca.pem", marks=AGENT_RAISES, id="missing_ca"),
-    pytest.param("missing_cert", "no_cert.pem", marks=AGENT_RAISES, id="missing_cert"),
-    pytest.param("garbage_cert", "garbage.pem.crt", marks=AGENT_RAISES, id="garbage_cert"),
+    pytest.param("missing_ca", "no_ca.pem", id="missing_ca"),
+    pytest.param("missing_cert", "no_cert.pem", id="missing_cert"),
+    pytest.param("garbage_cert", "garbage.pem.crt", id="garbage_cert"),
     pytest.param("mismatch", "key", id="cert_key_mismatch"),
 ]
 
@@ -178,8 +175,6 @@ def test_classify_into_a_closed_pipe_ends_quietly(files):
     assert result.stderr == "" and result.returncode in (0, 141), result.stderr
 
 
-@pytest.mark.xfail(reason="cloud_sync.agent.main does not handle BrokenPipeError yet "
-                          "(device.cli.run_quietly_into_pipes does it for anc-device)", strict=False)
 def test_cloud_sync_status_into_a_closed_pipe_ends_quietly(cloud):
     result = _closed_early(command("anc-cloud-sync", "--config", cloud["good"], "status"))
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr

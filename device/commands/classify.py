@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -38,27 +37,10 @@ def add_arguments(parser) -> None:
 
 def read_audio(path: Path, sample_rate: int) -> np.ndarray:
     """First channel of an audio file as float64 at `sample_rate`, or UserError saying why not."""
-    import soundfile
-    import scipy.signal
+    from simulator.scenes import read_mono, resample
 
-    if not path.exists():
-        raise UserError(f"{path}: file not found")
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, not an audio file")
-    try:
-        data, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
-    except (RuntimeError, soundfile.LibsndfileError, TypeError, ValueError) as exc:
-        reason = str(exc).split(":")[-1].strip() or exc.__class__.__name__
-        raise UserError(f"{path}: not a readable audio file ({reason})") from None
-    if data.shape[0] == 0:
-        raise UserError(f"{path}: audio file has no samples")
-    mono = data[:, 0]
-    if not np.all(np.isfinite(mono)):
-        raise UserError(f"{path}: {int(np.count_nonzero(~np.isfinite(mono)))} samples are NaN or infinite")
-    if rate != sample_rate:
-        ratio = Fraction(sample_rate, int(rate)).limit_denominator(1000)
-        mono = scipy.signal.resample_poly(mono, ratio.numerator, ratio.denominator)
-    return mono
+    mono, rate, _ = read_mono(path)
+    return resample(mono, rate, sample_rate)
 
 
 def classify_audio(classifier, audio: np.ndarray, window_s: float, hop_s: float, rule=None) -> dict:

@@ -92,12 +92,7 @@ def run(args) -> int:
         "probe_rms_dbfs": round(secondary.probe_rms_dbfs, 2),
         "response_rms_dbfs": round(secondary.response_rms_dbfs, 2),
         "feedback": None if feedback is None else feedback.to_dict(),
-        "feedback_measured": None if rig.feedback is None else rig.feedback.to_dict(),
-        "feedback_ratio_db": None if rig.feedback_ratio_db is None else round(rig.feedback_ratio_db, 2),
-        "feedback_neutralization": rig.neutralize_feedback,
-        "primary_span_samples": rig.primary_span_samples,
-        "tone_period_samples": rig.tone_period_samples,
-        "recommended_controller_taps": rig.recommended_taps,
+        **rig.decisions(),
         "xruns": result["xruns"],
         "stored": None,
     }

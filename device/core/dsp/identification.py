@@ -366,16 +366,20 @@ class RigIdentification:
     recommended_taps: int
     tone_period_samples: int | None = None     # one period of the lowest strong ambient tone
 
-    def to_dict(self) -> dict:
+    def decisions(self) -> dict:
+        """What identification decided for the rig, as `identify` and the simulator report it."""
         return {
-            "secondary": self.secondary.to_dict(),
-            "feedback": None if self.feedback is None else self.feedback.to_dict(),
+            "feedback_measured": None if self.feedback is None else self.feedback.to_dict(),
             "feedback_ratio_db": None if self.feedback_ratio_db is None else round(self.feedback_ratio_db, 2),
             "feedback_neutralization": self.neutralize_feedback,
             "primary_span_samples": self.primary_span_samples,
             "tone_period_samples": self.tone_period_samples,
             "recommended_controller_taps": self.recommended_taps,
         }
+
+    def to_dict(self) -> dict:
+        decisions = self.decisions()
+        return {"secondary": self.secondary.to_dict(), "feedback": decisions.pop("feedback_measured"), **decisions}
 
 
 def identify_rig(played: np.ndarray, reference: np.ndarray, error: np.ndarray, controller, identification,
