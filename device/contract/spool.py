@@ -261,18 +261,15 @@ class Spool:
                                         (*kinds, limit)).fetchall()
         return [json.loads(body) for (body,) in rows]
 
-    def ack(self, record_ids: Iterable[str]) -> int:
-        """Delete records a sink acknowledged; returns how many were still there."""
-        ids = [(rid,) for rid in record_ids]
-        if not ids:
-            return 0
+    def _delete(self, ids: list[tuple[str]], counter: str) -> int:
+        """Delete `ids` in one transaction and count them under `counter`; how many were there."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 before = self._db.total_changes
                 self._db.executemany("DELETE FROM outbox WHERE record_id = ?", ids)
                 removed = self._db.total_changes - before
-                self._bump("acked", removed)
+                self._bump(counter, removed)
                 self._vacuum_freed()
                 self._db.execute("COMMIT")
             except BaseException:
@@ -280,23 +277,19 @@ class Spool:
                 raise
         return removed
 
+    def ack(self, record_ids: Iterable[str]) -> int:
+        """Delete records a sink acknowledged; returns how many were still there."""
+        ids = [(rid,) for rid in record_ids]
+        if not ids:
+            return 0
+        return self._delete(ids, "acked")
+
     def discard(self, record_ids: Iterable[str], reason: str) -> int:
         """Remove records no sink can ever take (e.g. over the message size limit), counted as dropped."""
         ids = [(rid,) for rid in record_ids]
         if not ids:
             return 0
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                before = self._db.total_changes
-                self._db.executemany("DELETE FROM outbox WHERE record_id = ?", ids)
-                removed = self._db.total_changes - before
-                self._bump(f"dropped_{reason}", removed)
-                self._vacuum_freed()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        removed = self._delete(ids, f"dropped_{reason}")
         log.error("discarded %d records: %s", removed, reason)
         return removed
 
