@@ -27,6 +27,7 @@ and a new spool is started; the error log names the moved file so nothing vanish
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -176,24 +177,30 @@ class Spool:
             rows.append((data["record_id"], data["kind"], now, len(body), body))
         if not rows:
             return 0
+        with self._write():
+            before = self._db.total_changes
+            # Make room first, so the file never grows past the budget within the transaction
+            # (a checkpoint would copy that peak into the main file).
+            self._enforce_budget(incoming=sum(row[3] for row in rows))
+            self._db.executemany(
+                "INSERT OR IGNORE INTO outbox(record_id, kind, created, size, body) VALUES(?,?,?,?,?)", rows)
+            added = self._db.total_changes - before
+            self._bump("appended", added)
+            self._enforce_budget()
+        return added
+
+    @contextlib.contextmanager
+    def _write(self):
+        """One write transaction under the lock; freed pages are handed back before the commit."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                before = self._db.total_changes
-                # Make room first, so the file never grows past the budget within the transaction
-                # (a checkpoint would copy that peak into the main file).
-                self._enforce_budget(incoming=sum(row[3] for row in rows))
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO outbox(record_id, kind, created, size, body) VALUES(?,?,?,?,?)", rows)
-                added = self._db.total_changes - before
-                self._bump("appended", added)
-                self._enforce_budget()
+                yield
                 self._vacuum_freed()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return added
 
     def _live_bytes(self) -> int:
         pages = self._db.execute("PRAGMA page_count").fetchone()[0]
@@ -263,18 +270,11 @@ class Spool:
 
     def _delete(self, ids: list[tuple[str]], counter: str) -> int:
         """Delete `ids` in one transaction and count them under `counter`; how many were there."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                before = self._db.total_changes
-                self._db.executemany("DELETE FROM outbox WHERE record_id = ?", ids)
-                removed = self._db.total_changes - before
-                self._bump(counter, removed)
-                self._vacuum_freed()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._write():
+            before = self._db.total_changes
+            self._db.executemany("DELETE FROM outbox WHERE record_id = ?", ids)
+            removed = self._db.total_changes - before
+            self._bump(counter, removed)
         return removed
 
     def ack(self, record_ids: Iterable[str]) -> int:
