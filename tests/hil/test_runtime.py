@@ -123,6 +123,20 @@ def identification(hil_processes, tmp_path_factory):
                 out, _ = proc.communicate(timeout=120)
             finally:
                 hil_processes.stop(proc)
+        # A short run on a copy of the state fills the numba cache as a device's first start
+        # does, so the tests below measure a started runtime, not one compiling kernels while
+        # the emulator already plays in real time (xruns then shift the stream by a period).
+        warm = directory / "warm"
+        shutil.copytree(directory / "state", warm / "state")
+        with open(directory / "warm.stderr", "w") as stderr:
+            warm_proc = hil_processes.popen(anc_device("run", "--config", str(write_config(warm)), "--duration", "4",
+                                                       "--json"),
+                                            stdout=subprocess.DEVNULL, stderr=stderr, env=server.env,
+                                            cwd=str(ROOT), text=True)
+            try:
+                warm_proc.communicate(timeout=180)
+            finally:
+                hil_processes.stop(warm_proc)
         emulator.check()
     finally:
         if emulator is not None:
@@ -230,14 +244,22 @@ def test_run_cancels_engine_hum_in_freewheel(identification, jack_server, emulat
     assert summary["stream_errors"] == 0
 
 
-def test_sigterm_fades_out_exits_0_and_records_the_session(identification, jack_server, emulator_factory,
-                                                            device_processes, tmp_path):
+def _live_run(identification, jack_server, emulator_factory, device_processes, tmp_path, scene):
+    """`anc-device run` on the headphone emulator playing `scene`, with the stored identification,
+    once the anti-noise is on: (emulator, process)."""
     copy_state(identification, tmp_path)
-    emulator = emulator_factory(jack_server, "headphone", generate_scene("engine_hum", 5.0, 48000, seed=1))
+    emulator = emulator_factory(jack_server, "headphone", scene)
     config = write_config(tmp_path)
     process = device_processes(anc_device("run", "--config", str(config), "--json"), jack_server, "run")
     emulator.wait_connected(timeout_s=60, alive=process.alive)
     wait_for_log(process, r"anti-noise on", timeout_s=30)
+    return emulator, process
+
+
+def test_sigterm_fades_out_exits_0_and_records_the_session(identification, jack_server, emulator_factory,
+                                                            device_processes, tmp_path):
+    emulator, process = _live_run(identification, jack_server, emulator_factory, device_processes, tmp_path,
+                                  generate_scene("engine_hum", 5.0, 48000, seed=1))
     status, summary = stop_run(process)
     print(f"SIGTERM in real time: {json.dumps(summary)}")
     assert status == 0, process.stderr()[-3000:]
@@ -306,13 +328,9 @@ def test_desired_settings_reach_the_live_runtime_and_it_reports_them(identificat
     `reported.json` says what was applied. Back on, and the speaker plays again."""
     from device.contract.control_channel import read_reported, write_desired
 
-    copy_state(identification, tmp_path)
     state = tmp_path / "state"
-    emulator = emulator_factory(jack_server, "headphone", generate_scene("engine_hum", 5.0, 48000, seed=2))
-    config = write_config(tmp_path)
-    process = device_processes(anc_device("run", "--config", str(config), "--json"), jack_server, "run")
-    emulator.wait_connected(timeout_s=60, alive=process.alive)
-    wait_for_log(process, r"anti-noise on", timeout_s=30)
+    emulator, process = _live_run(identification, jack_server, emulator_factory, device_processes, tmp_path,
+                                  generate_scene("engine_hum", 5.0, 48000, seed=2))
     time.sleep(0.5)
     assert np.any(emulator.recorded(0.2)["speaker"]), "no anti-noise before the change"
 
@@ -344,13 +362,9 @@ def test_shadow_anc_mode_reaches_the_live_runtime_and_a_bad_value_changes_nothin
     from device.contract.control_channel import DESIRED_FILE, read_reported, write_desired
     from device.contract.files import write_json_atomic
 
-    copy_state(identification, tmp_path)
     state = tmp_path / "state"
-    emulator = emulator_factory(jack_server, "headphone", generate_scene("pink", 5.0, 48000, seed=2))
-    config = write_config(tmp_path)
-    process = device_processes(anc_device("run", "--config", str(config), "--json"), jack_server, "run")
-    emulator.wait_connected(timeout_s=60, alive=process.alive)
-    wait_for_log(process, r"anti-noise on", timeout_s=30)
+    emulator, process = _live_run(identification, jack_server, emulator_factory, device_processes, tmp_path,
+                                  generate_scene("pink", 5.0, 48000, seed=2))
 
     def reported_becomes(key, value):
         deadline = time.monotonic() + 10
