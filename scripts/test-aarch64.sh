@@ -150,10 +150,11 @@ update_dependencies() { # DIR
     dependency_list > "$dir/opt/anc-device/requirements.txt"
     install -m 0644 /etc/resolv.conf "$dir/etc/resolv.conf"
     [ -x "$dir$venv/bin/python" ] || in_root "$dir" python3 -m venv "$venv"
-    in_root "$dir" "$venv/bin/python" -m pip install -q --only-binary=:all: --upgrade pip
+    in_root "$dir" "$venv/bin/python" -m pip install -q --retries 10 --only-binary=:all: --upgrade pip
+    # --retries: PyPI connections are sometimes reset; a CI run should ride that out.
     # --no-compile: byte-compiling every module under emulation takes minutes; Python
     # compiles what is imported on first use, into the cached root.
-    in_root "$dir" "$venv/bin/python" -m pip install -q --only-binary=:all: --no-compile \
+    in_root "$dir" "$venv/bin/python" -m pip install -q --retries 10 --only-binary=:all: --no-compile \
         "setuptools>=77" wheel -r /opt/anc-device/requirements.txt
     in_root "$dir" "$venv/bin/python" -m pip freeze > "$dir/opt/anc-device/freeze.txt"
     printf '%s\n' "$wanted" > "$dir/opt/anc-device/requirements.sha"
