@@ -8,7 +8,7 @@
 #    fails the run instead of building from source). Kept in $ANC_AARCH64_CACHE (default
 #    /var/cache/anc-device/aarch64): the base root keyed on its apt recipe only; the venv in
 #    it updated in place when the dependency list in pyproject.toml changes (pip installs only
-#    what changed); pip's wheel cache beside it, so each wheel is downloaded once.
+#    what changed); the aarch64 wheels beside it, downloaded once by the host's native pip.
 # 2. Copies the checkout into the root, installs the project itself (editable, --no-deps) and
 #    runs the emulated tests (list and what is left out: EMULATED_TESTS and DESELECTED below).
 # 3. Beside those tests, runs every bundled scene through `anc-device --simulate --json` in
@@ -134,11 +134,29 @@ prepare_root() { # DIR: what the root needs besides its packages to run the venv
     release "$dir"
 }
 
+# The aarch64 wheels of the dependency list (and pip, setuptools, wheel), downloaded by the
+# host's native pip into $cache/wheels, which outlives the root: each wheel is fetched once,
+# and no TLS runs under emulation (the package index resets connections whose handshake is as
+# slow as an emulated one on a busy machine). Environment markers are evaluated for the
+# host here; the install in the root re-resolves for aarch64 and fetches what they missed.
+download_wheels() {
+    local platforms=(--platform manylinux2014_aarch64) glibc
+    # pip takes the platforms literally: every manylinux tag bookworm's glibc 2.36 runs.
+    for glibc in $(seq 17 36); do platforms+=(--platform "manylinux_2_${glibc}_aarch64"); done
+    dependency_list > "$workdir/requirements.txt"
+    env -i HOME="$HOME" PATH=/usr/bin:/bin PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        PIP_NO_INPUT=1 PIP_ROOT_USER_ACTION=ignore \
+        "$repo/.venv/bin/python" -m pip download -q --retries 10 --only-binary=:all: \
+        "${platforms[@]}" --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none \
+        --dest "$cache/wheels" pip "setuptools>=77" wheel -r "$workdir/requirements.txt"
+}
+
 # The venv in the root DIR, brought up to date with the dependency list: pip installs into
 # the existing venv, so a changed dependency costs that dependency, not a new root. Wheels
-# only; pip's cache is $cache/pip (mounted at /root/.cache/pip), so each wheel is downloaded
-# once per cache. A dependency dropped from pyproject.toml stays installed until the root is
-# rebuilt (delete the cache).
+# only, from $cache/wheels (mounted at /opt/anc-device/wheels); only if those do not
+# satisfy the list (a marker that differs on aarch64) does pip go to the index as well.
+# A dependency dropped from pyproject.toml stays installed until the root is rebuilt (delete
+# the cache).
 update_dependencies() { # DIR
     local dir=$1 wanted
     wanted=$(dependency_list | sha256sum | cut -c1-16)
@@ -146,16 +164,23 @@ update_dependencies() { # DIR
         say "the venv is up to date with the dependency list"
         return 0
     fi
+    say "downloading the aarch64 wheels natively into $cache/wheels"
+    download_wheels
     say "installing the dependencies into the venv, from wheels only"
     dependency_list > "$dir/opt/anc-device/requirements.txt"
     install -m 0644 /etc/resolv.conf "$dir/etc/resolv.conf"
     [ -x "$dir$venv/bin/python" ] || in_root "$dir" python3 -m venv "$venv"
-    in_root "$dir" "$venv/bin/python" -m pip install -q --retries 10 --only-binary=:all: --upgrade pip
-    # --retries: PyPI connections are sometimes reset; a CI run should ride that out.
+    local local_wheels=(--no-index --find-links /opt/anc-device/wheels)
     # --no-compile: byte-compiling every module under emulation takes minutes; Python
     # compiles what is imported on first use, into the cached root.
-    in_root "$dir" "$venv/bin/python" -m pip install -q --retries 10 --only-binary=:all: --no-compile \
-        "setuptools>=77" wheel -r /opt/anc-device/requirements.txt
+    in_root "$dir" "$venv/bin/python" -m pip install -q --only-binary=:all: --no-compile "${local_wheels[@]}" \
+        --upgrade pip
+    if ! in_root "$dir" "$venv/bin/python" -m pip install -q --only-binary=:all: --no-compile "${local_wheels[@]}" \
+            "setuptools>=77" wheel -r /opt/anc-device/requirements.txt; then
+        say "the downloaded wheels do not cover the list on aarch64; asking the index for the rest"
+        in_root "$dir" "$venv/bin/python" -m pip install -q --retries 10 --only-binary=:all: --no-compile \
+            --find-links /opt/anc-device/wheels "setuptools>=77" wheel -r /opt/anc-device/requirements.txt
+    fi
     in_root "$dir" "$venv/bin/python" -m pip freeze > "$dir/opt/anc-device/freeze.txt"
     printf '%s\n' "$wanted" > "$dir/opt/anc-device/requirements.sha"
 }
@@ -272,8 +297,9 @@ mount_root() { # DIR
     mount --bind /dev/pts "$dir/dev/pts"
     mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$dir/dev/shm"
     mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$dir/tmp"
-    mkdir -p "$dir/root/.cache/pip"
+    mkdir -p "$dir/root/.cache/pip" "$dir/opt/anc-device/wheels"
     mount --bind "$cache/pip" "$dir/root/.cache/pip"
+    mount --bind "$cache/wheels" "$dir/opt/anc-device/wheels"
 }
 
 # Runs a command in the root DIR with a clean environment: nothing of the host's pip
@@ -329,6 +355,9 @@ for sources in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sou
 done
 [ ${#mirrors[@]} -gt 0 ] || mirrors=(http://deb.debian.org/debian)
 
+# The native venv: its pip downloads the wheels, its anc-device gives the x86_64 figures.
+scripts/setup.sh
+
 # -- the cached root ---------------------------------------------------------------------------
 mkdir -p "$cache"
 cache=$(realpath "$cache")
@@ -347,7 +376,7 @@ key=$({
     declare -f build_root prepare_root trust_host_certificates write_cpuinfo
 } | sha256sum | cut -c1-16)
 root=$cache/base-$key
-mkdir -p "$cache/pip"
+mkdir -p "$cache/pip" "$cache/wheels"
 
 for old in "$cache"/base-* "$cache"/build-* "$cache"/root-*; do
     [ -e "$old" ] && [ "$old" != "$root" ] || continue
@@ -413,7 +442,6 @@ compare_scenes() {
     [ "$mismatched" -eq 0 ] || { say "FAILED: anc-device --simulate differs between aarch64 and x86_64"; return 1; }
 }
 
-scripts/setup.sh
 export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$repo/.cache/numba}"
 scenes_started=$SECONDS
 compare_scenes > "$workdir/scenes.log" 2>&1 &
