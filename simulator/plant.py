@@ -449,6 +449,13 @@ class EngineClosedLoop(ClosedLoop):
         self._meta_rows = np.zeros((blocks_per_call, 4))
         self._previous_duration = 0.0
         self._clock_zero_ns = int(round(self._clock_zero * 1e9))
+        # Compile (or load from the numba cache) now, on no blocks, so the run's clocks do not
+        # count it: what `AncEngine.warm_up` does for the kernel.
+        empty = np.zeros(0)
+        _closed_loop_blocks(0, 0, block_size, plant.latency_samples, empty, empty, empty, empty, self.secondary,
+                            _NO_FEEDBACK if self.feedback is None else self.feedback, empty, empty, empty,
+                            self._ref_block, self._err_block, self._out_block, self._meta_rows[:0], 0.0,
+                            self._clock_zero_ns, *kernel_state)
 
     def _run_blocks(self, n, latency, reference_free, error_off, to_reference, to_error, reference_in, error_on,
                     output) -> float:
