@@ -119,3 +119,14 @@ def test_the_chunked_closed_loop_gives_the_same_run_as_the_per_block_loop(cfg):
         [{k: v for k, v in m.to_dict().items() if k not in TIMING_FIELDS} for m in second.metrics]
     assert per_block_session.ring.dropped == chunked_session.ring.dropped == 0
     assert chunked.engine_time_s > 0 and all(m.callback_max_ms > 0 for m in second.metrics)
+
+
+def test_band_attenuation_takes_both_spectra_in_one_call_with_the_same_figures():
+    rng = np.random.default_rng(2)
+    for size in (1000, 4321, 48000):
+        off, on = rng.standard_normal(size), 0.1 * rng.standard_normal(size)
+        f, p_off = report.spectrum(off, 48000)
+        _, p_on = report.spectrum(on, 48000)
+        band = (f >= report.BAND_HZ[0]) & (f <= report.BAND_HZ[1])
+        expected = 10 * np.log10(p_off[band].sum() / p_on[band].sum())
+        assert report.band_attenuation_db(off, on, 48000) == pytest.approx(expected, abs=1e-12)
