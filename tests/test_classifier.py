@@ -195,6 +195,16 @@ def test_shipped_model_is_accepted_and_small(shipped):
     assert shipped.ood is not None
 
 
+def test_default_thresholds_are_the_ones_training_chose_on_its_inner_split(cfg):
+    # The thresholds are chosen by models/train.py on the inner split (never on the held-out
+    # recordings) and copied into the configuration; a retrained model must bring them along.
+    chosen = json.loads(SHIPPED.with_suffix(".json").read_text())["training"]["thresholds"]["chosen"]
+    assert set(chosen) == {"confidence_threshold", "unknown_distance", "unknown_min_probability",
+                           "unknown_level_margin_db"}
+    for key, value in chosen.items():
+        assert getattr(cfg.classifier, key) == pytest.approx(value), key
+
+
 def _babble(rng, n, talkers=8):
     """Speech-like babble: talkers of band-limited noise, each switched on and off at syllable rate."""
     import scipy.signal
