@@ -828,7 +828,8 @@ def cross_validate(clips: list[Clip], rows: Rows, seed: int, forest_candidates: 
     return {
         "method": ("leave-one-source-out: every source recording held out in turn (its windows, and every "
                    "augmented row built from it, also as mixed-in background, absent from training); the "
-                   "feature set chosen in each fold on a two-way inner split of the training recordings "
+                   "feature set, the forest settings and the unknown/tracker thresholds chosen in each fold "
+                   "(nested) on a two-way inner split of the training recordings "
                    "(recordings alternate; a class left with one recording is split by time for training "
                    "and left out of the inner score), never on the held-out recording; evaluation on the "
                    "clean 2 s windows (0.5 s hop)"),

@@ -13,7 +13,7 @@ import soundfile
 
 from device.core import features as F
 from device.contract.model_card import ModelError
-from device.core.classifier import UNKNOWN, ClassTracker, Detection, NoiseClassifier, UnknownRule
+from device.core.classifier import UNKNOWN, ClassTracker, Detection, NoiseClassifier, UnknownRule, window_level_dbfs
 from device.cli import main
 from device.contract.config import NOISE_CLASSES
 from simulator.scenes import generate_scene
@@ -234,8 +234,15 @@ def test_shipped_model_says_unknown_for_what_it_was_not_trained_on(shipped, cfg)
         "pure tone": _at(np.sin(2 * np.pi * 1000 * t), -20.0),
         "babble quieter than any training window": _at(_babble(rng, 4 * size), low - rule.level_margin_db - 6.0),
     }
-    if high + rule.level_margin_db + 6.0 < -3.0:  # a louder level exists below full scale
-        probes["babble louder than any training window"] = _at(_babble(rng, 4 * size), high + rule.level_margin_db + 6.0)
+    # Louder than any training window by more than the margin: only an overdriven microphone gets
+    # there below full scale, so the babble is clipped like one, gained up until its level is past.
+    assert high + rule.level_margin_db < 0.0
+    babble, gain_db = _babble(rng, 4 * size), 0.0
+    loud = np.clip(_at(babble, gain_db), -1.0, 1.0)
+    while min(window_level_dbfs(w) for w in _windows(loud, size, size)) <= high + rule.level_margin_db:
+        gain_db += 2.0
+        loud = np.clip(_at(babble, gain_db), -1.0, 1.0)
+    probes["overdriven babble louder than any training window"] = loud
     for name, x in probes.items():
         answers = [shipped.classify(w, rule) for w in _windows(x, size, size)]
         assert all(d.noise_type == UNKNOWN for d in answers), (name, answers)
