@@ -576,3 +576,24 @@ def test_classify_into_a_closed_pipe_ends_quietly(tmp_path):
     assert b'"class"' in first
     assert b"Traceback" not in err and b"BrokenPipe" not in err, err
     assert code == 0
+
+
+def test_image_source_rooms_are_seeded_and_keep_the_direct_sound_first():
+    pytest.importorskip("pyroomacoustics")
+    from models import train
+
+    first = train.image_source_rooms.__wrapped__(5, count=3)
+    again = train.image_source_rooms.__wrapped__(5, count=3)
+    other = train.image_source_rooms.__wrapped__(6, count=3)
+    assert len(first) == 3
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0][: other[0].size], other[0][: first[0].size])
+    for rir in first:
+        assert rir.size <= int(0.8 * F.SAMPLE_RATE) and np.sum(rir * rir) == pytest.approx(1.0)
+    # Applied to a click, the direct sound stays at time zero and reflections follow it.
+    click = np.zeros(F.SAMPLE_RATE)
+    click[0] = 1.0
+    heard = train.image_source_room(click, np.random.default_rng(0), seed=5)
+    assert int(np.argmax(np.abs(heard))) == 0
+    assert np.sum(heard[int(0.005 * F.SAMPLE_RATE):] ** 2) > 0.01 * np.sum(heard ** 2)
