@@ -81,19 +81,41 @@ def _lowpass_noise(seconds, fs, seed):
     return 0.1 * coloured / np.std(coloured)
 
 
+def _least_squares_attenuation(result, secondary_path, taps, start):
+    """What the best fixed filter of `taps` taps on the controller's own (high-passed) reference
+    leaves, over the samples from `start` on: the optimum the adaptive filter heads for."""
+    import scipy.linalg
+    import scipy.signal
+
+    filtered = scipy.signal.lfilter(secondary_path, [1.0], result.reference)[start:]
+    disturbance = result.error_off[start:]
+    size = 1 << int(np.ceil(np.log2(2 * filtered.size)))
+    spectrum = np.fft.rfft(filtered, size)
+    autocorrelation = np.fft.irfft(spectrum * np.conj(spectrum), size)[:taps]
+    cross = np.fft.irfft(np.fft.rfft(disturbance, size) * np.conj(spectrum), size)[:taps]
+    weights = scipy.linalg.solve_toeplitz(autocorrelation, -cross)
+    residual = disturbance + scipy.signal.lfilter(weights, [1.0], filtered)
+    return 10 * np.log10(np.mean(disturbance ** 2) / np.mean(residual ** 2))
+
+
 def test_partitioned_update_converges_where_the_time_domain_one_lags(cfg):
     """Same plant, scene, step and simulated time (3 s): on low-frequency coloured noise the
-    per-bin normalized update cancels clearly more than the time-domain one."""
-    plant = Plant.load("duct")
+    per-bin normalized update gets most of the way to the least-squares optimum, without a
+    watchdog trip; the time-domain one, held back by the spread of the filtered reference's
+    spectrum, does not (it also trips here, the watchdog's concern, not this test's)."""
+    plant = Plant.load("headphone")
     fs = 48000
     scene = _lowpass_noise(3.0, fs, seed=4)
     path = plant.full_secondary_path()[:256]
     attenuation = {}
     for algorithm in ("time", "partitioned"):
-        run_cfg = cfg.replace("controller", algorithm=algorithm, taps=512)
+        run_cfg = cfg.replace("controller", algorithm=algorithm, taps=512, feedback_neutralization=False)
         engine = AncEngine.from_config(run_cfg.replace("safety", baseline_ms=20.0, fade_ms=20.0), path)
         result = run_closed_loop(scene, plant, lambda ref, err, out, meta: engine.process(ref, err, out), 32, seed=0)
         last = slice(-fs, None)
         attenuation[algorithm] = 10 * np.log10(np.mean(result.error_off[last] ** 2) / np.mean(result.error_on[last] ** 2))
-        assert engine.status[L.S_TRIPS] == 0
-    assert attenuation["partitioned"] > attenuation["time"] + 6.0, attenuation
+        if algorithm == "partitioned":
+            assert engine.status[L.S_TRIPS] == 0
+    optimum = _least_squares_attenuation(result, path, 512, 2 * fs)
+    assert attenuation["partitioned"] > 0.5 * optimum, (attenuation, optimum)
+    assert attenuation["time"] < 0.25 * optimum, (attenuation, optimum)

@@ -13,12 +13,22 @@ Per sample n:
      loop delay out of the adaptation (plain FxLMS must keep the step below ~1/latency,
      which makes multi-tone noise converge in seconds), and it keeps fades, intensity < 1
      and the limiter from teaching the filter to compensate for them.
-  4. update w <- (1 - leakage) w - mu e'(n) x'(n) / (regularization + |x'|^2)
+  4. update the weights, by one of two algorithms (`controller.algorithm`, `P_UPDATE_BLOCK`):
+     time:        every sample, w <- (1 - leakage) w - mu e'(n) x'(n) / (regularization + |x'|^2)
+     partitioned: every B samples (`controller.update_block`, independent of the audio block:
+                  a partial update block carries over in `status`), the block's gradient in
+                  the frequency domain per partition of B taps, each bin normalized by its own
+                  smoothed filtered-reference power (`device.core.dsp.partitioned`). The
+                  weights stay fixed within the update block, the output stays w . r every
+                  sample: no added latency. Per-bin normalization converges broadband and
+                  coloured noise (rumble, traffic, pink) where the total-power normalization is
+                  held back by the spread of the filtered reference's spectrum; the time-domain
+                  update converges few strong tones faster (docs/cancellation.md, "Algorithm").
   5. output y_raw(n) = w . r, then user gain (enabled * intensity, ramped), safety gain
      (fades, watchdog) and a peak limiter with instant attack and smooth release: the
      speaker signal never exceeds the ceiling and is never hard-clipped.
 
-Steps 4 and 5 share one pass over the weights. The reference, filtered reference and
+With the time-domain update, steps 4 and 5 share one pass over the weights. The reference, filtered reference and
 output histories are double-length circular buffers: every sample is written twice, so the
 last N samples are always one contiguous slice and the inner loops vectorize.
 
