@@ -28,9 +28,10 @@ Per sample n:
      (fades, watchdog) and a peak limiter with instant attack and smooth release: the
      speaker signal never exceeds the ceiling and is never hard-clipped.
 
-With the time-domain update, steps 4 and 5 share one pass over the weights. The reference, filtered reference and
-output histories are double-length circular buffers: every sample is written twice, so the
-last N samples are always one contiguous slice and the inner loops vectorize.
+With the time-domain update, steps 4 and 5 share one pass over the weights. The reference,
+filtered reference and output histories are double-length circular buffers: every sample is
+written twice, so the last N samples are always one contiguous slice and the inner loops
+vectorize.
 
 The watchdog trips on NaN/Inf, on a weight norm above its limit, on error power well above
 the uncontrolled level (measured while muted at start, tracked through the reference level)
@@ -202,7 +203,7 @@ def process_block(
 
     reference, error: input blocks (any float dtype); out: the speaker block, written.
     weights (N), secondary_path (L), feedback_path (F, may be empty): filters.
-    reference_buffer (2*max(N, L)), filtered_buffer (2*(N+1)), output_buffer (2*max(F, L)):
+    reference_buffer (2*max(N, L)), filtered_buffer (2*history_length(N, B)), output_buffer (2*max(F, L)):
     double-length histories. params/status/cursors/events: see layout.
     hear_through (K <= max(N, L), may be empty): the hear-through equalizer over the reference.
     update_state, twiddles: the partitioned update's work arrays (`device.core.dsp.partitioned`;
@@ -270,6 +271,8 @@ def process_block(
                              or filtered_half < history_length(taps, update_block)):
         update_block = 0  # arrays sized for another block: never read past them
     update_fill = int(status[S_UPDATE_FILL])
+    if update_fill < 0 or update_fill >= update_block:
+        update_fill = 0  # the block size changed between calls: start a new update block
     update_blocks = status[S_UPDATE_BLOCKS]
 
     # Recompute the filtered-reference power once a block so the running sum cannot drift.
