@@ -21,7 +21,10 @@ Path-change rows (`*>changed`) switch the real secondary path at CHANGE_AT_S; be
 `recovery` is their steady-state attenuation minus that of a run with the new path from the
 start (`*=changed`).
 
-    python bench/cancellation.py [--quick] [--jobs 2] [--seconds 16] [--json]
+    python bench/cancellation.py [--quick] [--jobs 2] [--seconds 16] [--json] [--config FILE] [--only PLANT/SCENE ...]
+
+`--config` merges a partial YAML over the defaults for every pair (e.g. `controller:
+{algorithm: time}` to measure the other weight update); `--only` runs the named pairs.
 
 Deterministic: the plants, scenes and simulator take fixed seeds; only the wall time varies.
 """
@@ -155,14 +158,14 @@ def write_plants(directory: Path, quick: bool) -> dict[str, str]:
 
 
 # -- one pair ------------------------------------------------------------------------------
-def run_pair(job: tuple[str, str, str, str]) -> dict:
-    plant_name, plant_ref, scene_name, scene_path = job
+def run_pair(job: tuple[str, str, str, str, str | None]) -> dict:
+    plant_name, plant_ref, scene_name, scene_path, config_path = job
     from device.contract.config import load_config
     from simulator import report
     from simulator.optimum import causal_optima
     from simulator.run import simulate
 
-    cfg = load_config()
+    cfg = load_config(config_path)
     started = time.perf_counter()
     sim = simulate(scene_path, cfg, plant_ref, keep_signals=True)
     summary, result = sim.summary, sim.result
@@ -252,6 +255,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1, help="pairs run in parallel (processes)")
     parser.add_argument("--seconds", type=float, default=16.0, help="scene length, s (default 16)")
     parser.add_argument("--json", action="store_true", help="one JSON object per pair instead of the table")
+    parser.add_argument("--config", help="partial config YAML merged over the defaults for every pair")
+    parser.add_argument("--only", nargs="+", metavar="PLANT/SCENE", help="run only these pairs")
     args = parser.parse_args()
     if not 9.0 <= args.seconds <= 120.0:
         parser.error(f"--seconds: expected 9 to 120, got {args.seconds}")
@@ -262,7 +267,8 @@ def main() -> int:
         directory = Path(temporary)
         scenes = write_scenes(directory, args.seconds, scene_names)
         plants = write_plants(directory, args.quick)
-        jobs = [(plant, ref, scene, str(path)) for plant, ref in plants.items() for scene, path in scenes.items()]
+        jobs = [(plant, ref, scene, str(path), args.config) for plant, ref in plants.items()
+                for scene, path in scenes.items() if not args.only or f"{plant}/{scene}" in args.only]
         started = time.perf_counter()
         rows = []
 

@@ -1,6 +1,7 @@
 """Throughput of the FxLMS kernel: numba versus the NumPy reference and a plain C FxLMS.
 
-Prints one JSON line per implementation: impl, dtype, taps, secondary_path_taps,
+Both weight updates (`controller.algorithm`: time, partitioned) at each length. Prints one
+JSON line per implementation: impl, algorithm, dtype, taps, secondary_path_taps,
 block_size, samples_per_s, real_time_factor (at 48 kHz), per-block call overhead. The C line
 (`bench/fxlms_plain.c`, the textbook algorithm over the whole signal in one call, built with
 the system compiler at -O3 -march=native -ffast-math, so its dot products vectorize) is the yardstick measured in the same run, so the
@@ -11,6 +12,7 @@ Every implementation also reports `ns_per_sample` and, for the numba kernel, `bl
 callback's kernel time for one block, against the block period (667 us at 32 samples, 48 kHz).
 
     python bench/kernel.py [--seconds 10] [--taps 256 512 1024 2048] [--path-taps 128] [--block 32]
+                           [--algorithms time partitioned]
 """
 
 from __future__ import annotations
@@ -32,13 +34,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from device.contract.config import load_config  # noqa: E402
 from device.core.dsp.reference import ReferenceFxlms  # noqa: E402
+from device.core.dsp import layout as L  # noqa: E402
 from device.core.engine import AncEngine  # noqa: E402
 
 SAMPLE_RATE = 48000
 
 
-def make_engine(taps: int, path_taps: int, block: int) -> AncEngine:
-    cfg = load_config().replace("controller", taps=taps, secondary_path_taps=path_taps)
+def make_engine(taps: int, path_taps: int, block: int, algorithm: str) -> AncEngine:
+    cfg = load_config().replace("controller", taps=taps, secondary_path_taps=path_taps, algorithm=algorithm)
     rng = np.random.default_rng(0)
     path = rng.standard_normal(path_taps) * np.exp(-np.arange(path_taps) / 20.0) * 0.3
     path[:8] = 0.0
@@ -47,8 +50,8 @@ def make_engine(taps: int, path_taps: int, block: int) -> AncEngine:
     return AncEngine.from_config(cfg, path, block_size=block)
 
 
-def bench_numba(seconds: float, taps: int, path_taps: int, block: int, dtype) -> dict:
-    engine = make_engine(taps, path_taps, block)
+def bench_numba(seconds: float, taps: int, path_taps: int, block: int, dtype, algorithm: str) -> dict:
+    engine = make_engine(taps, path_taps, block, algorithm)
     engine.warm_up()
     rng = np.random.default_rng(1)
     n_blocks = int(seconds * SAMPLE_RATE) // block
@@ -74,6 +77,7 @@ def bench_numba(seconds: float, taps: int, path_taps: int, block: int, dtype) ->
     overhead = (time.perf_counter() - start) / calls
     return {
         "impl": "numba",
+        "algorithm": algorithm,
         "dtype": np.dtype(dtype).name,
         "taps": taps,
         "secondary_path_taps": path_taps,
@@ -87,8 +91,8 @@ def bench_numba(seconds: float, taps: int, path_taps: int, block: int, dtype) ->
     }
 
 
-def bench_reference(seconds: float, taps: int, path_taps: int, block: int) -> dict:
-    engine = make_engine(taps, path_taps, block)
+def bench_reference(seconds: float, taps: int, path_taps: int, block: int, algorithm: str) -> dict:
+    engine = make_engine(taps, path_taps, block, algorithm)
     reference_impl = ReferenceFxlms(taps, engine.secondary_path, None, engine.params.copy())
     rng = np.random.default_rng(1)
     n_blocks = max(1, int(seconds * SAMPLE_RATE) // block)
@@ -101,6 +105,7 @@ def bench_reference(seconds: float, taps: int, path_taps: int, block: int) -> di
     samples = n_blocks * block
     return {
         "impl": "numpy-reference",
+        "algorithm": algorithm,
         "dtype": "float64",
         "taps": taps,
         "secondary_path_taps": path_taps,
@@ -110,7 +115,7 @@ def bench_reference(seconds: float, taps: int, path_taps: int, block: int) -> di
     }
 
 
-def bench_plain_c(seconds: float, taps: int, path_taps: int) -> dict | None:
+def bench_plain_c(seconds: float, taps: int, path_taps: int, algorithm: str) -> dict | None:
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None
@@ -118,12 +123,20 @@ def bench_plain_c(seconds: float, taps: int, path_taps: int) -> dict | None:
     with tempfile.TemporaryDirectory() as work:
         library = os.path.join(work, "fxlms_plain.so")
         subprocess.run([compiler, "-O3", "-march=native", "-ffast-math", "-shared", "-fPIC", "-o", library, source], check=True)
-        fxlms = ctypes.CDLL(library).fxlms_plain
         double_p = ctypes.POINTER(ctypes.c_double)
-        fxlms.argtypes = [double_p, double_p, double_p, ctypes.c_long, double_p, ctypes.c_int, double_p,
-                          ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_double]
+        arguments = [double_p, double_p, double_p, ctypes.c_long, double_p, ctypes.c_int, double_p,
+                     ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_double]
+        engine = make_engine(taps, path_taps, 32, algorithm)
+        if algorithm == "partitioned":
+            fxlms = ctypes.CDLL(library).fxlms_partitioned_plain
+            fxlms.argtypes = arguments + [ctypes.c_int, ctypes.c_double, ctypes.c_double]
+            p = engine.params
+            extra = (int(p[L.P_UPDATE_BLOCK]), float(p[L.P_POWER_COEF]), float(p[L.P_BIN_FLOOR]))
+        else:
+            fxlms = ctypes.CDLL(library).fxlms_plain
+            fxlms.argtypes = arguments
+            extra = ()
         fxlms.restype = ctypes.c_long
-        engine = make_engine(taps, path_taps, 32)
         rng = np.random.default_rng(1)
         n = int(seconds * SAMPLE_RATE)
         reference, error = rng.standard_normal(n) * 0.1, rng.standard_normal(n) * 0.05
@@ -138,10 +151,11 @@ def bench_plain_c(seconds: float, taps: int, path_taps: int) -> dict | None:
             weights[:] = 0.0
             start = time.perf_counter()
             fxlms(pointer(reference), pointer(error), pointer(out), n, pointer(weights), taps, pointer(path),
-                  path_taps, 0.05, 1e-7, 1e-6)
+                  path_taps, 0.05, 1e-7, 1e-6, *extra)
             best = min(best, time.perf_counter() - start)
     return {
         "impl": "c-plain",
+        "algorithm": algorithm,
         "dtype": "float64",
         "taps": taps,
         "secondary_path_taps": path_taps,
@@ -158,18 +172,21 @@ def main() -> None:
     parser.add_argument("--taps", type=int, nargs="+", default=[256, 512, 1024, 2048])
     parser.add_argument("--path-taps", type=int, default=128)
     parser.add_argument("--block", type=int, default=32)
+    parser.add_argument("--algorithms", nargs="+", choices=("time", "partitioned"), default=["time", "partitioned"])
     args = parser.parse_args()
     print(json.dumps({"machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version()}))
     for taps in args.taps:
-        plain_c = bench_plain_c(args.seconds, taps, args.path_taps)
-        for dtype in (np.float64, np.float32):
-            result = bench_numba(args.seconds, taps, args.path_taps, args.block, dtype)
+        for algorithm in args.algorithms:
+            plain_c = bench_plain_c(args.seconds, taps, args.path_taps, algorithm)
+            for dtype in (np.float64, np.float32):
+                result = bench_numba(args.seconds, taps, args.path_taps, args.block, dtype, algorithm)
+                if plain_c is not None:
+                    result["share_of_c"] = round(result["samples_per_s"] / plain_c["samples_per_s"], 3)
+                print(json.dumps(result), flush=True)
+            print(json.dumps(bench_reference(min(args.seconds, 0.2), taps, args.path_taps, args.block, algorithm)),
+                  flush=True)
             if plain_c is not None:
-                result["share_of_c"] = round(result["samples_per_s"] / plain_c["samples_per_s"], 3)
-            print(json.dumps(result), flush=True)
-        print(json.dumps(bench_reference(min(args.seconds, 0.2), taps, args.path_taps, args.block)), flush=True)
-        if plain_c is not None:
-            print(json.dumps(plain_c), flush=True)
+                print(json.dumps(plain_c), flush=True)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ def test_relative_paths_resolve_against_the_file(tmp_path):
     ("- a\n- b\n", r"expected a mapping of sections at the top level"),
     ("controller:\n  taps: [1\n", r"invalid YAML at line \d+, column \d+"),
     ("classifier:\n  window_s: 1.0\n  hop_s: 2.0\n", r"classifier\.hop_s: 2\.0 is longer than classifier\.window_s"),
+    ("controller:\n  update_block: 48\n", r"controller\.update_block: 48 is not a power of two \(try 32\)"),
+    ("controller:\n  algorithm: fast\n", r"controller\.algorithm: 'fast' is not one of partitioned, time"),
 ])
 def test_bad_values_name_the_file_key_and_value(tmp_path, text, message):
     path = write(tmp_path, text)

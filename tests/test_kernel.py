@@ -18,12 +18,14 @@ def _engine(cfg, path, feedback=None, **safety):
     return AncEngine.from_config(cfg, path, feedback)
 
 
+@pytest.mark.parametrize("algorithm", ["time", "partitioned"])
 @pytest.mark.parametrize("plant_name", ["headphone", "duct"])
-def test_numba_kernel_matches_numpy_reference_in_closed_loop(cfg, plant_name):
+def test_numba_kernel_matches_numpy_reference_in_closed_loop(cfg, plant_name, algorithm):
     plant = Plant.load(plant_name)
     path = plant.full_secondary_path()[:256]
     feedback = plant.full_feedback_path()[:256] if plant.feedback_path is not None else None
-    engine = _engine(cfg, path, feedback)
+    # 320 taps: the last partition of the partitioned update is a partial one.
+    engine = _engine(cfg.replace("controller", algorithm=algorithm, taps=320), path, feedback)
     reference = ReferenceFxlms(engine.weights.size, path, feedback, engine.params.copy())
     outputs = []
 
@@ -35,8 +37,11 @@ def test_numba_kernel_matches_numpy_reference_in_closed_loop(cfg, plant_name):
     result = run_closed_loop(scene, plant, both, 32, seed=0)
     expected = np.concatenate(outputs)[:scene.size]
     assert np.max(np.abs(result.output)) > 1e-3  # the controller did act
-    np.testing.assert_allclose(result.output, expected, rtol=0, atol=1e-9)
-    np.testing.assert_allclose(engine.weights, reference.weights, rtol=0, atol=1e-9)
+    # The FFTs round differently from numpy's (about 1e-16 relative per update); the closed loop
+    # carries that along, to ~1e-9 of an output of ~0.2 after 0.4 s.
+    tolerance = 1e-9 if algorithm == "time" else 1e-8
+    np.testing.assert_allclose(result.output, expected, rtol=0, atol=tolerance)
+    np.testing.assert_allclose(engine.weights, reference.weights, rtol=0, atol=tolerance)
 
 
 def test_float32_blocks_give_the_float64_result(cfg, headphone):

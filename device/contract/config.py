@@ -39,6 +39,7 @@ DEFAULT_CONFIG = default_file("default.yaml")
 NOISE_CLASSES = ("white", "pink", "traffic", "office", "construction", "cafe")
 # What the speaker plays: nothing, anti-noise, or the room (the outer mic, equalized).
 ANC_MODES = ("off", "anc", "hear-through")
+CONTROLLER_ALGORITHMS = ("partitioned", "time")
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,9 @@ SCHEMA: dict[str, Any] = {
         "secondary_path_taps": Key("int", "samples", 2, 4096),
         "feedback_neutralization": Key("bool"),
         "feedback_path_taps": Key("int", "samples", 2, 4096),
+        "algorithm": Key("str", choices=CONTROLLER_ALGORITHMS),
+        "update_block": Key("int", "samples, a power of two", 8, 1024),
+        "bin_floor_db": Key("float", "dB under the mean bin power", -120.0, 0.0),
     },
     "safety": {
         "output_ceiling_dbfs": Key("float", "dBFS", -60.0, 0.0),
@@ -311,6 +315,9 @@ def _cross_checks(values: dict[str, Any], source: str) -> None:
         raise ConfigError(
             f"{source}: classifier.hop_s: {classifier['hop_s']} is longer than classifier.window_s ({classifier['window_s']})"
         )
+    block = controller["update_block"]
+    if block & (block - 1):
+        raise ConfigError(f"{source}: controller.update_block: {block} is not a power of two (try {1 << (block.bit_length() - 1)})")
     safety = values["safety"]
     if safety["min_step_size"] > controller["step_size"]:
         raise ConfigError(

@@ -18,6 +18,7 @@ from device.core.dsp import layout as L
 from device.core.dsp.fxlms import process_block
 from device.core.dsp.identification import controller_tap_budget, recommended_controller_taps
 from device.core.dsp.hear_through import design_equalizer
+from device.core.dsp.partitioned import history_length, make_twiddles, state_size
 from device.contract.errors import UserError
 
 EVENT_CAPACITY = 256
@@ -54,6 +55,8 @@ class ControllerSettings:
     mode: str = "anc"
     hear_through_taps: int = 64
     hear_through_gain_db: float = 0.0
+    update_block: int = 0             # samples per partitioned update; 0 = time-domain update every sample
+    bin_floor_db: float = -30.0
 
     @classmethod
     def from_config(cls, cfg: Config, sample_rate: int | None = None, block_size: int | None = None,
@@ -91,6 +94,8 @@ class ControllerSettings:
             mode=cfg.anc.mode,
             hear_through_taps=cfg.anc.hear_through_taps,
             hear_through_gain_db=cfg.anc.hear_through_gain_db,
+            update_block=cfg.controller.update_block if cfg.controller.algorithm == "partitioned" else 0,
+            bin_floor_db=cfg.controller.bin_floor_db,
         )
 
 
@@ -158,7 +163,9 @@ class AncEngine:
         path_taps = secondary_path.size
         self.weights = np.zeros(taps)
         self.reference_buffer = np.zeros(2 * max(taps, path_taps))
-        self.filtered_buffer = np.zeros(2 * (taps + 1))
+        self.filtered_buffer = np.zeros(2 * history_length(taps, settings.update_block))
+        self.update_state = np.zeros(state_size(settings.update_block))
+        self.twiddles = make_twiddles(2 * settings.update_block) if settings.update_block > 0 else np.zeros(0)
         self.output_buffer = np.zeros(2 * max(self.feedback_path.size, path_taps))
         self.params = np.zeros(L.N_PARAMS)
         self.status = np.zeros(L.N_STATUS)
@@ -176,7 +183,7 @@ class AncEngine:
         # kernel's state, for `process` and for a simulator that calls the kernel from numba.
         self.kernel_state = (self.weights, self.secondary_path, self.feedback_path, self.reference_buffer,
                              self.filtered_buffer, self.output_buffer, self.params, self.status, self.cursors,
-                             self.events, self.hear_through)
+                             self.events, self.hear_through, self.update_state, self.twiddles)
         self.base_step_size = settings.step_size
         self.step_factor = 1.0
         self._configure(settings)
@@ -226,11 +233,13 @@ class AncEngine:
         b, a = butterworth_highpass(s.highpass_hz, fs)
         p[L.P_HP_B0], p[L.P_HP_B1], p[L.P_HP_B2] = b
         p[L.P_HP_A1], p[L.P_HP_A2] = a[1], a[2]
+        p[L.P_UPDATE_BLOCK] = s.update_block
+        p[L.P_BIN_FLOOR] = 10.0 ** (s.bin_floor_db / 10.0)
 
     def reset(self) -> None:
         """Back to the start: weights zero, muted, measuring the baseline again."""
         for array in (self.weights, self.reference_buffer, self.filtered_buffer, self.output_buffer,
-                      self.status, self.events):
+                      self.status, self.events, self.update_state):
             array[...] = 0.0
         self.cursors[...] = 0
         self.status[L.S_MODE] = L.MODE_BASELINE
@@ -254,7 +263,7 @@ class AncEngine:
             block = np.zeros(self.block_size, dtype=dtype)
             self.process(block, block.copy(), np.zeros(self.block_size, dtype=dtype))
         self.weights[...], self.status[...], self.cursors[...] = saved
-        for array in (self.reference_buffer, self.filtered_buffer, self.output_buffer):
+        for array in (self.reference_buffer, self.filtered_buffer, self.output_buffer, self.update_state):
             array[...] = 0.0
 
     # -- settings, applied at the next block ---------------------------------------------

@@ -13,14 +13,25 @@ Per sample n:
      loop delay out of the adaptation (plain FxLMS must keep the step below ~1/latency,
      which makes multi-tone noise converge in seconds), and it keeps fades, intensity < 1
      and the limiter from teaching the filter to compensate for them.
-  4. update w <- (1 - leakage) w - mu e'(n) x'(n) / (regularization + |x'|^2)
+  4. update the weights, by one of two algorithms (`controller.algorithm`, `P_UPDATE_BLOCK`):
+     time:        every sample, w <- (1 - leakage) w - mu e'(n) x'(n) / (regularization + |x'|^2)
+     partitioned: every B samples (`controller.update_block`, independent of the audio block:
+                  a partial update block carries over in `status`), the block's gradient in
+                  the frequency domain per partition of B taps, each bin normalized by its own
+                  smoothed filtered-reference power (`device.core.dsp.partitioned`). The
+                  weights stay fixed within the update block, the output stays w . r every
+                  sample: no added latency. Per-bin normalization converges broadband and
+                  coloured noise (rumble, traffic, pink) where the total-power normalization is
+                  held back by the spread of the filtered reference's spectrum; the time-domain
+                  update converges few strong tones faster (docs/cancellation.md, "Algorithm").
   5. output y_raw(n) = w . r, then user gain (enabled * intensity, ramped), safety gain
      (fades, watchdog) and a peak limiter with instant attack and smooth release: the
      speaker signal never exceeds the ceiling and is never hard-clipped.
 
-Steps 4 and 5 share one pass over the weights. The reference, filtered reference and
-output histories are double-length circular buffers: every sample is written twice, so the
-last N samples are always one contiguous slice and the inner loops vectorize.
+With the time-domain update, steps 4 and 5 share one pass over the weights. The reference,
+filtered reference and output histories are double-length circular buffers: every sample is
+written twice, so the last N samples are always one contiguous slice and the inner loops
+vectorize.
 
 The watchdog trips on NaN/Inf, on a weight norm above its limit, on error power well above
 the uncontrolled level (measured while muted at start, tracked through the reference level)
@@ -35,6 +46,7 @@ import math
 import numba as nb
 
 from device.core.dsp.hear_through import hear_through_output
+from device.core.dsp.partitioned import history_length, state_size, update_weights
 from device.core.dsp.layout import (
     C_FILTERED,
     C_OUTPUT,
@@ -52,6 +64,7 @@ from device.core.dsp.layout import (
     P_ADAPT,
     P_BACKOFF,
     P_BASELINE,
+    P_BIN_FLOOR,
     P_CEILING,
     P_FADE_RATE,
     P_FLOOR,
@@ -75,6 +88,7 @@ from device.core.dsp.layout import (
     P_STEP,
     P_STOP,
     P_TRIP_RATE,
+    P_UPDATE_BLOCK,
     P_USER_RATE,
     P_USER_TARGET,
     S_BASELINE_COUNT,
@@ -104,6 +118,8 @@ from device.core.dsp.layout import (
     S_SLOW_REFERENCE,
     S_STEP,
     S_TRIPS,
+    S_UPDATE_BLOCKS,
+    S_UPDATE_FILL,
     S_USER_GAIN,
     S_WEIGHT_NORM,
     S_XF_POWER,
@@ -180,14 +196,19 @@ def process_block(
     cursors,
     events,
     hear_through,
+    update_state,
+    twiddles,
 ):
     """Run the controller over one block. See the module docstring for the algorithm.
 
     reference, error: input blocks (any float dtype); out: the speaker block, written.
     weights (N), secondary_path (L), feedback_path (F, may be empty): filters.
-    reference_buffer (2*max(N, L)), filtered_buffer (2*(N+1)), output_buffer (2*max(F, L)):
+    reference_buffer (2*max(N, L)), filtered_buffer (2*history_length(N, B)), output_buffer (2*max(F, L)):
     double-length histories. params/status/cursors/events: see layout.
     hear_through (K <= max(N, L), may be empty): the hear-through equalizer over the reference.
+    update_state, twiddles: the partitioned update's work arrays (`device.core.dsp.partitioned`;
+    empty for the time-domain update). With `params[P_UPDATE_BLOCK]` = B > 0 the filtered
+    history must hold `history_length(N, B)` samples.
     """
     taps = weights.shape[0]
     path_taps = secondary_path.shape[0]
@@ -245,6 +266,14 @@ def process_block(
     hear_taps = hear_through.shape[0]
     hear_target = params[P_HEAR_TARGET] if hear_taps > 0 else 0.0
     hear_gain = status[S_HEAR_GAIN]
+    update_block = int(params[P_UPDATE_BLOCK])
+    if update_block > 0 and (update_state.shape[0] < state_size(update_block) or twiddles.shape[0] != 2 * update_block
+                             or filtered_half < history_length(taps, update_block)):
+        update_block = 0  # arrays sized for another block: never read past them
+    update_fill = int(status[S_UPDATE_FILL])
+    if update_fill < 0 or update_fill >= update_block:
+        update_fill = 0  # the block size changed between calls: start a new update block
+    update_blocks = status[S_UPDATE_BLOCKS]
 
     # Recompute the filtered-reference power once a block so the running sum cannot drift.
     power = _dot(filtered_buffer, filtered_buffer, position_filtered, position_filtered, taps)
@@ -286,7 +315,20 @@ def process_block(
         y_raw = 0.0
         # Hear-through freezes the weights: switching back to ANC is instant.
         hearing = hear_gain > 0.0 or hear_target > 0.0
-        if mode == MODE_RUN and adapt_allowed and total_gain >= MIN_ADAPT_GAIN and not hearing:
+        if update_block > 0 and mode == MODE_RUN and adapt_allowed and total_gain >= MIN_ADAPT_GAIN and not hearing:
+            # Partitioned update: the weights stay fixed over an update block, so the block's
+            # modified errors are those of one filter, and change at its last sample.
+            disturbance = e - _dot(secondary_path, output_buffer, position_output, 1, path_taps - 1)
+            update_state[update_fill] = disturbance + _dot(weights, filtered_buffer, position_filtered, 0, taps)
+            update_fill += 1
+            if update_fill == update_block:
+                update_blocks = update_weights(weights, filtered_buffer, position_filtered, update_state, twiddles,
+                                               update_block, step, leak, regularization, power_coef,
+                                               params[P_BIN_FLOOR], update_blocks)
+                update_fill = 0
+            y_raw = _dot(weights, reference_buffer, position_reference, 0, taps)
+            have_next_dot = False
+        elif mode == MODE_RUN and adapt_allowed and total_gain >= MIN_ADAPT_GAIN and not hearing:
             # secondary_path[j] maps the output played j samples ago; j = 0 is not played yet.
             disturbance = e - _dot(secondary_path, output_buffer, position_output, 1, path_taps - 1)
             if have_next_dot:
@@ -313,6 +355,8 @@ def process_block(
         else:
             y_raw = _dot(weights, reference_buffer, position_reference, 0, taps)
             have_next_dot = False
+            # A paused update drops its partial block: its errors and the history must line up.
+            update_fill = 0
 
         y_hear = hear_through_output(hear_through, reference_buffer, position_reference) if hearing else 0.0
 
@@ -442,6 +486,7 @@ def process_block(
         status[S_STEP] = status[S_STEP] * params[P_BACKOFF]
         status[S_TRIPS] += 1.0
         _record_event(events, status, EVENT_NONFINITE, 0.0, step)
+        update_fill = 0
         if mode != MODE_STOP and mode != MODE_BASELINE:
             mode = MODE_RUN
         norm = 0.0
@@ -476,6 +521,8 @@ def process_block(
     status[S_WEIGHT_NORM] = norm
     status[S_PEAK_OUT] = peak
     status[S_HEAR_GAIN] = hear_gain
+    status[S_UPDATE_FILL] = update_fill
+    status[S_UPDATE_BLOCKS] = update_blocks
     if abs(hp_y1) < DENORMAL_FLOOR:
         hp_y1 = 0.0
     if abs(hp_y2) < DENORMAL_FLOOR:

@@ -35,7 +35,9 @@ P_SLOW_COEF = 24         # one-pole smoothing coefficient of the slow (sustained
 P_SLOW_RISE = 25         # linear power factor over the uncontrolled level that counts as a sustained rise
 P_SLOW_HOLD = 26         # samples a sustained rise must last before a trip
 P_HEAR_TARGET = 27       # 0..1: target gain of the hear-through path (ramped like the user gain)
-N_PARAMS = 28
+P_UPDATE_BLOCK = 28      # samples per partitioned frequency-domain update (0 = time-domain update every sample)
+P_BIN_FLOOR = 29         # partitioned update: floor of the per-bin power, as a fraction of the mean bin power
+N_PARAMS = 30
 
 # status: scalar state, written by the kernel
 S_MODE = 0               # MODE_* below
@@ -69,7 +71,9 @@ S_SLOW_ERROR = 27        # slowly smoothed error-mic power (sustained-rise watch
 S_SLOW_REFERENCE = 28    # slowly smoothed reference power (after feedback neutralization)
 S_SLOW_HOLD = 29         # samples the sustained rise has lasted
 S_HEAR_GAIN = 30         # current hear-through gain (ramps towards P_HEAR_TARGET)
-N_STATUS = 31
+S_UPDATE_FILL = 31       # partitioned update: modified errors collected of the current update block
+S_UPDATE_BLOCKS = 32     # partitioned update: block updates so far (bias correction of the bin power)
+N_STATUS = 33
 
 # cursors: positions in the double-length circular buffers
 C_REFERENCE = 0

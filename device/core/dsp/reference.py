@@ -2,7 +2,8 @@
 
 Same algorithm, same settings (`device.core.dsp.layout` params) and the same safety logic as
 `device.core.dsp.fxlms.process_block`, but with textbook shift-register histories and one
-`numpy.dot` per filter. The tests check the numba kernel against it to tight tolerance;
+`numpy.dot` per filter; the partitioned update (`params[P_UPDATE_BLOCK]` > 0) computes each
+partition's gradient with `numpy.fft` one partition at a time. The tests check the numba kernel against it to tight tolerance;
 the benchmark reports its speed beside the kernel's.
 """
 
@@ -25,7 +26,12 @@ class ReferenceFxlms:
         self.feedback_path = None if feedback_path is None or len(feedback_path) < 2 else np.asarray(feedback_path, dtype=np.float64)
         self.weights = np.zeros(taps)
         self.x = np.zeros(max(taps, self.secondary_path.size))   # x[k] = reference(n - k)
-        self.xf = np.zeros(taps + 1)                              # filtered reference history
+        block = int(params[L.P_UPDATE_BLOCK])
+        partitions = -(-taps // block) if block > 0 else 0
+        self.xf = np.zeros(max(taps + 1, (partitions + 1) * block))  # filtered reference history
+        self.update_errors: list[float] = []                          # modified errors of the update block
+        self.bin_power = np.zeros(2 * block)
+        self.update_blocks = 0
         self.played = np.zeros(max(0 if self.feedback_path is None else self.feedback_path.size, self.secondary_path.size))
         self.hp_in = [0.0, 0.0]
         self.hp_out = [0.0, 0.0]
@@ -60,6 +66,33 @@ class ReferenceFxlms:
         self.weights[:] = 0.0
         self.xf[:] = 0.0
         self.played[:] = 0.0
+        self.update_errors = []
+
+    def _partitioned_update(self, step: float) -> None:
+        """The block update of `device.core.dsp.partitioned`, written out per partition."""
+        p = self.params
+        taps, block = self.weights.size, int(p[L.P_UPDATE_BLOCK])
+        size = 2 * block
+        error_spectrum = np.fft.fft(np.concatenate([np.zeros(block), self.update_errors]))
+        block_coef = 1.0 - (1.0 - p[L.P_POWER_COEF]) ** block
+        correction = 1.0 / (1.0 - (1.0 - block_coef) ** (self.update_blocks + 1))
+        self.update_blocks += 1
+        gradient = np.zeros(taps)
+        for partition in range(-(-taps // block)):
+            lag = partition * block
+            # Oldest first: x'(n - lag - size + 1) ... x'(n - lag).
+            window = self.xf[lag:lag + size][::-1]
+            spectrum = np.fft.fft(window)
+            if partition == 0:
+                self.bin_power += block_coef * (np.abs(spectrum) ** 2 - self.bin_power)
+                self.bin_power[self.bin_power < 1e-30] = 0.0
+                power = correction * self.bin_power
+                power = power + p[L.P_BIN_FLOOR] * power.mean() + p[L.P_REGULARIZATION] * size / taps
+            correlation = np.fft.ifft(np.conj(spectrum) * error_spectrum / power).real * size
+            count = min(block, taps - lag)
+            gradient[lag:lag + count] = correlation[:count]
+        leak = (1.0 - p[L.P_LEAKAGE]) ** block
+        self.weights = leak * self.weights - step / taps * gradient
 
     def process(self, reference: np.ndarray, error: np.ndarray) -> np.ndarray:
         p = self.params
@@ -83,11 +116,20 @@ class ReferenceFxlms:
             filtered = np.dot(self.secondary_path, self.x[:self.secondary_path.size])
             self._shift_in(self.xf, filtered)
             power = np.dot(self.xf[:taps], self.xf[:taps])
-            if self.mode == L.MODE_RUN and p[L.P_ADAPT] > 0.5 and self.user_gain * self.safety_gain >= MIN_ADAPT_GAIN:
+            adapting = self.mode == L.MODE_RUN and p[L.P_ADAPT] > 0.5 and self.user_gain * self.safety_gain >= MIN_ADAPT_GAIN
+            if adapting and p[L.P_UPDATE_BLOCK] > 0:
+                disturbance = e - np.dot(self.secondary_path[1:], self.played[:self.secondary_path.size - 1])
+                self.update_errors.append(disturbance + np.dot(self.weights, self.xf[:taps]))
+                if len(self.update_errors) == int(p[L.P_UPDATE_BLOCK]):
+                    self._partitioned_update(step)
+                    self.update_errors = []
+            elif adapting:
                 disturbance = e - np.dot(self.secondary_path[1:], self.played[:self.secondary_path.size - 1])
                 modified_error = disturbance + np.dot(self.weights, self.xf[:taps])
                 g = step * modified_error / (p[L.P_REGULARIZATION] + power)
                 self.weights = (1.0 - p[L.P_LEAKAGE]) * self.weights - g * self.xf[:taps]
+            else:
+                self.update_errors = []
             y_raw = np.dot(self.weights, self.x[:taps])
 
             target = p[L.P_USER_TARGET]
