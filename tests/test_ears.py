@@ -161,3 +161,193 @@ def test_estimates_that_do_not_match_the_configured_ears_are_refused(tmp_path, h
     cfg = _config(tmp_path, TWO_EARS)
     with pytest.raises(UserError, match="1 for 2 configured ears"):
         EarsEngine.from_config(cfg, [headphone.full_secondary_path()[:256]])
+
+
+# -- the two-ear plant in the simulator ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def hum_scene(tmp_path_factory):
+    import soundfile
+
+    from simulator.scenes import generate_scene
+
+    folder = tmp_path_factory.mktemp("ears_scenes")
+    hum = generate_scene("engine_hum", 4.5, 16000, seed=3)
+    soundfile.write(str(folder / "mono.wav"), hum, 16000)
+    soundfile.write(str(folder / "stereo.wav"), np.stack([hum, 0.05 * hum], axis=1), 16000)
+    return folder
+
+
+def test_both_ears_cancel_as_well_as_each_ear_alone_with_crosstalk_on_and_off(cfg, hum_scene):
+    """The done-when of two ears: on the bundled stereo headphone, each ear's steady-state
+    attenuation with the other cup on (its crosstalk included or not) is within 1 dB of that
+    ear alone, and nothing trips."""
+    from simulator.ears import EarsPlant, simulate_ears
+
+    plant = EarsPlant.load("headphone-stereo")
+    assert plant.names == ("left", "right") and all(plant.crosstalk[name] is not None for name in plant.names)
+    scene = hum_scene / "mono.wav"
+    alone = {name: simulate_ears(scene, cfg, plant.only(name)).summary["ears"][name] for name in plant.names}
+    for variant in (plant, plant.without_crosstalk()):
+        summary = simulate_ears(scene, cfg, variant).summary
+        assert summary["crosstalk"] is (variant is plant)
+        for name in plant.names:
+            ear = summary["ears"][name]
+            assert ear["attenuation_db"] > 20.0, (name, ear)
+            assert abs(ear["attenuation_db"] - alone[name]["attenuation_db"]) <= 1.0, (name, ear, alone[name])
+            assert not ear["diverged"]
+        # The overall figure is the energy of both error mics together: between the two ears'.
+        ears = [summary["ears"][name]["attenuation_db"] for name in plant.names]
+        assert min(ears) - 0.01 <= summary["attenuation_db"] <= max(ears) + 0.01
+
+
+def test_the_two_cups_have_different_paths_and_crosstalk_is_measured(cfg, hum_scene):
+    from simulator.ears import EarsPlant, simulate_ears
+
+    plant = EarsPlant.load("headphone-stereo")
+    left, right = plant.ears["left"], plant.ears["right"]
+    assert not np.allclose(left.secondary_path, right.secondary_path)
+    assert not np.allclose(left.primary_path, right.primary_path)
+    summary = simulate_ears(hum_scene / "mono.wav", cfg, plant).summary
+    for name in plant.names:
+        # A probe on one speaker reaches the other cup's error mic, far below its own.
+        assert -70.0 < summary["ears"][name]["crosstalk_db"] < -20.0
+
+
+def test_a_stereo_scene_feeds_one_channel_to_each_ear(cfg, hum_scene):
+    """The right channel is 26 dB below the left: so is the right ear's uncontrolled error."""
+    from simulator.ears import simulate_ears
+
+    sim = simulate_ears(hum_scene / "stereo.wav", cfg, "headphone-stereo")
+    assert sim.summary["scene_channels"] == 2
+    level = {name: 10 * np.log10(np.mean(data[0] ** 2)) for name, data in sim.plot_data.items()}
+    assert level["left"] - level["right"] > 20.0
+    assert set(sim.summary["ears"]) == {"left", "right"}
+
+
+def test_simulate_json_gives_per_ear_figures_and_writes_a_report_of_both_ears(hum_scene, tmp_path, capsys):
+    import json
+
+    from device.cli import main
+
+    out = tmp_path / "out"
+    assert main(["--simulate", str(hum_scene / "mono.wav"), "--plant", "headphone-stereo", "--json",
+                 "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    for name in ("left", "right"):
+        assert {"attenuation_db", "attenuation_band_db", "optimum_db", "convergence_s", "diverged"} <= set(
+            summary["ears"][name])
+    assert {"attenuation_db", "attenuation_band_db", "optimum_db", "diverged"} <= set(summary)
+    assert (out / "report.png").stat().st_size > 0
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_a_broken_ear_path_in_the_plant_trips_only_that_ears_watchdog(cfg, hum_scene):
+    """The right cup's real secondary path is three times what was identified (from the start of
+    control): the right ear's watchdog trips; the left ear runs on, cancelling as before."""
+    from simulator.ears import EarsPlant, simulate_ears
+    from simulator.plant import PathChange
+
+    plant = EarsPlant.load("headphone-stereo")
+    broken = plant.ears["right"]
+    broken.path_changes = [PathChange(int(0.3 * plant.sample_rate), 3.0 * broken.secondary_path)]
+    try:
+        summary = simulate_ears(hum_scene / "mono.wav", cfg, plant).summary
+    finally:
+        broken.path_changes = []
+    assert summary["ears"]["right"]["diverged"], summary["ears"]["right"]
+    assert not summary["ears"]["left"]["diverged"]
+    assert summary["ears"]["left"]["attenuation_db"] > 20.0
+    assert summary["diverged"]
+
+
+def test_plant_yaml_with_ears_refuses_what_it_cannot_use(tmp_path):
+    from simulator.ears import EarsPlant
+    from simulator.plant import Plant
+
+    np.save(tmp_path / "h.npy", np.array([0.0, 1.0, 0.5]))
+    base = "sample_rate: 48000\nlatency_samples: 72\nears:\n"
+    cases = [
+        (base + "  left: {primary_path: h.npy, secondary_path: h.npy, gain: 2}\n", "ears.left.gain: unknown key"),
+        (base + "  left: {primary_path: h.npy}\n", "ears.left.secondary_path: missing key"),
+        (base + "  left: {primary_path: h.npy, secondary_path: missing.npy}\n",
+         "ears.left.secondary_path: file missing.npy not found"),
+        (base + "  left: {primary_path: h.npy, secondary_path: h.npy, crosstalk_path: 3}\n",
+         "ears.left.crosstalk_path: expected a file name"),
+        ("sample_rate: 48000\nlatency_samples: 72\nprimary_path: h.npy\nears:\n  left: {secondary_path: h.npy}\n",
+         "primary_path: unknown key of a plant with ears"),
+        ("latency_samples: 72\nears:\n  left: {primary_path: h.npy, secondary_path: h.npy}\n",
+         "plant.yaml: sample_rate: missing key"),
+        (base + "  []\n", "ears: expected a mapping"),
+    ]
+    for text, message in cases:
+        (tmp_path / "plant.yaml").write_text(text)
+        with pytest.raises(UserError, match=message.replace("[", r"\[").replace(".", r"\.")):
+            EarsPlant.load(tmp_path / "plant.yaml")
+    with pytest.raises(UserError, match="plant with 2 ears, where one ear was expected"):
+        Plant.load("headphone-stereo")
+
+
+# -- the rig: channel map, callback, stored estimates ---------------------------------------------
+@pytest.fixture
+def four_in_two_out():
+    from test_rig import FakeSoundDevice, device
+
+    return FakeSoundDevice([device("USB Audio Device: Headset (hw:1,0)", 4, 2), device("small", 2, 2)])
+
+
+def test_stream_opens_every_ears_channels_and_names_one_beyond_the_device(tmp_path, four_in_two_out):
+    from device.rig.audio import resolve_stream
+
+    cfg = _config(tmp_path, TWO_EARS)
+    spec = resolve_stream(four_in_two_out, cfg.replace("audio", device="headset"))
+    assert (spec.input_channels, spec.output_channels) == (4, 2)
+    assert spec.ear_names == ("left", "right")
+    assert spec.identity["ears"] == [["left", 0, 1, 0], ["right", 2, 3, 1]]
+    right = spec.for_ear("right")
+    assert (right.reference_channel, right.error_channel, right.speaker_channel) == (2, 3, 1)
+    assert right.input_channels == 4 and right.identity == spec.identity
+    with pytest.raises(UserError, match=r"audio.ears\[1\].reference_channel: channel 2 \(right\) is beyond "
+                                        r"audio.device device 1 'small', which has 2 input channels"):
+        resolve_stream(four_in_two_out, cfg.replace("audio", device="small"))
+
+
+def test_duplex_callback_hands_every_ear_to_one_processor_call(tmp_path, four_in_two_out):
+    from device.rig.audio import DuplexStream, resolve_stream
+
+    cfg = _config(tmp_path, TWO_EARS)
+    spec = resolve_stream(four_in_two_out, cfg.replace("audio", device="headset", block_size=3))
+    calls = []
+
+    class Ears:
+        ears_at_once = True
+
+        def process_block(self, references, errors, outs, meta):
+            calls.append((references.copy(), errors.copy()))
+            outs[:] = errors * 2
+
+    stream = DuplexStream(four_in_two_out, spec, Ears())
+    indata = np.array([[1, 10, 100, 1000], [2, 20, 200, 2000], [3, 30, 300, 3000]], dtype=np.float32)
+    outdata = np.full((3, 2), 9.0, dtype=np.float32)
+    stream._ears_callback(indata, outdata, 3, None, False)
+    assert len(calls) == 1
+    references, errors = calls[0]
+    assert references.tolist() == [[1, 2, 3], [100, 200, 300]]
+    assert errors.tolist() == [[10, 20, 30], [1000, 2000, 3000]]
+    assert outdata[:, 0].tolist() == [20, 40, 60] and outdata[:, 1].tolist() == [2000, 4000, 6000]
+    assert stream.blocks == 1
+
+
+def test_each_ears_estimate_is_stored_apart_and_refused_for_another_ear_layout(tmp_path):
+    from device.rig.estimates import load_estimates, save_estimates
+
+    identity = {"input_device": "x", "block_size": 32, "ears": [["left", 0, 1, 0], ["right", 2, 3, 1]]}
+    left, right = np.array([0.0, 1.0, 0.5]), np.array([0.0, 0.8, 0.3, 0.1])
+    save_estimates(tmp_path, left, None, identity, {}, ear="left")
+    with pytest.raises(UserError, match="no secondary-path estimate for ear right"):
+        load_estimates(tmp_path, identity, ear="right")
+    save_estimates(tmp_path, right, None, identity, {}, ear="right")
+    np.testing.assert_array_equal(load_estimates(tmp_path, identity, ear="left").secondary_path, left)
+    np.testing.assert_array_equal(load_estimates(tmp_path, identity, ear="right").secondary_path, right)
+    swapped = {**identity, "ears": [["left", 2, 3, 1], ["right", 0, 1, 0]]}
+    with pytest.raises(UserError, match="made for a different stream: ears"):
+        load_estimates(tmp_path, swapped, ear="left")

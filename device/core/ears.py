@@ -134,3 +134,31 @@ class EarsEngine:
 
     def snapshots(self) -> dict[str, dict]:
         return {name: engine.snapshot() for name, engine in zip(self.names, self.ears)}
+
+
+class EarsSession:
+    """One `Session` per ear (its ring, worker, metrics, watchdog events, no-harm guard) around
+    one `EarsEngine`: `process_block` takes (ears x block) arrays, runs every ear's controller
+    in one kernel call and hands each ear's block to that ear's worker."""
+
+    ears_at_once = True   # the duplex stream hands it all ears' blocks in one call
+
+    def __init__(self, engine: EarsEngine, sessions: Sequence):
+        if len(sessions) != len(engine):
+            raise ValueError("one session per ear")
+        self.engine = engine
+        self.names = engine.names
+        self.sessions = dict(zip(engine.names, sessions))
+        self._rings = tuple(session.ring for session in sessions)
+
+    def process_block(self, references: np.ndarray, errors: np.ndarray, outs: np.ndarray, meta: np.ndarray) -> None:
+        """Audio-callback safe: one nogil numba call and a few preallocated copies per ear."""
+        self.engine.process(references, errors, outs)
+        for ear, ring in enumerate(self._rings):
+            ring.push(references[ear], errors[ear], outs[ear], meta)
+
+    def poll(self) -> int:
+        return sum(session.poll() for session in self.sessions.values())
+
+    def stop(self, status: str = "completed") -> dict[str, dict]:
+        return {name: session.stop(status) for name, session in self.sessions.items()}
