@@ -265,7 +265,7 @@ def _crosstalk_db(plant: EarsPlant, ear: str, probe: np.ndarray) -> float | None
         return None
     own = scipy.signal.fftconvolve(probe, plant.ears[ear].secondary_path)
     leak = scipy.signal.fftconvolve(probe, path)
-    return round(10.0 * np.log10(float(np.dot(leak, leak)) / max(float(np.dot(own, own)), 1e-30)), 1)
+    return round(float(10.0 * np.log10(float(np.dot(leak, leak)) / max(float(np.dot(own, own)), 1e-30))), 1)
 
 
 def simulate_ears(scene_path: str | Path, cfg: Config, plant: EarsPlant | str | Path,

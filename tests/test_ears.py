@@ -351,3 +351,60 @@ def test_each_ears_estimate_is_stored_apart_and_refused_for_another_ear_layout(t
     swapped = {**identity, "ears": [["left", 2, 3, 1], ["right", 0, 1, 0]]}
     with pytest.raises(UserError, match="made for a different stream: ears"):
         load_estimates(tmp_path, swapped, ear="left")
+
+
+def test_identify_probes_each_ear_alone_and_stores_every_ears_estimate(tmp_path, four_in_two_out, monkeypatch,
+                                                                       capsys):
+    """`anc-device identify` with two ears: one measurement per ear on that ear's channels (here
+    the simulated cups stand in for the recordings), every estimate stored with the whole
+    channel map; `run` then refuses two ears with one line."""
+    import json
+
+    import device.commands.identify as identify
+    import device.rig.audio as audio
+    from device.cli import main
+    from simulator.ears import EarsPlant
+    from simulator.run import identify_rig_of_plant
+
+    plant = EarsPlant.load("headphone-stereo")
+    path = tmp_path / "ears.yaml"
+    path.write_text(yaml.safe_dump({"audio": {"device": "headset", "ears": TWO_EARS},
+                                    "runtime": {"state_dir": str(tmp_path / "state")}}))
+    (tmp_path / "state").mkdir()
+    probed = []
+
+    def measure(sd, cfg, spec):
+        ear = next(ear.name for ear in spec.ears if ear.error_channel == spec.error_channel)
+        probed.append((ear, spec.reference_channel, spec.error_channel, spec.speaker_channel))
+        return {"rig": identify_rig_of_plant(cfg, plant.ears[ear], seed=0), "xruns": 0}
+
+    monkeypatch.setattr(audio, "import_sounddevice", lambda: four_in_two_out)
+    monkeypatch.setattr(identify, "measure", measure)
+    assert main(["identify", "--config", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert probed == [("left", 0, 1, 0), ("right", 2, 3, 1)]
+    assert set(report["ears"]) == {"left", "right"}
+    for ear in ("left", "right"):
+        assert (tmp_path / "state" / f"secondary_path.{ear}.npz").exists()
+        stored = json.loads((tmp_path / "state" / f"secondary_path.{ear}.json").read_text())
+        assert stored["ear"] == ear and stored["identity"]["ears"] == [["left", 0, 1, 0], ["right", 2, 3, 1]]
+    assert report["ears"]["left"]["taps"] != report["ears"]["right"]["taps"]  # each its own cup's fit
+    assert main(["run", "--config", str(path), "--duration", "1"]) == 2
+    assert "audio.ears: 2 ears (left, right)" in capsys.readouterr().err
+
+
+def test_latency_reports_each_ears_verdict(tmp_path, four_in_two_out, monkeypatch, capsys):
+    import json
+
+    import device.commands.latency as latency
+    import device.rig.audio as audio
+    from device.cli import main
+
+    path = tmp_path / "ears.yaml"
+    path.write_text(yaml.safe_dump({"audio": {"device": "headset", "ears": TWO_EARS}}))
+    monkeypatch.setattr(audio, "import_sounddevice", lambda: four_in_two_out)
+    monkeypatch.setattr(latency, "measure", lambda sd, cfg, spec, ambient_s: {
+        "error_channel": spec.error_channel, "verdict": f"ear on error channel {spec.error_channel}"})
+    assert main(["latency", "--config", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {name: ear["error_channel"] for name, ear in report["ears"].items()} == {"left": 1, "right": 3}

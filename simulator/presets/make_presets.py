@@ -97,9 +97,9 @@ def headphone_stereo() -> dict[str, np.ndarray]:
     right one sits on a head that is not symmetric and seals a little worse (a wider leak:
     less isolation, a higher, less damped cup resonance), and its driver is 2 mm further from
     the error mic with a stronger ear reflection. Crosstalk: each driver leaks out of its own
-    cup (about -20 dB), round the head (about 0.2 m, -28 dB of spreading against the 8 mm to
-    its own error mic) and in through the other cup's passive isolation; skull conduction is
-    left out (far weaker than that at these levels)."""
+    cup (about -20 dB), spreads from the cup's surface (about 4 cm) to the other cup 0.2 m
+    round the head (-14 dB) and comes in through that cup's passive isolation; skull
+    conduction is left out (far weaker than that at these levels)."""
     length = 256
     left = headphone()
     right_primary = lowpass(propagation(0.028, length, 0.85), 340.0, 1.5)
@@ -107,8 +107,9 @@ def headphone_stereo() -> dict[str, np.ndarray]:
     right_secondary = loudspeaker(right_direct, 100.0, 0.9, 6500.0)
 
     def crosstalk(driver_q: float, resonance_hz: float, isolation_hz: float) -> np.ndarray:
-        # -20 dB out of its own cup, and 1/r spreading from 8 mm (driver to its own error mic) to 0.2 m.
-        leak = loudspeaker(propagation(0.20, length, 0.1 * 0.04), resonance_hz, driver_q, 7000.0)
+        # -20 dB out of its own cup, and 1/r spreading from the cup's surface (about 4 cm from
+        # the driver) to the other cup, 0.2 m round the head.
+        leak = loudspeaker(propagation(0.20, length, 0.1 * 0.2), resonance_hz, driver_q, 7000.0)
         return lowpass(leak, isolation_hz, 1.2)
 
     return {
