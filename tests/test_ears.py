@@ -408,3 +408,26 @@ def test_latency_reports_each_ears_verdict(tmp_path, four_in_two_out, monkeypatc
     assert main(["latency", "--config", str(path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert {name: ear["error_channel"] for name, ear in report["ears"].items()} == {"left": 1, "right": 3}
+
+
+def test_an_alarm_one_cup_hears_switches_both_ears_to_hear_through_and_back(cfg, tmp_path):
+    """A siren mixed into the left channel only (the right cup hears the hum alone): both ears
+    go to hear-through together and come back to anti-noise together."""
+    import soundfile
+
+    from simulator.alarm_sounds import alarm, mix_at_snr
+    from simulator.ears import simulate_ears
+    from simulator.scenes import generate_scene
+
+    rate = 16000
+    hum = generate_scene("engine_hum", 5.0, rate, seed=3)
+    sound, on = alarm("siren_wail", 1.5, rate, seed=7)
+    left = mix_at_snr(hum, sound, on, 1.5, 10.0, rate)
+    scene = tmp_path / "siren_left.wav"
+    soundfile.write(str(scene), np.stack([left, hum], axis=1) / max(np.max(np.abs(left)), 1.0) * 0.5, rate)
+    ears_cfg = cfg.replace("alarms", enabled=True, hold_s=0.5)
+    summary = simulate_ears(scene, ears_cfg, "headphone-stereo").summary
+    modes = {name: [m["mode"] for m in ear["modes"]] for name, ear in summary["ears"].items()}
+    assert "hear-through" in modes["left"], modes
+    assert modes["left"] == modes["right"], modes
+    assert modes["right"][-1] == "anc", modes

@@ -150,6 +150,7 @@ class EarsSession:
         self.names = engine.names
         self.sessions = dict(zip(engine.names, sessions))
         self._rings = tuple(session.ring for session in sessions)
+        self._shared: dict = {}   # worker -> the alarm another ear heard that holds it in hear-through
 
     def process_block(self, references: np.ndarray, errors: np.ndarray, outs: np.ndarray, meta: np.ndarray) -> None:
         """Audio-callback safe: one nogil numba call and a few preallocated copies per ear."""
@@ -158,7 +159,24 @@ class EarsSession:
             ring.push(references[ear], errors[ear], outs[ear], meta)
 
     def poll(self) -> int:
-        return sum(session.poll() for session in self.sessions.values())
+        """Every ear's worker, then one warning-sound bypass for the whole headphone: an alarm
+        one cup's reference mic hears switches every ear to hear-through, and they come back
+        together when the ear that heard it lets go."""
+        blocks = sum(session.poll() for session in self.sessions.values())
+        workers = [session.worker for session in self.sessions.values()]
+        for worker in workers:
+            if worker in self._shared and worker.bypass is not self._shared[worker]:
+                del self._shared[worker]   # it heard an alarm of its own meanwhile: its own to end
+        heard = next((w.bypass for w in workers if w.bypass is not None and w not in self._shared), None)
+        for worker in workers:
+            if heard is not None and worker.bypass is None:
+                worker.bypass = self._shared[worker] = heard
+                worker._apply_mode()
+            elif heard is None and worker in self._shared:
+                worker.bypass = None
+                del self._shared[worker]
+                worker._apply_mode()
+        return blocks
 
     def stop(self, status: str = "completed") -> dict[str, dict]:
         return {name: session.stop(status) for name, session in self.sessions.items()}
