@@ -106,8 +106,8 @@ class StreamSpec:
 
     def for_ear(self, name: str) -> "StreamSpec":
         """The same stream (every channel opened) with one ear's microphones and speaker routed
-        to the processor, as a one-ear stream: what identification plays its probe on. Its
-        identity keeps the whole channel map and names the ear."""
+        to the processor, as a one-ear stream: what identification plays its probe on (the
+        other speakers stay silent). Its identity is the whole stream's."""
         ear = next((ear for ear in self.ears if ear.name == name), None)
         if ear is None:
             raise UserError(f"audio.ears: no ear named {name!r} (configured: {', '.join(self.ear_names)})")
@@ -117,8 +117,11 @@ class StreamSpec:
     def describe(self) -> str:
         same = self.input_name == self.output_name
         devices = f"'{self.input_name}'" if same else f"in '{self.input_name}', out '{self.output_name}'"
-        return (f"{devices} ({self.host_api}) at {self.sample_rate} Hz, block {self.block_size}; "
-                f"reference ch {self.reference_channel}, error ch {self.error_channel}, speaker ch {self.speaker_channel}")
+        channels = f"reference ch {self.reference_channel}, error ch {self.error_channel}, speaker ch {self.speaker_channel}"
+        if self.ears:
+            channels = "; ".join(f"{e.name}: reference ch {e.reference_channel}, error ch {e.error_channel}, "
+                                 f"speaker ch {e.speaker_channel}" for e in self.ears)
+        return f"{devices} ({self.host_api}) at {self.sample_rate} Hz, block {self.block_size}; {channels}"
 
 
 def _find_device(sd, wanted: Any, kind: str, key: str, channels: int) -> int:
