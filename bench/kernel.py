@@ -11,8 +11,12 @@ no C compiler is installed.
 Every implementation also reports `ns_per_sample` and, for the numba kernel, `block_us`: the
 callback's kernel time for one block, against the block period (667 us at 32 samples, 48 kHz).
 
+Then one and two ears in one `EarsEngine` (`numba-ears`: one call per block for every ear) at
+the `--ears-taps` lengths: `block_us` is the whole call, for both ears together.
+
     python bench/kernel.py [--seconds 10] [--taps 256 512 1024 2048] [--path-taps 128] [--block 32]
                            [--algorithms time partitioned]
+                           [--ears-taps 256 1024]
 """
 
 from __future__ import annotations
@@ -88,6 +92,44 @@ def bench_numba(seconds: float, taps: int, path_taps: int, block: int, dtype, al
         "real_time_factor": round(samples / best / SAMPLE_RATE, 1),
         "call_overhead_us": round(overhead * 1e6, 2),
         "call_overhead_pct_of_block": round(100 * overhead / (block / SAMPLE_RATE), 3),
+    }
+
+
+def bench_ears(seconds: float, taps: int, path_taps: int, block: int, ears: int, dtype, algorithm: str) -> dict:
+    """`ears` controllers in one `EarsEngine`: one numba call per block for all of them (the
+    second ear's estimate is a different, shorter path, so the padding is exercised)."""
+    from device.core.ears import EarsEngine
+
+    engines = [make_engine(taps, path_taps - 16 * ear, block, algorithm) for ear in range(ears)]
+    engine = EarsEngine([f"ear{ear}" for ear in range(ears)], engines)
+    engine.warm_up()
+    rng = np.random.default_rng(1)
+    n_blocks = int(seconds * SAMPLE_RATE) // block
+    reference = (rng.standard_normal((n_blocks, ears, block)) * 0.1).astype(dtype)
+    error = (rng.standard_normal((n_blocks, ears, block)) * 0.05).astype(dtype)
+    out = np.zeros((ears, block), dtype=dtype)
+    process = engine.process
+    best = float("inf")
+    for _ in range(3):
+        engine.reset()
+        start = time.perf_counter()
+        for k in range(n_blocks):
+            process(reference[k], error[k], out)
+        best = min(best, time.perf_counter() - start)
+    assert all(ear.mode == "run" for ear in engine.ears), engine.snapshots()
+    samples = n_blocks * block
+    return {
+        "impl": "numba-ears",
+        "algorithm": algorithm,
+        "ears": ears,
+        "dtype": np.dtype(dtype).name,
+        "taps": taps,
+        "secondary_path_taps": path_taps,
+        "block_size": block,
+        "block_us": round(1e6 * best / n_blocks, 1),
+        "block_us_per_ear": round(1e6 * best / n_blocks / ears, 1),
+        "share_of_period": round(best / n_blocks / (block / SAMPLE_RATE), 4),
+        "real_time_factor": round(samples / best / SAMPLE_RATE, 1),
     }
 
 
@@ -173,6 +215,8 @@ def main() -> None:
     parser.add_argument("--path-taps", type=int, default=128)
     parser.add_argument("--block", type=int, default=32)
     parser.add_argument("--algorithms", nargs="+", choices=("time", "partitioned"), default=["time", "partitioned"])
+    parser.add_argument("--ears-taps", type=int, nargs="*", default=[256, 1024],
+                        help="controller lengths of the one- and two-ear EarsEngine runs (none: skip them)")
     args = parser.parse_args()
     print(json.dumps({"machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version()}))
     for taps in args.taps:
@@ -187,6 +231,11 @@ def main() -> None:
                   flush=True)
             if plain_c is not None:
                 print(json.dumps(plain_c), flush=True)
+    for taps in args.ears_taps:
+        for algorithm in args.algorithms:
+            for ears in (1, 2):
+                print(json.dumps(bench_ears(args.seconds, taps, args.path_taps, args.block, ears, np.float64, algorithm)),
+                      flush=True)
 
 
 if __name__ == "__main__":

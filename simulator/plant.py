@@ -31,7 +31,7 @@ from device.core.dsp.fxlms import process_block
 from device.contract.errors import UserError
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
-PRESETS = ("headphone", "duct")
+PRESETS = ("headphone", "duct", "headphone-stereo")
 SPEED_OF_SOUND = 343.0
 CLOCK_MONOTONIC = 1       # Linux's clock id, the clock of time.perf_counter
 _NO_FEEDBACK = np.zeros(0)
@@ -58,23 +58,9 @@ class Plant:
     @classmethod
     def load(cls, name_or_path: str | Path, sample_rate: int | None = None) -> "Plant":
         """A built-in preset by name, or a plant YAML file. `sample_rate`, when given, must match."""
-        text = str(name_or_path)
-        path = PRESET_DIR / f"{text}.yaml" if text in PRESETS else Path(text)
-        if not path.exists():
-            raise UserError(f"{text}: plant not found (built-in presets: {', '.join(PRESETS)}, or a YAML file)")
-        if path.is_dir():
-            raise UserError(f"{path}: is a directory, not a plant YAML file")
-        try:
-            spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"{path}: cannot read plant YAML ({exc.__class__.__name__})") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or "invalid YAML"
-            raise UserError(f"{path}: invalid plant YAML{where}: {problem}") from None
-        if not isinstance(spec, dict):
-            raise UserError(f"{path}: expected a mapping of plant keys")
+        spec, path = read_plant_spec(name_or_path)
+        if "ears" in spec:
+            raise UserError(f"{path}: ears: a plant with {len(spec['ears'] or ())} ears, where one ear was expected")
         plant = cls._from_spec(spec, path)
         if sample_rate is not None and sample_rate != plant.sample_rate:
             raise UserError(f"{path}: sample_rate is {plant.sample_rate} Hz but {sample_rate} Hz was asked for")
@@ -184,6 +170,28 @@ class Plant:
             err = err + scipy.signal.fftconvolve(ambient, self.primary_path)[:n]
             ref = ref + scipy.signal.fftconvolve(ambient, self.reference_path)[:n]
         return ref, err
+
+
+def read_plant_spec(name_or_path: str | Path) -> tuple[dict, Path]:
+    """The mapping of a plant YAML file (a built-in preset by name, or a path) and its path."""
+    text = str(name_or_path)
+    path = PRESET_DIR / f"{text}.yaml" if text in PRESETS else Path(text)
+    if not path.exists():
+        raise UserError(f"{text}: plant not found (built-in presets: {', '.join(PRESETS)}, or a YAML file)")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a plant YAML file")
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read plant YAML ({exc.__class__.__name__})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UserError(f"{path}: invalid plant YAML{where}: {problem}") from None
+    if not isinstance(spec, dict):
+        raise UserError(f"{path}: expected a mapping of plant keys")
+    return spec, path
 
 
 @dataclass(frozen=True)

@@ -155,3 +155,37 @@ def write_png(path: Path, sample_rate: int, off: np.ndarray, on: np.ndarray, opt
     bottom.legend()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def write_ears_png(path: Path, sample_rate: int, ears: dict[str, tuple], steady_s: tuple[float, float],
+                   title: str) -> None:
+    """One row per ear: its error-mic spectra over the steady window (off, on, causal optimum)
+    and its attenuation over time. `ears`: name -> (off, on, optimum_error, times, attenuation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fs = sample_rate
+    fig, axes = plt.subplots(len(ears), 2, figsize=(14, 4 * len(ears)), constrained_layout=True, squeeze=False)
+    for (name, (off, on, optimum_error, times, attenuation)), (left, right) in zip(ears.items(), axes):
+        for signal, label, style in ((off, "control off", "-"), (on, "control on", "-"),
+                                     (optimum_error, "causal optimum", "--")):
+            f, p = spectrum(signal, fs)
+            left.semilogx(f[1:], 10 * np.log10(p[1:] + 1e-30), style, label=label)
+        left.axvspan(*BAND_HZ, color="0.9", zorder=-1, label="50-1000 Hz band")
+        left.set_xlim(20, fs / 2)
+        left.set_xlabel("frequency (Hz)")
+        left.set_ylabel("error mic PSD (dB/Hz)")
+        left.set_title(f"{title}, {name} ear: error-mic spectra over the steady state")
+        left.legend()
+        left.grid(True, which="both", alpha=0.3)
+        right.plot(times, attenuation)
+        right.axvspan(*steady_s, color="0.9", zorder=-1, label="steady state")
+        right.set_xlabel("time (s)")
+        right.set_ylabel("attenuation (dB, 100 ms frames)")
+        right.set_title(f"{name} ear: attenuation over time")
+        right.grid(True, alpha=0.3)
+        right.legend()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -237,7 +237,12 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
              out: str | Path | None = None, keep_signals: bool = False) -> Simulation:
     """Simulate the scene; with `out`, write every output there (nothing is created before the
     scene, plant, configuration and classifier have been checked). `keep_signals` also keeps
-    the whole signals in memory (`Simulation.result`), for tests on short scenes."""
+    the whole signals in memory (`Simulation.result`), for tests on short scenes.
+    A plant with `ears:` runs in `simulator.ears.simulate_ears` (its summary has per-ear figures)."""
+    from simulator.ears import plant_has_ears, simulate_ears
+
+    if plant_has_ears(plant_name or cfg.simulator.plant):
+        return simulate_ears(scene_path, cfg, plant_name or cfg.simulator.plant, out=out)
     plant = Plant.load(plant_name or cfg.simulator.plant)
     if secondary_path_changes:
         plant.path_changes = sorted([*plant.path_changes, *(PathChange(int(at), np.asarray(path, dtype=np.float64))
@@ -246,6 +251,9 @@ def simulate(scene_path: str | Path, cfg: Config, plant_name: str | Path | None 
     block_size = cfg.audio.block_size
     plant.check_block_size(block_size)
     scene = SceneStream(scene_path, plant.sample_rate)
+    if scene.channels > 1:
+        raise UserError(f"{scene_path}: {scene.channels} channels, but plant {plant.name} has one ear; "
+                        "give a mono scene, or a plant with ears: (e.g. headphone-stereo)")
     seed = cfg.simulator.seed
     fs = plant.sample_rate
     classifier = load_classifier(cfg, required=True)
@@ -501,6 +509,10 @@ def convergence_in_words(summary: dict) -> str:
 
 
 def format_summary(summary: dict) -> str:
+    if "ears" in summary:
+        from simulator.ears import format_ears_summary
+
+        return format_ears_summary(summary)
     db = session_summary_parts.db
 
     lines = [

@@ -108,15 +108,20 @@ class SceneStream:
 
     READ_FRAMES = 1 << 16
 
-    def __init__(self, path: str | Path, sample_rate: int):
+    def __init__(self, path: str | Path, sample_rate: int, channel: int = 0):
+        """`channel`: which channel of the file this stream reads (a two-ear plant reads one per ear)."""
         import soundfile
 
         path = Path(path)
         check_audio_path(path, "scene file")
         self.path = path
         self.sample_rate = sample_rate
+        self.channel = 0
         try:
             info = soundfile.info(str(path))
+            if not 0 <= channel < info.channels:
+                raise UserError(f"{path}: has {info.channels} channels, channel {channel} was asked for")
+            self.channel = channel
             frames = 0
             nonzero = False
             bad = 0
@@ -155,7 +160,7 @@ class SceneStream:
 
         with soundfile.SoundFile(str(self.path)) as handle:
             for block in handle.blocks(blocksize=frames or self.READ_FRAMES, dtype="float64", always_2d=True):
-                yield block[:, 0].copy()
+                yield block[:, self.channel].copy()
 
     def _resampled(self):
         """Plant-rate pieces of arbitrary length, in order."""

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile
 import yaml
@@ -39,6 +40,12 @@ def files(tmp_path_factory):
     (base / "bad_config.yaml").write_text("audio:\n  block_size: 32\n   sample_rate: 48000\n")
     (base / "unknown_key.yaml").write_text("audio:\n  blok_size: 32\n")
     (base / "no_model.yaml").write_text(f"classifier:\n  model: {base / 'missing.onnx'}\n")
+    hum = generate_scene("engine_hum", 1.0, 16000, seed=3)
+    soundfile.write(str(base / "stereo.wav"), np.stack([hum, 0.5 * hum], axis=1), 16000)
+    soundfile.write(str(base / "three.wav"), np.stack([hum, hum, hum], axis=1), 16000)
+    (base / "ears_collide.yaml").write_text(
+        "audio:\n  ears:\n    - {name: left, reference_channel: 0, error_channel: 1, speaker_channel: 0}\n"
+        "    - {name: right, reference_channel: 1, error_channel: 3, speaker_channel: 1}\n")
     read_only = base / "read_only"
     read_only.mkdir()
     read_only.chmod(0o555)
@@ -60,6 +67,12 @@ ANC_DEVICE_ROWS = [
     ("--simulate {base}/hum.wav --plant {base}/bad_plant.yaml", "bad_plant.yaml: invalid plant YAML at line 3, column",
      []),
     ("--simulate {base}/hum.wav --config {base}/missing.yaml", "missing.yaml: config file not found", []),
+    ("--simulate {base}/hum.wav --config {base}/ears_collide.yaml",
+     "audio.ears[1].reference_channel: channel 1 is also left.error_channel", []),
+    ("--simulate {base}/stereo.wav --plant headphone --out {base}/out_stereo",
+     "stereo.wav: 2 channels, but plant headphone has one ear", ["{base}/out_stereo"]),
+    ("--simulate {base}/three.wav --plant headphone-stereo --out {base}/out_three",
+     "three.wav: 3 channels for plant headphone-stereo with 2 ears (left, right)", ["{base}/out_three"]),
     ("--simulate {base}/hum.wav --config {base}/bad_config.yaml", "bad_config.yaml: invalid YAML at line 3", []),
     ("--simulate {base}/hum.wav --config {base}/unknown_key.yaml", "blok_size", []),
     ("--simulate {base}/hum.wav --out {base}/hum.wav", "--out must be a directory", []),

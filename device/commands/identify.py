@@ -67,13 +67,8 @@ def measure(sd, cfg, spec) -> dict:
     return {"rig": rig, "xruns": recording.xruns}
 
 
-def run(args) -> int:
-    from device.rig.audio import import_sounddevice, resolve_stream
-    from device.rig.estimates import save_estimates
-
-    cfg = load_config(args.config)
-    sd = import_sounddevice()
-    spec = resolve_stream(sd, cfg)
+def _ear_report(sd, cfg, spec) -> tuple[dict, object]:
+    """Identify the ear `spec` routes to the processor: its report and what identify_rig found."""
     result = measure(sd, cfg, spec)
     rig = result["rig"]
     secondary = rig.secondary
@@ -96,38 +91,72 @@ def run(args) -> int:
         "xruns": result["xruns"],
         "stored": None,
     }
+    where = "" if not spec.ears else f" on ear {_ear_of(spec)}"
     if result["xruns"]:
         # An xrun may or may not break the alignment of probe and recording (JACK keeps it,
         # ALSA may not); the modelling error below tells which, so warn rather than refuse.
-        print(f"anc-device: warning: {result['xruns']} callbacks flagged an xrun during the probe", file=sys.stderr)
+        print(f"anc-device: warning: {result['xruns']} callbacks flagged an xrun during the probe{where}", file=sys.stderr)
     if not secondary.estimate_error_db <= MAX_ESTIMATE_ERROR_DB:
+        channels = ("audio.speaker_channel", "audio.error_channel") if not spec.ears else (
+            f"ear {_ear_of(spec)}'s speaker_channel", "its error_channel")
         raise UserError(
-            f"identification: expected estimate error {secondary.estimate_error_db:.1f} dB is worse than "
+            f"identification{where}: expected estimate error {secondary.estimate_error_db:.1f} dB is worse than "
             f"{MAX_ESTIMATE_ERROR_DB:.0f} dB (modelling error {secondary.quality_db:.1f} dB); estimate not stored: "
-            "is the speaker connected to audio.speaker_channel and the error mic on audio.error_channel? "
+            f"is the speaker connected to {channels[0]} and the error mic on {channels[1]}? "
             "In a loud room raise identification.probe_level_dbfs or duration_s")
-    path = save_estimates(cfg.runtime.state_dir, secondary.estimate, None if feedback is None else feedback.estimate,
-                          spec.identity, {key: value for key, value in report.items() if key != "stored"})
-    report["stored"] = str(path)
+    return report, rig
+
+
+def _ear_of(spec) -> str:
+    return next(ear.name for ear in spec.ears if ear.error_channel == spec.error_channel)
+
+
+def run(args) -> int:
+    from device.rig.audio import import_sounddevice, resolve_stream
+    from device.rig.estimates import save_estimates
+
+    cfg = load_config(args.config)
+    sd = import_sounddevice()
+    spec = resolve_stream(sd, cfg)
+    # Several ears: the probe plays on one ear at a time (the others silent), so each fit sees
+    # its own speaker alone; every estimate is checked before any is stored.
+    names = spec.ear_names or (None,)
+    measured = {name: _ear_report(sd, cfg, spec if name is None else spec.for_ear(name)) for name in names}
+    for name, (report, rig) in measured.items():
+        feedback = rig.feedback if rig.neutralize_feedback else None
+        path = save_estimates(cfg.runtime.state_dir, rig.secondary.estimate,
+                              None if feedback is None else feedback.estimate, spec.identity,
+                              {key: value for key, value in report.items() if key != "stored"}, ear=name)
+        report["stored"] = str(path)
     if args.json:
-        print(json.dumps(report))
-    else:
-        print(f"device       {report['device']}")
-        left_out = ("nothing above the noise floor" if report["left_out_db"] is None
-                    else f"{report['left_out_db']} dB of its energy")
-        print(f"secondary    {report['taps']} taps (latency plus the whole path; at most {report['max_taps']}), "
-              f"delay {report['delay_samples']} samples ({report['delay_ms']} ms, I/O latency included), "
-              f"left out {left_out}")
-        print(f"quality      estimate error {report['estimate_error_db']} dB, modelling error {report['quality_db']} dB "
-              f"(lower is better; probe {report['probe_rms_dbfs']} dBFS, response {report['response_rms_dbfs']} dBFS)")
-        if rig.feedback is None:
-            print("feedback     none above the noise floor: neutralization off")
+        if names == (None,):
+            print(json.dumps(measured[None][0]))
         else:
-            state = "on" if rig.neutralize_feedback else "off"
-            print(f"feedback     {rig.feedback.estimate.size} taps, {report['feedback_ratio_db']} dB relative to the "
-                  f"secondary path (threshold {cfg.identification.feedback_threshold_db} dB): neutralization {state}")
-        span = ("not measurable from this ambient noise" if rig.primary_span_samples is None
-                else f"primary path {rig.primary_span_samples} samples")
-        print(f"controller   {rig.recommended_taps} taps recommended ({span})")
-        print(f"stored       {path}")
+            print(json.dumps({"ears": {name: report for name, (report, _) in measured.items()}}))
+        return 0
+    for name, (report, rig) in measured.items():
+        if name is not None:
+            print(f"ear          {name}")
+        _print_report(cfg, report, rig)
     return 0
+
+
+def _print_report(cfg, report: dict, rig) -> None:
+    print(f"device       {report['device']}")
+    left_out = ("nothing above the noise floor" if report["left_out_db"] is None
+                else f"{report['left_out_db']} dB of its energy")
+    print(f"secondary    {report['taps']} taps (latency plus the whole path; at most {report['max_taps']}), "
+          f"delay {report['delay_samples']} samples ({report['delay_ms']} ms, I/O latency included), "
+          f"left out {left_out}")
+    print(f"quality      estimate error {report['estimate_error_db']} dB, modelling error {report['quality_db']} dB "
+          f"(lower is better; probe {report['probe_rms_dbfs']} dBFS, response {report['response_rms_dbfs']} dBFS)")
+    if rig.feedback is None:
+        print("feedback     none above the noise floor: neutralization off")
+    else:
+        state = "on" if rig.neutralize_feedback else "off"
+        print(f"feedback     {rig.feedback.estimate.size} taps, {report['feedback_ratio_db']} dB relative to the "
+              f"secondary path (threshold {cfg.identification.feedback_threshold_db} dB): neutralization {state}")
+    span = ("not measurable from this ambient noise" if rig.primary_span_samples is None
+            else f"primary path {rig.primary_span_samples} samples")
+    print(f"controller   {rig.recommended_taps} taps recommended ({span})")
+    print(f"stored       {report['stored']}")

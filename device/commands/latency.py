@@ -161,10 +161,25 @@ def run(args) -> int:
     cfg = load_config(args.config)
     sd = import_sounddevice()
     spec = resolve_stream(sd, cfg)
+    if spec.ears:
+        # One ear at a time: its probe, its error mic, its reference mic's lead and verdict.
+        results = {name: measure(sd, cfg, spec.for_ear(name), args.ambient_s) for name in spec.ear_names}
+        if args.json:
+            print(json.dumps({"ears": results}))
+            return 0
+        for name, result in results.items():
+            print(f"ear             {name}")
+            _print_result(result)
+        return 0
     result = measure(sd, cfg, spec, args.ambient_s)
     if args.json:
         print(json.dumps(result))
         return 0
+    _print_result(result)
+    return 0
+
+
+def _print_result(result: dict) -> None:
     print(f"device          {result['device']}")
     print(f"loop delay      {result['loop_delay_samples']} samples = {result['loop_delay_ms']} ms "
           f"({result['loop_delay_blocks']} blocks; speaker out to error mic in, converters included)")
@@ -174,4 +189,3 @@ def run(args) -> int:
         print(f"reference lead  {result['reference_lead_samples']} samples = {result['reference_lead_ms']} ms "
               f"(ambient {result['ambient_level_dbfs']} dBFS)")
     print(f"verdict         {result['verdict']}")
-    return 0

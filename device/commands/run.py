@@ -74,7 +74,11 @@ def run(args) -> int:
 
     sd = import_sounddevice()
     spec = resolve_stream(sd, cfg)
-    estimates = load_estimates(cfg.runtime.state_dir, spec.identity)
+    if len(spec.ears) > 1:
+        raise UserError(f"audio.ears: {len(spec.ears)} ears ({', '.join(spec.ear_names)}); `anc-device run` drives one "
+                        "ear on a rig so far (identify and latency measure every ear; the simulator runs them all, "
+                        "e.g. --plant headphone-stereo)")
+    estimates = load_estimates(cfg.runtime.state_dir, spec.identity, ear=spec.ear_names[0] if spec.ears else None)
     if cfg.controller.feedback_neutralization and estimates.feedback_path is None:
         raise UserError("controller.feedback_neutralization: the stored estimate has no feedback path (none was "
                         "measured above the noise floor, or it predates this setting); run `anc-device identify` again")

@@ -13,8 +13,8 @@ HELP = "run the controller, classifier and metrics on a WAV scene through a simu
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("scene", help="WAV (or FLAC/OGG) file; first channel used, resampled to the plant rate")
-    parser.add_argument("--plant", help="built-in plant preset (headphone, duct) or plant YAML file; default from config")
+    parser.add_argument("scene", help="WAV (or FLAC/OGG) file, mono, or one channel per ear for a plant with ears; resampled to the plant rate")
+    parser.add_argument("--plant", help="built-in plant preset (headphone, duct, headphone-stereo) or plant YAML file; default from config")
     parser.add_argument("--config", help="YAML file overriding config/default.yaml")
     parser.add_argument("--out", help="directory for error-mic WAVs off/on, anti-noise, metrics.jsonl, paths, report.png")
     parser.add_argument("--mode", help="what the speaker plays: off, anc or hear-through (default: anc.mode of the config)")

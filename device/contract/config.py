@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -46,7 +47,7 @@ CONTROLLER_ALGORITHMS = ("partitioned", "time")
 class Key:
     """One configuration value: its type, unit and allowed range."""
 
-    kind: str  # "int", "float", "bool", "str", "path", "device"
+    kind: str  # "int", "float", "bool", "str", "path", "device", "ears"
     unit: str = ""
     minimum: float | None = None
     maximum: float | None = None
@@ -73,6 +74,7 @@ SCHEMA: dict[str, Any] = {
         "reference_channel": Key("int", "input channel index", 0, 63),
         "error_channel": Key("int", "input channel index", 0, 63),
         "speaker_channel": Key("int", "output channel index", 0, 63),
+        "ears": Key("ears", "list of {name, reference_channel, error_channel, speaker_channel}", nullable=True),
     },
     "controller": {
         "taps": Key("int", "samples, or auto: the length identification recommends for the rig", 1, 4096,
@@ -272,6 +274,8 @@ def _check_value(key: Key, value: Any, where: str, resolve_from: Path | None) ->
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise ConfigError(f"{where}: expected a device name or index, got {_describe(value)}")
         return value
+    if key.kind == "ears":
+        return _check_ears(value, where)
     if key.kind in ("str", "path"):
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{where}: expected a non-empty string, got {_describe(value)}")
@@ -282,6 +286,72 @@ def _check_value(key: Key, value: Any, where: str, resolve_from: Path | None) ->
             return str(path if path.is_absolute() else (resolve_from / path).resolve())
         return value
     raise AssertionError(f"unknown kind {key.kind}")
+
+
+EAR_KEYS = ("name", "reference_channel", "error_channel", "speaker_channel")
+MAX_EARS = 8
+
+
+@dataclass(frozen=True)
+class EarChannels:
+    """One ear of the duplex stream: its outer (reference) and inner (error) microphones'
+    input channels and its speaker's output channel."""
+
+    name: str
+    reference_channel: int
+    error_channel: int
+    speaker_channel: int
+
+
+def _check_ears(value: Any, where: str) -> list[dict[str, Any]]:
+    """`audio.ears`: a list of ears, each with a name and its own three channels. No input
+    channel may serve two microphones and no output channel two speakers, in one ear or across ears."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: expected a non-empty list of {{{', '.join(EAR_KEYS)}}}, got {_describe(value)}")
+    if len(value) > MAX_EARS:
+        raise ConfigError(f"{where}: {len(value)} ears, at most {MAX_EARS}")
+    checked: list[dict[str, Any]] = []
+    inputs: dict[int, str] = {}
+    outputs: dict[int, str] = {}
+    channel_key = Key("int", "channel index", 0, 63)
+    for index, ear in enumerate(value):
+        at = f"{where}[{index}]"
+        if not isinstance(ear, dict):
+            raise ConfigError(f"{at}: expected a mapping with {', '.join(EAR_KEYS)}, got {_describe(ear)}")
+        for name in ear:
+            if name not in EAR_KEYS:
+                raise ConfigError(f"{at}.{name}: unknown key (allowed: {', '.join(EAR_KEYS)})")
+        for name in EAR_KEYS:
+            if name not in ear:
+                raise ConfigError(f"{at}.{name}: missing key")
+        ear_name = ear["name"]
+        if not isinstance(ear_name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", ear_name):
+            raise ConfigError(f"{at}.name: expected a name of 1-32 letters, digits, _ or -, got {_describe(ear_name)}")
+        if any(other["name"] == ear_name for other in checked):
+            raise ConfigError(f"{at}.name: {ear_name!r} names two ears")
+        entry: dict[str, Any] = {"name": ear_name}
+        for name in EAR_KEYS[1:]:
+            channel = _check_value(channel_key, ear[name], f"{at}.{name}", None)
+            used = outputs if name == "speaker_channel" else inputs
+            role = f"{ear_name}.{name}"
+            if channel in used:
+                raise ConfigError(f"{at}.{name}: channel {channel} is also {used[channel]}; "
+                                  "every microphone and speaker needs its own channel")
+            used[channel] = role
+            entry[name] = channel
+        checked.append(entry)
+    return checked
+
+
+def ear_channels(audio: Mapping[str, Any]) -> tuple[EarChannels, ...]:
+    """The ears of the `audio` section: `audio.ears`, or, when it is null, one ear named
+    `ear` from the single `reference_channel`, `error_channel` and `speaker_channel`."""
+    ears = audio.get("ears")
+    if not ears:
+        return (EarChannels("ear", int(audio["reference_channel"]), int(audio["error_channel"]),
+                            int(audio["speaker_channel"])),)
+    return tuple(EarChannels(ear["name"], ear["reference_channel"], ear["error_channel"], ear["speaker_channel"])
+                 for ear in ears)
 
 
 def validate(data: Any, schema: dict[str, Any], source: str, prefix: str, resolve_from: Path | None,

@@ -179,11 +179,7 @@ class AncEngine:
         hear_taps = min(settings.hear_through_taps, self.reference_buffer.size // 2)
         self.hear_through = np.ascontiguousarray(
             design_equalizer(secondary_path, hear_taps, settings.hear_through_gain_db, settings.sample_rate))
-        # What `process_block` takes after the three blocks, in its order: the one list of the
-        # kernel's state, for `process` and for a simulator that calls the kernel from numba.
-        self.kernel_state = (self.weights, self.secondary_path, self.feedback_path, self.reference_buffer,
-                             self.filtered_buffer, self.output_buffer, self.params, self.status, self.cursors,
-                             self.events, self.hear_through, self.update_state, self.twiddles)
+        self.bind_kernel_state()
         self.base_step_size = settings.step_size
         self.step_factor = 1.0
         self._configure(settings)
@@ -249,6 +245,14 @@ class AncEngine:
         self.status[L.S_HEAR_GAIN] = self.params[L.P_HEAR_TARGET]
         self.params[L.P_STOP] = 0.0
         self._events_read = 0
+
+    def bind_kernel_state(self) -> None:
+        """What `process_block` takes after the three blocks, in its order: the one list of the
+        kernel's state, for `process` and for a simulator that calls the kernel from numba.
+        Called again by an owner that moves the arrays (`EarsEngine` stacks every ear's)."""
+        self.kernel_state = (self.weights, self.secondary_path, self.feedback_path, self.reference_buffer,
+                             self.filtered_buffer, self.output_buffer, self.params, self.status, self.cursors,
+                             self.events, self.hear_through, self.update_state, self.twiddles)
 
     # -- the real-time call --------------------------------------------------------------
     def process(self, reference: np.ndarray, error: np.ndarray, out: np.ndarray) -> None:

@@ -22,12 +22,12 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 
-from device.contract.config import Config
+from device.contract.config import Config, EarChannels, ear_channels
 from device.contract.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -75,11 +75,18 @@ class StreamSpec:
     reference_channel: int
     error_channel: int
     speaker_channel: int
+    # Every ear of the stream (`audio.ears`), in order; empty: the one ear of the three
+    # channels above. With several, the callback hands the processor (ears x block) arrays.
+    ears: tuple[EarChannels, ...] = ()
+
+    @property
+    def ear_names(self) -> tuple[str, ...]:
+        return tuple(ear.name for ear in self.ears)
 
     @property
     def identity(self) -> dict[str, Any]:
         """What a secondary-path estimate must have been made with to be valid for this stream."""
-        return {
+        identity = {
             "host_api": self.host_api,
             "input_device": self.input_name,
             "output_device": self.output_name,
@@ -89,12 +96,32 @@ class StreamSpec:
             "speaker_channel": self.speaker_channel,
             "stream_latency": STREAM_LATENCY,
         }
+        if self.ears:
+            # An ear's estimate holds for this channel map of every ear, not for another one
+            # (and is the same for every ear's view of the stream, `for_ear`).
+            del identity["error_channel"], identity["speaker_channel"]
+            identity["ears"] = [[ear.name, ear.reference_channel, ear.error_channel, ear.speaker_channel]
+                                for ear in self.ears]
+        return identity
+
+    def for_ear(self, name: str) -> "StreamSpec":
+        """The same stream (every channel opened) with one ear's microphones and speaker routed
+        to the processor, as a one-ear stream: what identification plays its probe on (the
+        other speakers stay silent). Its identity is the whole stream's."""
+        ear = next((ear for ear in self.ears if ear.name == name), None)
+        if ear is None:
+            raise UserError(f"audio.ears: no ear named {name!r} (configured: {', '.join(self.ear_names)})")
+        return replace(self, reference_channel=ear.reference_channel, error_channel=ear.error_channel,
+                       speaker_channel=ear.speaker_channel)
 
     def describe(self) -> str:
         same = self.input_name == self.output_name
         devices = f"'{self.input_name}'" if same else f"in '{self.input_name}', out '{self.output_name}'"
-        return (f"{devices} ({self.host_api}) at {self.sample_rate} Hz, block {self.block_size}; "
-                f"reference ch {self.reference_channel}, error ch {self.error_channel}, speaker ch {self.speaker_channel}")
+        channels = f"reference ch {self.reference_channel}, error ch {self.error_channel}, speaker ch {self.speaker_channel}"
+        if self.ears:
+            channels = "; ".join(f"{e.name}: reference ch {e.reference_channel}, error ch {e.error_channel}, "
+                                 f"speaker ch {e.speaker_channel}" for e in self.ears)
+        return f"{devices} ({self.host_api}) at {self.sample_rate} Hz, block {self.block_size}; {channels}"
 
 
 def _find_device(sd, wanted: Any, kind: str, key: str, channels: int) -> int:
@@ -131,18 +158,35 @@ def _find_device(sd, wanted: Any, kind: str, key: str, channels: int) -> int:
     return int(index)
 
 
+def _check_ear_channels(sd, audio, index: int, kind: str, key: str) -> None:
+    """Every ear's channel of this direction exists on the device: one line naming the ear's key."""
+    device = sd.query_devices()[index]
+    count = int(device["max_input_channels" if kind == "input" else "max_output_channels"])
+    names = ("reference_channel", "error_channel") if kind == "input" else ("speaker_channel",)
+    for position, ear in enumerate(audio.ears):
+        for name in names:
+            if ear[name] >= count:
+                raise UserError(f"audio.ears[{position}].{name}: channel {ear[name]} ({ear['name']}) is beyond "
+                                f"audio.{key} device {index} '{device['name']}', which has {count} {kind} channels")
+
+
 def resolve_stream(sd, cfg: Config) -> StreamSpec:
     audio = cfg.audio
-    input_channels = max(audio.reference_channel, audio.error_channel) + 1
-    output_channels = audio.speaker_channel + 1
-    if audio.reference_channel == audio.error_channel:
+    ears = ear_channels(audio)
+    several = bool(audio.ears)
+    input_channels = max(max(ear.reference_channel, ear.error_channel) for ear in ears) + 1
+    output_channels = max(ear.speaker_channel for ear in ears) + 1
+    if not several and audio.reference_channel == audio.error_channel:
         raise UserError(f"audio.error_channel: {audio.error_channel} is also the reference channel; the two microphones need their own channels")
     input_wanted = audio.input_device if audio.input_device is not None else audio.device
     output_wanted = audio.output_device if audio.output_device is not None else audio.device
     input_key = "input_device" if audio.input_device is not None else "device"
     output_key = "output_device" if audio.output_device is not None else "device"
-    input_index = _find_device(sd, input_wanted, "input", input_key, input_channels)
-    output_index = _find_device(sd, output_wanted, "output", output_key, output_channels)
+    input_index = _find_device(sd, input_wanted, "input", input_key, 1 if several else input_channels)
+    output_index = _find_device(sd, output_wanted, "output", output_key, 1 if several else output_channels)
+    if several:
+        _check_ear_channels(sd, audio, input_index, "input", input_key)
+        _check_ear_channels(sd, audio, output_index, "output", output_key)
     devices = sd.query_devices()
     input_device, output_device = devices[input_index], devices[output_index]
     if input_device["hostapi"] != output_device["hostapi"]:
@@ -159,9 +203,10 @@ def resolve_stream(sd, cfg: Config) -> StreamSpec:
         block_size=audio.block_size,
         input_channels=input_channels,
         output_channels=output_channels,
-        reference_channel=audio.reference_channel,
-        error_channel=audio.error_channel,
-        speaker_channel=audio.speaker_channel,
+        reference_channel=ears[0].reference_channel,
+        error_channel=ears[0].error_channel,
+        speaker_channel=ears[0].speaker_channel,
+        ears=ears if several else (),
     )
 
 
@@ -216,6 +261,15 @@ class DuplexStream:
         self.out = np.zeros(n, dtype=np.float32)
         self.meta = np.zeros(4)
         self.meta[3] = number  # which stream: start-time jitter is only meaningful within one
+        # Several ears: (ears x block) blocks, and the processor is one for all ears
+        # (`process_block(references, errors, outs, meta)`, e.g. an EarsEngine's session).
+        self.ears = len(spec.ears) if getattr(processor, "ears_at_once", False) else 0
+        if self.ears:
+            self.references = np.zeros((self.ears, n), dtype=np.float32)
+            self.errors = np.zeros((self.ears, n), dtype=np.float32)
+            self.outs = np.zeros((self.ears, n), dtype=np.float32)
+            self._input_channels = [(ear.reference_channel, ear.error_channel) for ear in spec.ears]
+            self._speaker_channels = [ear.speaker_channel for ear in spec.ears]
         self.blocks = 0
         self.xruns = 0
         self.odd_sized_blocks = 0
@@ -253,6 +307,35 @@ class DuplexStream:
         self.blocks += 1
         meta[1] = self._clock() - start
 
+    def _ears_callback(self, indata, outdata, frames, time_info, status) -> None:
+        """`_callback` for several ears: the same steps, one copy per microphone and speaker."""
+        start = self._clock()
+        if frames != self.spec.block_size:
+            outdata.fill(0)
+            self.odd_sized_blocks += 1
+            return
+        flags = 1.0 if status else 0.0
+        references, errors, outs = self.references, self.errors, self.outs
+        for ear, (reference_channel, error_channel) in enumerate(self._input_channels):
+            np.copyto(references[ear], indata[:, reference_channel])
+            np.copyto(errors[ear], indata[:, error_channel])
+        meta = self.meta
+        meta[0] = start - self._t0
+        meta[2] = flags
+        try:
+            self.processor.process_block(references, errors, outs, meta)
+        except Exception as exc:  # noqa: BLE001 - silence, count, and let the owner report it
+            outs.fill(0.0)
+            self.callback_errors += 1
+            self.last_callback_error = f"{exc.__class__.__name__}: {exc}"
+        outdata.fill(0)
+        for ear, channel in enumerate(self._speaker_channels):
+            outdata[:, channel] = outs[ear]
+        if flags:
+            self.xruns += 1
+        self.blocks += 1
+        meta[1] = self._clock() - start
+
     def _finished(self) -> None:
         self.finished.set()
 
@@ -266,7 +349,7 @@ class DuplexStream:
             channels=(spec.input_channels, spec.output_channels),
             dtype="float32",
             latency=STREAM_LATENCY,
-            callback=self._callback,
+            callback=self._ears_callback if self.ears else self._callback,
             finished_callback=self._finished,
             dither_off=True,
         )

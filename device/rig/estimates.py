@@ -8,6 +8,10 @@ date). A stored feedback path is what turns neutralization on in `anc-device run
 accepts an estimate whose identity matches the stream it opens: the latency inside the
 estimate depends on the device, the sample rate and the block size, and FxLMS with a wrong
 latency diverges.
+
+With several ears (`audio.ears`) each ear's estimates go to their own pair of files,
+`secondary_path.EAR.npz` and `secondary_path.EAR.json`; their identity holds the whole channel
+map, so an estimate made for another ear layout is refused like one made for another device.
 """
 
 from __future__ import annotations
@@ -27,6 +31,14 @@ ESTIMATE_FILE = "secondary_path.npz"
 METADATA_FILE = "secondary_path.json"
 
 
+def estimate_files(state_dir: str | Path, ear: str | None = None) -> tuple[Path, Path]:
+    """The estimate and metadata files of one ear (None: the one ear of a single-ear rig)."""
+    state_dir = Path(state_dir)
+    if ear is None:
+        return state_dir / ESTIMATE_FILE, state_dir / METADATA_FILE
+    return state_dir / f"secondary_path.{ear}.npz", state_dir / f"secondary_path.{ear}.json"
+
+
 @dataclass
 class PathEstimates:
     secondary_path: np.ndarray
@@ -35,30 +47,34 @@ class PathEstimates:
 
 
 def save_estimates(state_dir: str | Path, secondary_path: np.ndarray, feedback_path: np.ndarray | None,
-                   identity: dict[str, Any], details: dict[str, Any]) -> Path:
+                   identity: dict[str, Any], details: dict[str, Any], ear: str | None = None) -> Path:
     """Store both files atomically (estimate first, so metadata never describes a missing file)."""
     state_dir = Path(state_dir)
+    estimate_path, metadata_path = estimate_files(state_dir, ear)
     arrays = {"secondary_path": np.asarray(secondary_path, dtype=np.float64)}
     if feedback_path is not None:
         arrays["feedback_path"] = np.asarray(feedback_path, dtype=np.float64)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     try:
-        write_bytes_atomic(state_dir / ESTIMATE_FILE, buffer.getvalue(), MODE_GROUP_READ)
+        write_bytes_atomic(estimate_path, buffer.getvalue(), MODE_GROUP_READ)
         metadata = {"identity": identity, **details,
                     "created_at": utc_now_iso()}
-        write_bytes_atomic(state_dir / METADATA_FILE, json.dumps(metadata, indent=2, sort_keys=True).encode(), MODE_GROUP_READ)
+        if ear is not None:
+            metadata["ear"] = ear
+        write_bytes_atomic(metadata_path, json.dumps(metadata, indent=2, sort_keys=True).encode(), MODE_GROUP_READ)
     except OSError as exc:
         raise UserError(f"runtime.state_dir: cannot write the estimate in {state_dir}: {exc.strerror or exc}") from None
-    return state_dir / ESTIMATE_FILE
+    return estimate_path
 
 
-def load_estimates(state_dir: str | Path, identity: dict[str, Any]) -> PathEstimates:
-    """The stored estimates for a stream with `identity`, or a UserError saying what to run."""
-    state_dir = Path(state_dir)
-    estimate_path, metadata_path = state_dir / ESTIMATE_FILE, state_dir / METADATA_FILE
+def load_estimates(state_dir: str | Path, identity: dict[str, Any], ear: str | None = None) -> PathEstimates:
+    """The stored estimates for a stream with `identity` (of `ear`, with several ears), or a
+    UserError saying what to run."""
+    estimate_path, metadata_path = estimate_files(state_dir, ear)
     if not estimate_path.exists() or not metadata_path.exists():
-        raise UserError(f"{estimate_path}: no secondary-path estimate; run `anc-device identify` first "
+        whose = "" if ear is None else f" for ear {ear}"
+        raise UserError(f"{estimate_path}: no secondary-path estimate{whose}; run `anc-device identify` first "
                         "(with the speaker and microphones in place)")
     try:
         metadata = json.loads(metadata_path.read_text())

@@ -92,8 +92,38 @@ def duct() -> dict[str, np.ndarray]:
     return {"primary_path": primary, "secondary_path": secondary, "feedback_path": feedback}
 
 
+def headphone_stereo() -> dict[str, np.ndarray]:
+    """Both cups of an over-ear headphone, as worn: the left cup is the `headphone` preset's; the
+    right one sits on a head that is not symmetric and seals a little worse (a wider leak:
+    less isolation, a higher, less damped cup resonance), and its driver is 2 mm further from
+    the error mic with a stronger ear reflection. Crosstalk: each driver leaks out of its own
+    cup (about -20 dB), spreads from the cup's surface (about 4 cm) to the other cup 0.2 m
+    round the head (-14 dB) and comes in through that cup's passive isolation; skull
+    conduction is left out (far weaker than that at these levels)."""
+    length = 256
+    left = headphone()
+    right_primary = lowpass(propagation(0.028, length, 0.85), 340.0, 1.5)
+    right_direct = propagation(0.010, length, 0.85) + lowpass(propagation(0.032, length, 0.24), 2500.0)
+    right_secondary = loudspeaker(right_direct, 100.0, 0.9, 6500.0)
+
+    def crosstalk(driver_q: float, resonance_hz: float, isolation_hz: float) -> np.ndarray:
+        # -20 dB out of its own cup, and 1/r spreading from the cup's surface (about 4 cm from
+        # the driver) to the other cup, 0.2 m round the head.
+        leak = loudspeaker(propagation(0.20, length, 0.1 * 0.2), resonance_hz, driver_q, 7000.0)
+        return lowpass(leak, isolation_hz, 1.2)
+
+    return {
+        "left_primary_path": left["primary_path"],
+        "left_secondary_path": left["secondary_path"],
+        "left_crosstalk_path": crosstalk(1.0, 90.0, 340.0),     # into the right cup
+        "right_primary_path": right_primary,
+        "right_secondary_path": right_secondary,
+        "right_crosstalk_path": crosstalk(0.9, 100.0, 300.0),   # into the left cup
+    }
+
+
 def main() -> None:
-    for name, paths in (("headphone", headphone()), ("duct", duct())):
+    for name, paths in (("headphone", headphone()), ("duct", duct()), ("headphone-stereo", headphone_stereo())):
         for key, value in paths.items():
             np.save(HERE / f"{name}_{key}.npy", value.astype(np.float64))
             print(f"{name}_{key}.npy: {value.size} taps, peak at {int(np.argmax(np.abs(value)))}")
