@@ -242,14 +242,16 @@ def test_simulate_json_gives_per_ear_figures_and_writes_a_report_of_both_ears(hu
 
 
 def test_a_broken_ear_path_in_the_plant_trips_only_that_ears_watchdog(cfg, hum_scene):
-    """The right cup's real secondary path is three times what was identified (from the start of
-    control): the right ear's watchdog trips; the left ear runs on, cancelling as before."""
+    """The right cup's speaker is wired with its polarity reversed after identification (its
+    real secondary path is minus what was identified, from the start of control): the right
+    ear's watchdog trips; the left ear runs on, cancelling as before. (A gain error of 3 is
+    not enough: the partitioned update stays stable and cancels with it.)"""
     from simulator.ears import EarsPlant, simulate_ears
     from simulator.plant import PathChange
 
     plant = EarsPlant.load("headphone-stereo")
     broken = plant.ears["right"]
-    broken.path_changes = [PathChange(int(0.3 * plant.sample_rate), 3.0 * broken.secondary_path)]
+    broken.path_changes = [PathChange(int(0.3 * plant.sample_rate), -broken.secondary_path)]
     try:
         summary = simulate_ears(hum_scene / "mono.wav", cfg, plant).summary
     finally:
