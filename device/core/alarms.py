@@ -19,11 +19,16 @@ way. The detector looks for exactly that, on short frames, with no trained model
   `smoke_alarm` (ISO 8201 temporal-three near 3 kHz); a steady 480-570 Hz fundamental with
   odd harmonics only (a square wave) gives `low_frequency_alarm` (the 520 Hz variant for
   sleepers); a steady harmonic complex (four or more partials of one fundamental in
-  250-650 Hz, and nothing half-way between them, which rules out engines and saws whose real
+  300-650 Hz, and nothing half-way between them, which rules out engines and saws whose real
   fundamental is lower) gives `car_horn`; a steady pure tone at 850-1700 Hz gives
   `reversing_beeper`; a steady tone at 400-850 Hz is the first half-cycle of a hi-lo siren.
   Any other tone (below 400 Hz: hum and engine orders; or not in these bands) is not a
   warning sound;
+* none of that counts without a **sudden onset**: the window's tone must stand
+  `alarms.onset_rise_db` above what its frequency (or its own track, within a sweep step) held
+  50-130 ms before the window (`alarms.steady_siren_rise_db` and `alarms.swept_siren_rise_db`
+  for the two siren readings, which a saw's whine imitates best); a machine's whine was there
+  before, or sweeps on from where it was;
 * the **cadence** raises the confidence after the fact: on/off pulses of 0.3-0.8 s (the T3
   pattern and beepers) or a frequency that keeps moving;
 * the event ends (`end_s`, the last tonal frame) when the tone has been absent for
@@ -160,7 +165,7 @@ def classify_steady(frame: _Frame) -> str | None:
     peak = frame.frequency
     if 2500.0 <= peak <= 3700.0:
         return "smoke_alarm"
-    # A harmonic complex: the peak is partial m of a fundamental f0 in 250-650 Hz.
+    # A harmonic complex: the peak is partial m of a fundamental f0 in HORN_F0_HZ.
     for order in (1, 2, 3, 4):
         f0 = peak / order
         if not HORN_F0_HZ[0] <= f0 <= HORN_F0_HZ[1]:
