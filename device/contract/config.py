@@ -119,6 +119,9 @@ SCHEMA: dict[str, Any] = {
         "min_level_dbfs": Key("float", "dBFS", -120.0, 0.0),
         "min_duration_ms": Key("float", "ms", 32.0, 1000.0),
         "release_ms": Key("float", "ms", 50.0, 10000.0),
+        "onset_rise_db": Key("float", "dB", 0.0, 60.0),
+        "steady_siren_rise_db": Key("float", "dB", 0.0, 60.0),
+        "swept_siren_rise_db": Key("float", "dB", 0.0, 60.0),
     },
     "identification": {
         "probe_level_dbfs": Key("float", "dBFS", -80.0, -6.0),

@@ -19,11 +19,16 @@ way. The detector looks for exactly that, on short frames, with no trained model
   `smoke_alarm` (ISO 8201 temporal-three near 3 kHz); a steady 480-570 Hz fundamental with
   odd harmonics only (a square wave) gives `low_frequency_alarm` (the 520 Hz variant for
   sleepers); a steady harmonic complex (four or more partials of one fundamental in
-  250-650 Hz, and nothing half-way between them, which rules out engines and saws whose real
+  300-650 Hz, and nothing half-way between them, which rules out engines and saws whose real
   fundamental is lower) gives `car_horn`; a steady pure tone at 850-1700 Hz gives
   `reversing_beeper`; a steady tone at 400-850 Hz is the first half-cycle of a hi-lo siren.
   Any other tone (below 400 Hz: hum and engine orders; or not in these bands) is not a
   warning sound;
+* none of that counts without a **sudden onset**: the window's tone must stand
+  `alarms.onset_rise_db` above what its frequency (or its own track, within a sweep step) held
+  50-130 ms before the window (`alarms.steady_siren_rise_db` and `alarms.swept_siren_rise_db`
+  for the two siren readings, which a saw's whine imitates best); a machine's whine was there
+  before, or sweeps on from where it was;
 * the **cadence** raises the confidence after the fact: on/off pulses of 0.3-0.8 s (the T3
   pattern and beepers) or a frequency that keeps moving;
 * the event ends (`end_s`, the last tonal frame) when the tone has been absent for
@@ -36,6 +41,7 @@ frame, plus the decimator: `python bench/alarms.py --cost` measures it.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,7 +59,15 @@ SWEEP_STEP = 0.25           # largest frame-to-frame change of a swept tone (a f
 SWEEP_SMOOTHNESS = 0.6      # median |second difference| over median |step| of a swept tone
 JUMP_RATIOS = (1.15, 1.7)   # frame-to-frame jump of a hi-lo siren
 MODULATED_RANGE = 1.04      # max / min peak frequency over the track above which it is swept
+# Fundamental of a car horn's harmonic complex: 300-500 Hz for the horns in use, with a margin
+# above for twin horns; a voice or a saw's whine whose partials sit on a lower fundamental is not one.
+HORN_F0_HZ = (300.0, 650.0)
+# Median frequency of a swept siren (wail, yelp, hi-lo): they sweep within about 500-1800 Hz.
+SIREN_HZ = (450.0, 2000.0)
 HARMONIC_DB = 6.0           # a partial counts when it stands this far above the local floor
+# Frames (48-128 ms) before a track's first frame whose power at the track's first frequency is
+# its "before": a frame this close to the track's start may already hold the onset.
+ONSET_LOOKBACK = (3, 8)
 KINDS = ("siren", "smoke_alarm", "low_frequency_alarm", "reversing_beeper", "car_horn")
 
 
@@ -82,15 +96,21 @@ class DetectorSettings:
     min_level_dbfs: float = -70.0
     min_duration_ms: float = 160.0
     release_ms: float = 1600.0
+    onset_rise_db: float = 8.0
+    steady_siren_rise_db: float = 11.0
+    swept_siren_rise_db: float = 12.0
 
     @classmethod
     def from_config(cls, section) -> "DetectorSettings":
         return cls(prominence_db=section.prominence_db, min_level_dbfs=section.min_level_dbfs,
-                   min_duration_ms=section.min_duration_ms, release_ms=section.release_ms)
+                   min_duration_ms=section.min_duration_ms, release_ms=section.release_ms,
+                   onset_rise_db=section.onset_rise_db, steady_siren_rise_db=section.steady_siren_rise_db,
+                   swept_siren_rise_db=section.swept_siren_rise_db)
 
 
 @dataclass
 class _Frame:
+    index: int
     time_s: float
     frequency: float
     prominence: float
@@ -133,15 +153,22 @@ def _is_overtone(frame: _Frame) -> bool:
     return False
 
 
+def _is_steady(track: list[_Frame]) -> bool:
+    """The peak stays within STEADY_TOLERANCE of its median frequency over the track."""
+    frequencies = np.maximum(np.array([f.frequency for f in track]), BIN_HZ)
+    median = float(np.median(frequencies))
+    return bool(np.max(np.abs(frequencies - median)) <= STEADY_TOLERANCE * median)
+
+
 def classify_steady(frame: _Frame) -> str | None:
     """The kind of a steady (unmodulated) tone, from its frequency and harmonic structure."""
     peak = frame.frequency
     if 2500.0 <= peak <= 3700.0:
         return "smoke_alarm"
-    # A harmonic complex: the peak is partial m of a fundamental f0 in 250-650 Hz.
+    # A harmonic complex: the peak is partial m of a fundamental f0 in HORN_F0_HZ.
     for order in (1, 2, 3, 4):
         f0 = peak / order
-        if not 250.0 <= f0 <= 650.0:
+        if not HORN_F0_HZ[0] <= f0 <= HORN_F0_HZ[1]:
             continue
         present = [h for h in range(1, 9) if h * f0 < SEARCH_HZ[1] and _partial_db(frame, h * f0) >= HARMONIC_DB]
         between = [h for h in range(1, 6) if _partial_db(frame, (h + 0.5) * f0) >= HARMONIC_DB]
@@ -149,7 +176,8 @@ def classify_steady(frame: _Frame) -> str | None:
             continue  # partials half-way between: the real fundamental is lower (an engine, a saw)
         odd = [h for h in present if h % 2 == 1]
         even = [h for h in present if h % 2 == 0]
-        if 480.0 <= f0 <= 570.0 and 1 in present and len(odd) >= 2 and not even:
+        # The square wave's fundamental is its strongest partial (its 3rd is 9.5 dB down).
+        if order == 1 and 480.0 <= f0 <= 570.0 and 1 in present and len(odd) >= 2 and not even:
             return "low_frequency_alarm"
         if len(present) >= 4:
             return "car_horn"
@@ -187,6 +215,7 @@ class AlarmDetector:
         self._pulse_on = False
         self._missed = 0
         self.frames = 0
+        self._history: deque[_Frame] = deque(maxlen=ONSET_LOOKBACK[1] + 4 * self._frames_needed + 2)
 
     # -- frame analysis ----------------------------------------------------------------------
     def _analyse(self, frame: np.ndarray, time_s: float) -> _Frame:
@@ -196,20 +225,39 @@ class AlarmDetector:
         power_db = 10.0 * np.log10(spectrum.real ** 2 + spectrum.imag ** 2 + 1e-20)
         k, frequency = _peak(power_db, self._low, self._high)
         floor = _local_floor(power_db, k)
-        return _Frame(time_s, frequency, float(power_db[k] - floor), float(power_db[k]), power_db, None)
+        return _Frame(self.frames, time_s, frequency, float(power_db[k] - floor), float(power_db[k]), power_db, None)
 
     def _tonal(self, frame: _Frame) -> bool:
         return frame.prominence >= self.settings.prominence_db and frame.level >= self.settings.min_level_dbfs
+
+    def _onset_rise_db(self, window: list[_Frame]) -> float | None:
+        """How far the window's tone stands above what was there just before the window began:
+        per lookback frame, the power at the window's first frequency or, when that frame belongs
+        to the track within a sweep step of it, the track's own peak (a whine that was already
+        sounding nearby, sweeping or wandering); power mean over the lookback frames. None when the stream has no such past."""
+        first = window[0]
+        k = int(round(first.frequency / BIN_HZ))
+        # Track frames near the window's frequency: the same tone, sweeping or wandering into it
+        # (a voice tracked before an alarm at another pitch is not).
+        same_tone = {f.index for f in self._track
+                     if abs(np.log(max(f.frequency, BIN_HZ) / max(first.frequency, BIN_HZ))) <= np.log1p(SWEEP_STEP)}
+        before = [max(float(f.spectrum_db[k - 1:k + 2].max()), f.level if f.index in same_tone else -200.0)
+                  for f in self._history
+                  if first.index - ONSET_LOOKBACK[1] <= f.index <= first.index - ONSET_LOOKBACK[0]]
+        if len(before) < 3:
+            return None
+        before_db = 10.0 * np.log10(np.mean(10.0 ** (np.array(before) / 10.0)))
+        return float(np.mean([f.level for f in window])) - before_db
 
     def _kind(self, track: list[_Frame]) -> str | None:
         """What the last frames of a tonal track are, if a warning sound (see the module doc)."""
         frequencies = np.maximum(np.array([f.frequency for f in track]), BIN_HZ)
         median = float(np.median(frequencies))
-        if np.max(np.abs(frequencies - median)) <= STEADY_TOLERANCE * median:
+        if _is_steady(track):
             kinds = [classify_steady(f) for f in track[-4:]]
             best = max(set(kinds), key=kinds.count)
             return best if kinds.count(best) >= 3 else None
-        if not 400.0 <= median <= 2000.0:
+        if not SIREN_HZ[0] <= median <= SIREN_HZ[1]:
             return None
         ratios = frequencies[1:] / frequencies[:-1]
         jumps = np.flatnonzero(np.abs(np.log(ratios)) > np.log(1.0 + SWEEP_STEP))
@@ -257,6 +305,7 @@ class AlarmDetector:
     def _step(self, time_s: float) -> AlarmEvent | None:
         self.frames += 1
         frame = self._analyse(self._buffer, time_s)
+        self._history.append(frame)
         tonal = self._tonal(frame)
         if tonal:
             self._track.append(frame)
@@ -290,7 +339,7 @@ class AlarmDetector:
         if len(self._track) >= self._frames_needed:
             track = self._track[-self._frames_needed:]
             kind = self._kind(track)
-            if kind is None:
+            if kind is None or not self._sudden_onset(kind, track):
                 return None
             # The onset is the start of the first frame of the track.
             start = max(0.0, track[0].time_s - FRAME / SAMPLE_RATE)
@@ -304,6 +353,24 @@ class AlarmDetector:
             self.active = event
             return event
         return None
+
+    def _sudden_onset(self, kind: str, track: list[_Frame]) -> bool:
+        """A warning sound starts abruptly: just before the window its frequency (or its own track)
+        held far less power than the tone now has. A machine's whine that the track picks up again
+        after a gap, or that sweeps on, or a tone already there when the stream started, has no
+        such onset. A steady tone named a siren (the first tone of a hi-lo, the bottom of a wail)
+        has no sweep yet to show for it: it needs a larger rise, and must not be a partial of a
+        tone an octave below (a voice, a saw). A swept tone needs a larger rise too: a chainsaw
+        revving up sweeps like a wail's first 160 ms, and only the onset tells them apart there."""
+        rise = self._onset_rise_db(track)
+        if rise is None:
+            return False
+        if kind == "siren" and _is_steady(track):
+            return (rise >= self.settings.steady_siren_rise_db
+                    and float(np.median([_partial_db(f, f.frequency / 2) for f in track])) < HARMONIC_DB)
+        if kind == "siren":
+            return rise >= self.settings.swept_siren_rise_db
+        return rise >= self.settings.onset_rise_db
 
     def _update_confidence(self, event: AlarmEvent) -> None:
         """Evidence grows with the tone's prominence, its duration and its regularity: a second
