@@ -18,19 +18,29 @@ def _engine(cfg, path, **safety):
 
 def test_a_small_sustained_rise_trips_the_watchdog_and_the_reset_removes_it(cfg, headphone):
     """A filter that makes the error 1.3 dB louder (far below the fast tier's 10 dB) is
-    caught by the sustained tier, and the reset brings the error back to the uncontrolled level."""
-    engine = _engine(cfg, headphone.full_secondary_path()[:256], max_weight_norm=1e3)
-    engine.weights[0] = 0.5
+    caught by the sustained tier, and the reset brings the error back to the uncontrolled level.
+    The error mic hears the speaker through the path the engine models."""
+    import scipy.signal
+
+    path = headphone.full_secondary_path()[:256]
+    engine = _engine(cfg, path, max_weight_norm=1e3)
+    # White reference, one tap: the speaker's sound at the error mic is uncorrelated with the
+    # noise there (the path's delay is longer than one sample) and adds 0.36 of its power.
+    engine.weights[0] = 0.6 * 0.5 / np.linalg.norm(path)
     engine.set_adaptation(False)
     rng = np.random.default_rng(2)
     out = np.zeros(32)
+    # The estimate includes the loop latency, of which this loop's one-block lag is a part.
+    plant_path = path[32:]
+    assert not np.any(path[:32])
+    state = np.zeros(plant_path.size - 1)
     fs = 48000
     error_levels = []
     for k in range(int(4.0 * fs) // 32):
         reference = rng.standard_normal(32) * 0.1
-        # The speaker's last block adds to the error, uncorrelated with the noise there: it
-        # can only make it louder (by 10 log10(1 + 0.36) = 1.3 dB).
-        error = 0.5 * reference + 0.6 * out
+        # The speaker block of the last call reaches the error mic through `path`.
+        speaker, state = scipy.signal.lfilter(plant_path, [1.0], out, zi=state)
+        error = 0.5 * reference + speaker
         engine.process(reference, error, out)
         error_levels.append(float(np.mean(error ** 2)))
     kinds = [event.kind for event in engine.drain_events()]

@@ -99,6 +99,7 @@ from device.core.dsp.layout import (
     S_REFERENCE_POWER,
     S_SAFETY_GAIN,
     S_SAMPLES,
+    S_SLOW_DISTURBANCE,
     S_SLOW_ERROR,
     S_SLOW_HOLD,
     S_SLOW_REFERENCE,
@@ -218,6 +219,7 @@ def process_block(
     slow_error = status[S_SLOW_ERROR]
     slow_reference = status[S_SLOW_REFERENCE]
     slow_hold = status[S_SLOW_HOLD]
+    slow_disturbance = status[S_SLOW_DISTURBANCE]
     adapt_allowed = params[P_ADAPT] > 0.5
     if params[P_STOP] > 0.5 and status[S_MODE] != MODE_STOP:
         status[S_MODE] = MODE_STOP
@@ -284,11 +286,14 @@ def process_block(
 
         total_gain = user_gain * safety_gain
         y_raw = 0.0
+        # d_hat = e - s_hat * y_played: the error as it would be with control off, by the
+        # device's own model. The update adapts on it and the sustained-rise watchdog judges
+        # the error against it. secondary_path[j] maps the output played j samples ago; j = 0
+        # is not played yet.
+        disturbance = e - _dot(secondary_path, output_buffer, position_output, 1, path_taps - 1)
         # Hear-through freezes the weights: switching back to ANC is instant.
         hearing = hear_gain > 0.0 or hear_target > 0.0
         if mode == MODE_RUN and adapt_allowed and total_gain >= MIN_ADAPT_GAIN and not hearing:
-            # secondary_path[j] maps the output played j samples ago; j = 0 is not played yet.
-            disturbance = e - _dot(secondary_path, output_buffer, position_output, 1, path_taps - 1)
             if have_next_dot:
                 current_dot = next_dot + weights[0] * filtered
             else:
@@ -357,6 +362,7 @@ def process_block(
         reference_power += power_coef * (r * r - reference_power)
         slow_error += slow_coef * (e * e - slow_error)
         slow_reference += slow_coef * (r * r - slow_reference)
+        slow_disturbance += slow_coef * (disturbance * disturbance - slow_disturbance)
         status[S_SAMPLES] += 1.0
 
         if mode == MODE_BASELINE:
@@ -378,7 +384,7 @@ def process_block(
             limit_hold = 0.0
             slow_hold = 0.0
             error_power = status[S_RATIO] * reference_power
-            slow_error = status[S_RATIO] * slow_reference
+            slow_error = slow_disturbance
         elif mode == MODE_RUN:
             uncontrolled = status[S_RATIO] * reference_power + floor
             if error_power > rise * uncontrolled:
@@ -390,8 +396,16 @@ def process_block(
             else:
                 limit_hold = 0.0
             # A smaller rise that lasts: the controller is making it louder, if only by a
-            # decibel or two (a secondary-path estimate off in gain or delay does that).
-            slow_uncontrolled = status[S_RATIO] * slow_reference + floor
+            # decibel or two (a secondary-path estimate off in gain or delay does that). It is
+            # judged against d_hat, not the start-up ratio times the reference level: the ratio
+            # of error to reference power follows the noise's spectrum (the primary path is
+            # not flat), so on speech babble or a drifting engine the ratio measured in the
+            # first 100 ms was 1-4 dB off seconds later and tripped the watchdog on noise the
+            # controller was not making louder. d_hat = d + (s - s_hat) y carries the model
+            # error: with a gain error under 50% it stays below e when the output runs away, so
+            # a runaway still trips here; a large phase error can hide one from this tier, and
+            # the fast tier above stays on the model-free ratio for that.
+            slow_uncontrolled = slow_disturbance + floor
             if slow_error > slow_rise * slow_uncontrolled and safety_gain >= 1.0:
                 slow_hold += 1.0
             else:
@@ -416,7 +430,7 @@ def process_block(
             have_next_dot = False
             status[S_TRIPS] += 1.0
             error_power = status[S_RATIO] * reference_power
-            slow_error = status[S_RATIO] * slow_reference
+            slow_error = slow_disturbance
             slow_hold = 0.0
             if params[P_STEP] * status[S_STEP] <= params[P_MIN_STEP]:
                 _record_event(events, status, EVENT_GAVE_UP, status[S_TRIPS], step)
@@ -457,6 +471,8 @@ def process_block(
         slow_error = 0.0
     if slow_reference < DENORMAL_FLOOR:
         slow_reference = 0.0
+    if slow_disturbance < DENORMAL_FLOOR:
+        slow_disturbance = 0.0
 
     cursors[C_REFERENCE] = position_reference
     cursors[C_FILTERED] = position_filtered
@@ -464,6 +480,7 @@ def process_block(
     status[S_SLOW_ERROR] = slow_error
     status[S_SLOW_REFERENCE] = slow_reference
     status[S_SLOW_HOLD] = slow_hold
+    status[S_SLOW_DISTURBANCE] = slow_disturbance
     status[S_MODE] = mode
     status[S_USER_GAIN] = user_gain
     status[S_SAFETY_GAIN] = safety_gain

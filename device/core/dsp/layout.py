@@ -69,7 +69,8 @@ S_SLOW_ERROR = 27        # slowly smoothed error-mic power (sustained-rise watch
 S_SLOW_REFERENCE = 28    # slowly smoothed reference power (after feedback neutralization)
 S_SLOW_HOLD = 29         # samples the sustained rise has lasted
 S_HEAR_GAIN = 30         # current hear-through gain (ramps towards P_HEAR_TARGET)
-N_STATUS = 31
+S_SLOW_DISTURBANCE = 31  # slowly smoothed power of d_hat = e - s_hat * y_played (sustained-rise watchdog)
+N_STATUS = 32
 
 # cursors: positions in the double-length circular buffers
 C_REFERENCE = 0

@@ -37,6 +37,7 @@ class ReferenceFxlms:
         self.reference_power = 0.0
         self.slow_error = 0.0
         self.slow_reference = 0.0
+        self.slow_disturbance = 0.0
         self.slow_hold = 0
         self.baseline = [0.0, 0.0, 0]
         self.ratio = 0.0
@@ -83,8 +84,8 @@ class ReferenceFxlms:
             filtered = np.dot(self.secondary_path, self.x[:self.secondary_path.size])
             self._shift_in(self.xf, filtered)
             power = np.dot(self.xf[:taps], self.xf[:taps])
+            disturbance = e - np.dot(self.secondary_path[1:], self.played[:self.secondary_path.size - 1])
             if self.mode == L.MODE_RUN and p[L.P_ADAPT] > 0.5 and self.user_gain * self.safety_gain >= MIN_ADAPT_GAIN:
-                disturbance = e - np.dot(self.secondary_path[1:], self.played[:self.secondary_path.size - 1])
                 modified_error = disturbance + np.dot(self.weights, self.xf[:taps])
                 g = step * modified_error / (p[L.P_REGULARIZATION] + power)
                 self.weights = (1.0 - p[L.P_LEAKAGE]) * self.weights - g * self.xf[:taps]
@@ -114,6 +115,7 @@ class ReferenceFxlms:
             self.reference_power += p[L.P_POWER_COEF] * (r * r - self.reference_power)
             self.slow_error += p[L.P_SLOW_COEF] * (e * e - self.slow_error)
             self.slow_reference += p[L.P_SLOW_COEF] * (r * r - self.slow_reference)
+            self.slow_disturbance += p[L.P_SLOW_COEF] * (disturbance * disturbance - self.slow_disturbance)
             self.samples += 1
             if self.mode == L.MODE_BASELINE:
                 self.baseline[0] += e * e
@@ -126,7 +128,7 @@ class ReferenceFxlms:
                 uncontrolled = self.ratio * self.reference_power + p[L.P_FLOOR]
                 self.hold = self.hold + 1 if self.error_power > p[L.P_RISE] * uncontrolled else 0
                 self.limit_hold = self.limit_hold + 1 if self.limiter_gain < HEAVY_LIMITING else 0
-                slow_uncontrolled = self.ratio * self.slow_reference + p[L.P_FLOOR]
+                slow_uncontrolled = self.slow_disturbance + p[L.P_FLOOR]
                 sustained = self.slow_error > p[L.P_SLOW_RISE] * slow_uncontrolled and self.safety_gain >= 1.0
                 self.slow_hold = self.slow_hold + 1 if sustained else 0
                 if self.hold > p[L.P_HOLD]:
@@ -142,7 +144,7 @@ class ReferenceFxlms:
                 self._reset_filter()
                 self.trips += 1
                 self.error_power = self.ratio * self.reference_power
-                self.slow_error = self.ratio * self.slow_reference
+                self.slow_error = self.slow_disturbance
                 self.slow_hold = 0
                 if p[L.P_STEP] * self.step_scale <= p[L.P_MIN_STEP]:
                     self.events.append((self.samples - 1, L.EVENT_GAVE_UP))
