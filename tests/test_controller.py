@@ -134,3 +134,26 @@ def test_a_wrong_model_never_diverges_and_is_never_louder_for_long(cfg, tmp_path
     off, on = sim.result.error_off, sim.result.error_on
     seconds = [report.attenuation_db(off[k:k + fs], on[k:k + fs]) for k in range(fs, off.size - fs + 1, fs)]
     assert min(seconds) > -duct_cfg.safety.sustained_rise_db - 0.5, seconds
+
+
+def test_output_scale_falls_where_the_anti_noise_only_adds_and_stays_where_it_cancels(cfg, headphone):
+    """The no-harm output scale is the least-squares scale of the played anti-noise: anti-noise
+    uncorrelated with the disturbance takes it to its floor, anti-noise that cancels half of the
+    disturbance keeps it at 1, and an overshoot by 2x halves it; each from the signals alone,
+    settling without swinging back (the estimate does not feed on its own last value)."""
+    from device.core.worker import MIN_OUTPUT_SCALE
+
+    rng = np.random.default_rng(5)
+    for relation, expected in (("uncorrelated", MIN_OUTPUT_SCALE), ("cancels", 1.0), ("overshoots", 0.5)):
+        engine, worker = _guard_worker(cfg, headphone)
+        scales = []
+        for _ in range(200):
+            disturbance = rng.standard_normal(480)
+            anti = {"uncorrelated": rng.standard_normal(480),
+                    "cancels": -0.5 * disturbance,
+                    "overshoots": -2.0 * disturbance}[relation] * engine.output_scale
+            worker._scale_output(disturbance, anti)
+            scales.append(engine.output_scale)
+        assert abs(scales[-1] - expected) < 0.05, (relation, scales[-5:])
+        settled = np.array(scales[100:])
+        assert np.all(np.abs(settled - expected) < 0.1), relation

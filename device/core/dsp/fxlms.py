@@ -65,6 +65,7 @@ from device.core.dsp.layout import (
     P_LEAKAGE,
     P_MAX_NORM,
     P_MIN_STEP,
+    P_OUTPUT_SCALE,
     P_POWER_COEF,
     P_REGULARIZATION,
     P_RELEASE,
@@ -94,6 +95,7 @@ from device.core.dsp.layout import (
     S_LIMITER_GAIN,
     S_MODE,
     S_NONFINITE_INPUTS,
+    S_OUTPUT_GAIN,
     S_PEAK_OUT,
     S_RATIO,
     S_REFERENCE_POWER,
@@ -247,6 +249,8 @@ def process_block(
     hear_taps = hear_through.shape[0]
     hear_target = params[P_HEAR_TARGET] if hear_taps > 0 else 0.0
     hear_gain = status[S_HEAR_GAIN]
+    output_target = params[P_OUTPUT_SCALE]
+    output_gain = status[S_OUTPUT_GAIN]
 
     # Recompute the filtered-reference power once a block so the running sum cannot drift.
     power = _dot(filtered_buffer, filtered_buffer, position_filtered, position_filtered, taps)
@@ -327,6 +331,10 @@ def process_block(
             user_gain = min(user_target, user_gain + user_rate)
         elif user_gain > user_target:
             user_gain = max(user_target, user_gain - user_rate)
+        if output_gain < output_target:
+            output_gain = min(output_target, output_gain + user_rate)
+        elif output_gain > output_target:
+            output_gain = max(output_target, output_gain - user_rate)
         if hear_gain < hear_target:
             hear_gain = min(hear_target, hear_gain + user_rate)
         elif hear_gain > hear_target:
@@ -338,7 +346,9 @@ def process_block(
         else:
             safety_gain = max(0.0, safety_gain - fade_rate)
 
-        y = (y_raw * user_gain + y_hear * hear_gain) * safety_gain
+        # The no-harm output gain scales what is played, not the adaptation (the gate above
+        # reads user and safety gains only): the filter keeps learning while it is held low.
+        y = (y_raw * user_gain * output_gain + y_hear * hear_gain) * safety_gain
         magnitude = abs(y)
         limiter_gain += (1.0 - limiter_gain) * release
         if magnitude * limiter_gain > ceiling:
@@ -493,6 +503,7 @@ def process_block(
     status[S_WEIGHT_NORM] = norm
     status[S_PEAK_OUT] = peak
     status[S_HEAR_GAIN] = hear_gain
+    status[S_OUTPUT_GAIN] = output_gain
     if abs(hp_y1) < DENORMAL_FLOOR:
         hp_y1 = 0.0
     if abs(hp_y2) < DENORMAL_FLOOR:

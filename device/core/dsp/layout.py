@@ -35,7 +35,8 @@ P_SLOW_COEF = 24         # one-pole smoothing coefficient of the slow (sustained
 P_SLOW_RISE = 25         # linear power factor over the uncontrolled level that counts as a sustained rise
 P_SLOW_HOLD = 26         # samples a sustained rise must last before a trip
 P_HEAR_TARGET = 27       # 0..1: target gain of the hear-through path (ramped like the user gain)
-N_PARAMS = 28
+P_OUTPUT_SCALE = 28      # 0..1: no-harm scale of the anti-noise (the worker's, ramped like the user gain; adaptation ignores it)
+N_PARAMS = 29
 
 # status: scalar state, written by the kernel
 S_MODE = 0               # MODE_* below
@@ -70,7 +71,8 @@ S_SLOW_REFERENCE = 28    # slowly smoothed reference power (after feedback neutr
 S_SLOW_HOLD = 29         # samples the sustained rise has lasted
 S_HEAR_GAIN = 30         # current hear-through gain (ramps towards P_HEAR_TARGET)
 S_SLOW_DISTURBANCE = 31  # slowly smoothed power of d_hat = e - s_hat * y_played (sustained-rise watchdog)
-N_STATUS = 32
+S_OUTPUT_GAIN = 32       # current no-harm output gain (ramps towards P_OUTPUT_SCALE)
+N_STATUS = 33
 
 # cursors: positions in the double-length circular buffers
 C_REFERENCE = 0

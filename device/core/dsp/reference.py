@@ -32,6 +32,7 @@ class ReferenceFxlms:
         self.mode = L.MODE_BASELINE
         self.user_gain = params[L.P_USER_TARGET]
         self.safety_gain = 0.0
+        self.output_gain = params[L.P_OUTPUT_SCALE]
         self.limiter_gain = 1.0
         self.error_power = 0.0
         self.reference_power = 0.0
@@ -103,7 +104,11 @@ class ReferenceFxlms:
             else:
                 self.safety_gain = max(0.0, self.safety_gain - p[L.P_FADE_RATE])
 
-            y = y_raw * self.user_gain * self.safety_gain
+            if self.output_gain < p[L.P_OUTPUT_SCALE]:
+                self.output_gain = min(p[L.P_OUTPUT_SCALE], self.output_gain + p[L.P_USER_RATE])
+            elif self.output_gain > p[L.P_OUTPUT_SCALE]:
+                self.output_gain = max(p[L.P_OUTPUT_SCALE], self.output_gain - p[L.P_USER_RATE])
+            y = y_raw * self.user_gain * self.output_gain * self.safety_gain
             self.limiter_gain += (1.0 - self.limiter_gain) * p[L.P_RELEASE]
             if abs(y) * self.limiter_gain > p[L.P_CEILING]:
                 self.limiter_gain = p[L.P_CEILING] / abs(y)
