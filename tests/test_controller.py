@@ -108,32 +108,35 @@ def test_auto_length_without_an_estimate_is_a_clear_error(cfg):
         ControllerSettings.from_config(cfg.replace("controller", taps="auto"))
 
 
+@pytest.mark.parametrize("plant_name", ["duct", "headphone"])
 @pytest.mark.parametrize("scene_kind", ["white", "engine_hum"])
 @pytest.mark.parametrize("gain, delay", [(1.3, 2), (0.7, -2)])
-def test_a_wrong_model_never_diverges_and_is_never_louder_for_long(cfg, tmp_path, scene_kind, gain, delay):
+def test_a_wrong_model_never_diverges_and_is_never_louder(cfg, tmp_path, plant_name, scene_kind, gain, delay):
     """The real secondary path 30% off the estimate and 2 samples off in delay, on the causal
-    duct: no divergence (no give-up, output under the ceiling) and no second after the first
-    louder than control off by more than the watchdog's sustained tolerance."""
+    duct and on the headphone (where white noise is out of reach and the optimum ~0 dB): no
+    divergence (no give-up, output under the ceiling) and no second after the first louder
+    than control off (0.1 dB of slack for the last digit: the no-harm output scale holds the
+    anti-noise at its least-squares scale, where it was 2.8 dB louder on that white noise)."""
     from simulator import report
     from simulator.plant import Plant
     from simulator.run import simulate
     from simulator.scenes import generate_scene, write_scene
     from device.contract.config import load_config
 
-    plant = Plant.load("duct")
+    plant = Plant.load(plant_name)
     path = plant.secondary_path
     real = gain * (np.r_[np.zeros(delay), path] if delay > 0 else path[-delay:])
     scene = tmp_path / f"{scene_kind}.wav"
     write_scene(scene, generate_scene(scene_kind, 5.0, 48000, seed=4), 48000)
-    duct_cfg = load_config().replace("classifier", enabled=False)
-    sim = simulate(scene, duct_cfg, "duct", secondary_path_changes=[(0, real)], keep_signals=True)
+    plain_cfg = load_config().replace("classifier", enabled=False)
+    sim = simulate(scene, plain_cfg, plant_name, secondary_path_changes=[(0, real)], keep_signals=True)
     kinds = [event["kind"] for event in sim.summary["safety_events"]]
     assert "stopped_reidentify" not in kinds and "non_finite" not in kinds
-    assert sim.summary["output_peak_dbfs"] <= duct_cfg.safety.output_ceiling_dbfs + 1e-6
+    assert sim.summary["output_peak_dbfs"] <= plain_cfg.safety.output_ceiling_dbfs + 1e-6
     fs = sim.result.sample_rate
     off, on = sim.result.error_off, sim.result.error_on
     seconds = [report.attenuation_db(off[k:k + fs], on[k:k + fs]) for k in range(fs, off.size - fs + 1, fs)]
-    assert min(seconds) > -duct_cfg.safety.sustained_rise_db - 0.5, seconds
+    assert min(seconds) > -0.1, seconds
 
 
 def test_output_scale_falls_where_the_anti_noise_only_adds_and_stays_where_it_cancels(cfg, headphone):
@@ -157,3 +160,30 @@ def test_output_scale_falls_where_the_anti_noise_only_adds_and_stays_where_it_ca
         assert abs(scales[-1] - expected) < 0.05, (relation, scales[-5:])
         settled = np.array(scales[100:])
         assert np.all(np.abs(settled - expected) < 0.1), relation
+
+
+def test_step_guard_settles_on_a_long_hum_run_on_the_duct(tmp_path):
+    """The live-duct pattern of a minute and more of mains hum: the no-harm guard switched the
+    step between three values while the cancellation collapsed. Closed loop on the simulated duct
+    for 60 s (the 240 s of the live run take minutes here; 60 s hold several guard judgements of
+    4 s and reach the guard's 60 s ceiling hold once): the step settles and the cancellation
+    holds, never louder than off."""
+    from device.contract.config import load_config
+    from simulator.run import simulate
+    from simulator.scenes import generate_scene, write_scene
+
+    scene = tmp_path / "hum.wav"
+    write_scene(scene, generate_scene("engine_hum", 60.0, 16000, seed=7), 16000)
+    plain_cfg = load_config().replace("classifier", enabled=False)
+    sim = simulate(scene, plain_cfg, "duct")
+    metrics = sim.session.worker.report.metrics
+    steps = np.array([m.step_size for m in metrics])
+    cancellation = np.array([np.nan if m.estimated_cancellation_db is None else m.estimated_cancellation_db for m in metrics])
+    changes = np.flatnonzero(np.diff(steps))
+    # At most a settling sequence early on and one climb of the ceiling: never a back-and-forth.
+    assert changes.size <= 4, steps
+    assert np.count_nonzero(np.diff(steps[steps.size // 2:])) <= 1, steps
+    assert sim.summary["watchdog_trips"] == 0
+    settled = cancellation[5:]
+    assert np.all(settled[np.isfinite(settled)] > 0.0), cancellation
+    assert sim.summary["attenuation_db"] > 20.0
