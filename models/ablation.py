@@ -1,6 +1,6 @@
 """Ablation of the noise classifier's feature groups under the leave-one-source-out protocol of `models.train`.
 
-    OMP_NUM_THREADS=1 python -m models.ablation [--data DIR] [--seed 0] [--rows-per-class N] [GROUP...]
+    OMP_NUM_THREADS=1 python -m models.ablation [--data DIR] [--seed 0] [--rows-per-class N] [--forest NAME] [GROUP...]
 
 Builds the training rows of `models.train` once (same clips, augmentation and seeds), then for
 the full feature set and for each feature group of `models.train.FEATURE_GROUPS` left out (all
@@ -11,7 +11,8 @@ generated white/pink, and per class. A group whose removal RAISES the accuracy o
 the model never heard carries the recording (gain, microphone, EQ) more than the sound.
 
 These are outer-fold figures: they describe the features, and are not used to choose the
-shipped set (the inner split in `models.train.select_candidate` does that).
+shipped set (the inner split in `models.train.select_settings` does that). The forest is one of
+`models.train.FOREST_CANDIDATES` (`--forest`, default the previous version's settings).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def loso_fixed(clips: list[T.Clip], rows: T.Rows, keep: np.ndarray, seed: int, p
         test = rows.clean & np.isin(rows.clip, test_clips)
         forest = T.make_forest(seed, params)
         forest.fit(T._masked(rows.X[train], keep), rows.y[train])
-        y_pred[test] = forest.classes_[np.argmax(forest.predict_proba(T._masked(rows.X[test], keep)), axis=1)]
+        y_pred[test] = forest.classes_[np.argmax(T.predict_proba(forest, T._masked(rows.X[test], keep)), axis=1)]
         tested |= test
     y_true, pred = rows.y[tested], y_pred[tested]
     labels = np.array([clips[i].label for i in rows.clip[tested]])
@@ -56,13 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=T.DEFAULT_DATA)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows-per-class", type=int, default=T.ROWS_PER_CLASS)
+    parser.add_argument("--forest", choices=list(T.FOREST_CANDIDATES), default="as_before")
     args = parser.parse_args(argv)
     unknown = [g for g in args.groups if g not in T.FEATURE_GROUPS]
     if unknown:
         parser.error(f"unknown feature group {', '.join(unknown)} (known: {', '.join(T.FEATURE_GROUPS)})")
     clips = T.load_real(args.data) + T.synthetic_clips(args.seed)
     rows = T.build_rows(clips, args.seed, args.rows_per_class, log=lambda *a: None)
-    params = dict(T.FOREST_PARAMS)
+    params = dict(T.FOREST_CANDIDATES[args.forest])
     print(f"{'variant':<24} {'real':>6} {'bal.':>6} {'synth':>6}  " + " ".join(f"{c[:6]:>6}" for c in T.CLASSES))
     for name in ["all"] + [f"-{g}" for g in (args.groups or T.FEATURE_GROUPS)]:
         dropped = () if name == "all" else (name[1:],)

@@ -17,8 +17,9 @@ each step drawn from a seeded generator:
 * a spectral tilt (recordings only): a first-order low-pass at 0.5-4 kHz or high-pass at
   50-400 Hz -- the colouring of a microphone, its mounting or a phone recorder (one Berlin
   street is ~10 dB darker above 1 kHz than the other);
-* a room: convolution with a synthetic exponentially decaying impulse response (RT60
-  0.15-0.7 s, direct-to-reverberant ratio 0-10 dB);
+* a room: convolution with the impulse response of a seeded shoebox room by the image-source
+  method (pyroomacoustics; early reflections) or, the other half of the time, a synthetic
+  exponentially decaying one (RT60 0.15-0.7 s, direct-to-reverberant ratio 0-10 dB);
 * a second source at low level (12-30 dB below): a clip of another class, or synthetic
   brown/pink/white noise, or a hum;
 * microphone self-noise (white, 35-60 dB below), a gain of -40..+6 dB;
@@ -36,12 +37,14 @@ Evaluation is LEAVE-ONE-SOURCE-OUT: each source recording (a Berlin street, a ca
 chainsaw recording; the generated white/pink "recordings" of one generator index together) is
 held out in turn; its windows, and every augmented row built from it (also as mixed-in
 background), are absent from training. In each outer fold the feature set (`CANDIDATES`:
-every feature, or without the lowest MFCC means that carry the microphone's EQ) is chosen on a
-two-way inner split of the training recordings (`select_candidate`: a class left with one
-recording is split by time for training but not scored), never on the held-out one.
+every feature, or without the lowest MFCC means that carry the microphone's EQ) and the forest
+(`FOREST_CANDIDATES`) are chosen on a two-way inner split of the training recordings
+(`select_settings`: a class left with one recording is split by time for training but not
+scored), never on the held-out one, and so are the thresholds of the `unknown` answer and of the
+class tracker (`THRESHOLD_RULES`, on the inner held-out windows of the chosen candidate).
 The fold also computes the out-of-distribution statistics from its training rows and reports
-which held-out windows the device's `unknown` rule (config `classifier.unknown_*`) would
-answer `unknown`, and a reliability curve of the forest's probabilities.
+which held-out windows the `unknown` rule with the fold's thresholds answers `unknown`, and a
+reliability curve of the forest's probabilities.
 
 The final model is trained on everything, with the feature set the inner split of all
 recordings chooses, and written with its card (classes, feature spec, data summary and
@@ -57,6 +60,7 @@ import hashlib
 import json
 import re
 import sys
+import functools
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -234,6 +238,7 @@ AUG_PARAMS = {
     "eq_p": 0.8,            # probability of the microphone/room EQ
     "highpass_max_hz": 300.0,  # EQ high-pass corner drawn from 20 Hz..this (white/pink: ..100 Hz)
     "room_p": 0.3,          # probability of a synthetic room (not white/pink)
+    "image_source_share": 0.5,  # of those rooms, the share that are image-source rooms (the rest exponential decays)
     "mix_p": 0.5,           # probability of a second source at low level
     "mix_snr_db": (12.0, 30.0),
     "tilt_p": 0.5,          # probability of a spectral tilt (microphone / mounting colouring)
@@ -272,6 +277,44 @@ def change_speed(x: np.ndarray, factor: float) -> np.ndarray:
 
     ratio = Fraction(1.0 / factor).limit_denominator(40)
     return scipy.signal.resample_poly(x, ratio.numerator, ratio.denominator)
+
+
+ROOM_BANK_SIZE = 40  # image-source rooms computed once per seed (pyroomacoustics is slow per room)
+
+
+@functools.lru_cache(maxsize=4)
+def image_source_rooms(seed: int = 0, count: int = ROOM_BANK_SIZE) -> tuple[np.ndarray, ...]:
+    """Impulse responses of seeded shoebox rooms by the image-source method (pyroomacoustics):
+    3-12 x 3-10 x 2.4-4 m, RT60 0.15-0.8 s (Sabine), source and microphone at least 0.5 m from
+    every wall; each response cut at 0.8 s and scaled to unit energy. Early reflections (comb
+    filtering, flutter) that the exponential-decay rooms of `random_room` do not have."""
+    import pyroomacoustics as pra
+
+    rng = np.random.default_rng([seed, 23])
+    out = []
+    while len(out) < count:
+        dims = np.array([rng.uniform(3, 12), rng.uniform(3, 10), rng.uniform(2.4, 4.0)])
+        rt60 = rng.uniform(0.15, 0.8)
+        try:
+            absorption, max_order = pra.inverse_sabine(rt60, dims)
+        except ValueError:  # a room too large for that RT60 (absorption would exceed 1)
+            continue
+        room = pra.ShoeBox(dims, fs=SR, materials=pra.Material(absorption), max_order=min(max_order, 12))
+        source = rng.uniform(0.5, dims - 0.5)
+        mic = rng.uniform(0.5, dims - 0.5)
+        room.add_source(source)
+        room.add_microphone(mic)
+        room.compute_rir()
+        rir = np.asarray(room.rir[0][0], dtype=np.float64)[: int(0.8 * SR)]
+        out.append(rir / (np.sqrt(np.sum(rir * rir)) + 1e-30))
+    return tuple(out)
+
+
+def image_source_room(x: np.ndarray, rng: np.random.Generator, seed: int = 0) -> np.ndarray:
+    bank = image_source_rooms(seed)
+    rir = bank[int(rng.integers(len(bank)))]
+    delay = int(np.argmax(np.abs(rir)))  # keep the direct sound at time zero, as a nearby microphone hears it
+    return scipy.signal.fftconvolve(x, rir[delay:])[: x.size]
 
 
 def random_room(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -327,7 +370,10 @@ def augment(clip: Clip, rng: np.random.Generator, pool: list[Clip],
         x = scipy.signal.sosfilt(scipy.signal.butter(1, fc, btype="lowpass" if lowpass else "highpass", fs=SR,
                                                      output="sos"), x)
     if not gentle and rng.random() < p["room_p"]:
-        x = random_room(x, rng)
+        if rng.random() < p.get("image_source_share", 0.0):
+            x = image_source_room(x, rng)
+        else:
+            x = random_room(x, rng)
     if rng.random() < p["mix_p"]:
         bg, key = _background(rng, x.size, pool, clip.label)
         lo, hi = p["mix_snr_db"]
@@ -407,9 +453,13 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "tonality": ("crest_mean_db", "crest_std_db", "peak_persistence"),
 }
 # Candidate feature sets (groups left out) the inner split chooses between in each outer fold.
+# Fixed before the nested run: every feature; without the four lowest MFCC means (the level and
+# tilt of the microphone); without all 40 MFCC means (a fixed EQ adds a constant to each log-mel
+# band, so it moves the means and cancels out of the standard deviations and deltas, which stay).
 CANDIDATES: dict[str, tuple[str, ...]] = {
     "all": (),
     "no_mfcc_mean_low": ("mfcc_mean_low",),
+    "no_mfcc_mean": ("mfcc_mean_low", "mfcc_mean_high"),
 }
 
 
@@ -476,29 +526,91 @@ def _balanced(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean([np.mean(y_pred[y_true == k] == k) for k in np.unique(y_true)]))
 
 
-def select_candidate(clips: list[Clip], rows: Rows, members: np.ndarray, allowed: np.ndarray, seed: int,
-                     params: dict) -> tuple[str, dict[str, float]]:
-    """The candidate feature set with the best balanced accuracy on the inner split of `members`
-    (training rows limited to `allowed`); ties go to the earlier candidate."""
+# Forest settings the inner split chooses between (with the feature set) in each outer fold; fixed
+# before any nested result was seen: the previous version's settings, and a more regularised forest
+# (shallower trees, larger leaves) that should lean less on one recording's detail.
+FOREST_CANDIDATES: dict[str, dict] = {
+    "as_before": FOREST_PARAMS,
+    "shallow": {**FOREST_PARAMS, "max_depth": 10, "min_samples_leaf": 8, "min_samples_split": 16},
+}
+
+# How the thresholds of the `unknown` answer and of the class tracker are chosen: on the inner
+# split's held-out windows of the real classes (never on the outer fold), by rules fixed before
+# any nested result was seen. The level margin is a design value (not tuned): it is how far a
+# microphone's gain may differ from the recordings' before the level alone says `unknown`.
+THRESHOLD_RULES = {
+    "distance_quantile": 0.98,         # unknown_distance: 2 % of the inner held-out real windows lie beyond it
+    "probability_budget": 0.03,        # unknown_min_probability: the highest floor (grid) below which at most 3 % fall
+    "probability_grid": (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5),
+    "confidence_accuracy": 0.95,       # confidence_threshold: the lowest (grid) above which 95 % are right
+    "confidence_grid": (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9),
+    "level_margin_db": 10.0,
+}
+
+
+def choose_thresholds(distance: np.ndarray, confidence: np.ndarray, correct: np.ndarray) -> dict:
+    """The thresholds, by `THRESHOLD_RULES`, from the inner held-out real windows' distance to the
+    nearest class, top probability and whether the top class was right."""
+    r = THRESHOLD_RULES
+    max_distance = float(np.ceil(np.quantile(distance, r["distance_quantile"]) * 10) / 10)
+    floors = [p for p in r["probability_grid"] if np.mean(confidence < p) <= r["probability_budget"]]
+    min_probability = max(floors) if floors else min(r["probability_grid"])
+    sure = [p for p in r["confidence_grid"]
+            if np.any(confidence >= p) and np.mean(correct[confidence >= p]) >= r["confidence_accuracy"]]
+    confidence_threshold = min(sure) if sure else max(r["confidence_grid"])
+    return {"unknown_distance": max_distance, "unknown_min_probability": float(min_probability),
+            "unknown_level_margin_db": r["level_margin_db"], "confidence_threshold": float(confidence_threshold)}
+
+
+@dataclass
+class Settings:
+    features: str                   # key of CANDIDATES
+    forest: str                     # key of the forest candidates
+    params: dict                    # the forest's hyper-parameters
+    thresholds: dict                # choose_thresholds on the inner split
+    inner_scores: dict[str, float]  # balanced accuracy of every candidate on the inner split
+
+
+def select_settings(clips: list[Clip], rows: Rows, members: np.ndarray, allowed: np.ndarray, seed: int,
+                    forest_candidates: dict[str, dict]) -> Settings:
+    """The feature set and forest with the best balanced accuracy on the two-way inner split of
+    `members` (training rows limited to `allowed`; ties go to the earlier candidate), and the
+    thresholds chosen on that candidate's inner held-out windows."""
     fold, counts = inner_folds(clips, members)
     keys = np.array([c.key for c in clips])
-    scores = {}
-    for name, dropped in CANDIDATES.items():
+    real = np.array([not c.synthetic for c in clips])
+    inner = []
+    for f in (0, 1):
+        test_clips = np.flatnonzero(fold == f)
+        train = _train_rows(rows, set(keys[test_clips]), allowed)
+        test = rows.clean & np.isin(rows.clip, test_clips[counts[test_clips]])
+        if test.any() and train.any():
+            inner.append((train, test))
+    scores, held_out = {}, {}
+    for feature_name, dropped in CANDIDATES.items():
         keep = column_mask(dropped)
-        y_true, y_pred = [], []
-        for f in (0, 1):
-            test_clips = np.flatnonzero(fold == f)
-            train = _train_rows(rows, set(keys[test_clips]), allowed)
-            test = rows.clean & np.isin(rows.clip, test_clips[counts[test_clips]])
-            if not test.any() or not train.any():
-                continue
-            forest = make_forest(seed, params)
-            forest.fit(_masked(rows.X[train], keep), rows.y[train])
-            y_true.append(rows.y[test])
-            y_pred.append(forest.classes_[np.argmax(forest.predict_proba(_masked(rows.X[test], keep)), axis=1)])
-        scores[name] = round(_balanced(np.concatenate(y_true), np.concatenate(y_pred)), 4)
-    best = max(CANDIDATES, key=lambda n: (scores[n], -list(CANDIDATES).index(n)))
-    return best, scores
+        for forest_name, params in forest_candidates.items():
+            name = f"{feature_name}/{forest_name}"
+            y_true, proba = [], []
+            for train, test in inner:
+                forest = make_forest(seed, params)
+                forest.fit(_masked(rows.X[train], keep), rows.y[train])
+                p = np.zeros((int(test.sum()), len(CLASSES)))
+                p[:, forest.classes_] = predict_proba(forest, _masked(rows.X[test], keep))
+                y_true.append(rows.y[test]); proba.append(p)
+            y_true_all, proba_all = np.concatenate(y_true), np.concatenate(proba)
+            scores[name] = round(_balanced(y_true_all, np.argmax(proba_all, axis=1)), 4)
+            held_out[name] = (y_true_all, proba_all)
+    order = list(scores)
+    best = max(order, key=lambda n: (scores[n], -order.index(n)))
+    feature_name, forest_name = best.split("/")
+    # Distances from each inner training's own statistics, as the device computes them from the card's.
+    distance = np.concatenate([_scores(ood_statistics(rows, train), rows.X[test]) for train, test in inner])
+    is_real = np.concatenate([real[rows.clip[test]] for _, test in inner])
+    y_true_all, proba_all = held_out[best]
+    thresholds = choose_thresholds(distance[is_real], proba_all[is_real].max(axis=1),
+                                   np.argmax(proba_all[is_real], axis=1) == y_true_all[is_real])
+    return Settings(feature_name, forest_name, dict(forest_candidates[forest_name]), thresholds, scores)
 
 
 # -- out-of-distribution statistics ------------------------------------------------------------
@@ -524,11 +636,11 @@ def ood_statistics(rows: Rows, train: np.ndarray) -> dict:
             "level_percentiles": list(LEVEL_PERCENTILES)}
 
 
-def unknown_rule():
-    from device.contract.config import load_config
+def unknown_rule(thresholds: dict):
     from device.core.classifier import UnknownRule
 
-    return UnknownRule.from_config(load_config().classifier)
+    return UnknownRule(thresholds["unknown_distance"], thresholds["unknown_min_probability"],
+                       thresholds["unknown_level_margin_db"])
 
 
 def _unknown_flags(ood: dict, X: np.ndarray, level: np.ndarray, confidence: np.ndarray, rule) -> np.ndarray:
@@ -579,6 +691,18 @@ def make_forest(seed: int, params: dict | None = None, n_jobs: int = 2):
     return RandomForestClassifier(random_state=seed, n_jobs=n_jobs, **(params or FOREST_PARAMS))
 
 
+def predict_proba(forest, X: np.ndarray) -> np.ndarray:
+    """The forest's probabilities summed on one thread: with several, the trees' votes are added
+    in whatever order the threads finish, and a probability exactly on a threshold (0.5 of 10
+    trees) may fall either side of it from one run to the next."""
+    n_jobs = forest.n_jobs
+    forest.n_jobs = 1
+    try:
+        return forest.predict_proba(X)
+    finally:
+        forest.n_jobs = n_jobs
+
+
 def export_onnx(forest, n_features: int = features.N_FEATURES) -> bytes:
     """ONNX bytes of a fitted forest: input `features` float32 [N, n_features], outputs `label`
     (int64 index into CLASSES) and `probabilities` (float32 [N, n_classes], no ZipMap)."""
@@ -623,7 +747,8 @@ def _accuracy(y_true, y_pred) -> float | None:
     return round(float(np.mean(y_true == y_pred)), 4) if len(y_true) else None
 
 
-def cross_validate(clips: list[Clip], rows: Rows, seed: int, params: dict, log=print) -> dict:
+def cross_validate(clips: list[Clip], rows: Rows, seed: int, forest_candidates: dict[str, dict],
+                   log=print) -> dict:
     """Leave-one-source-out: each source recording (a street, a cafe, a chainsaw recording, a
     generator seed) is tested by a forest trained without it and without every augmented row
     built from it (also as mixed-in background); the feature set is chosen in each fold on an
@@ -636,27 +761,30 @@ def cross_validate(clips: list[Clip], rows: Rows, seed: int, params: dict, log=p
     scores = np.full(rows.y.size, np.nan)
     unknown = np.zeros(rows.y.size, dtype=bool)
     tested = np.zeros(rows.y.size, dtype=bool)
-    rule = unknown_rule()
-    chosen: dict[str, str] = {}
+    chosen: dict[str, Settings] = {}
+    above_threshold = np.zeros(rows.y.size, dtype=bool)
     for n, rec in enumerate(recordings):
         test_clips = np.flatnonzero(rec_of == rec)
         train = _train_rows(rows, set(keys[test_clips]))
         test = rows.clean & np.isin(rows.clip, test_clips)
         members = np.flatnonzero(rec_of != rec)
-        best, inner = select_candidate(clips, rows, members, train, seed, params)
-        chosen[rec] = best
-        keep = column_mask(CANDIDATES[best])
-        forest = make_forest(seed, params)
+        settings = select_settings(clips, rows, members, train, seed, forest_candidates)
+        chosen[rec] = settings
+        rule = unknown_rule(settings.thresholds)
+        keep = column_mask(CANDIDATES[settings.features])
+        forest = make_forest(seed, settings.params)
         forest.fit(_masked(rows.X[train], keep), rows.y[train])
         fold_proba = np.zeros((int(test.sum()), len(CLASSES)))
-        fold_proba[:, forest.classes_] = forest.predict_proba(_masked(rows.X[test], keep))
+        fold_proba[:, forest.classes_] = predict_proba(forest, _masked(rows.X[test], keep))
         proba[test] = fold_proba
         y_pred[test] = np.argmax(fold_proba, axis=1)
         ood = ood_statistics(rows, train)
         scores[test] = _scores(ood, rows.X[test])
         unknown[test] = _unknown_flags(ood, rows.X[test], rows.level[test], fold_proba.max(axis=1), rule)
+        above_threshold[test] = fold_proba.max(axis=1) >= settings.thresholds["confidence_threshold"]
         tested |= test
-        log(f"train: LOSO {n + 1}/{len(recordings)} {rec}: features {best} (inner {inner}), "
+        log(f"train: LOSO {n + 1}/{len(recordings)} {rec}: {settings.features}/{settings.forest} "
+            f"(inner {settings.inner_scores}), thresholds {settings.thresholds}, "
             f"{int(train.sum())} training rows, {int(test.sum())} windows, "
             f"accuracy {np.mean(y_pred[test] == rows.y[test]):.3f}, unknown {np.mean(unknown[test]):.3f}")
     y_true, pred = rows.y[tested], y_pred[tested]
@@ -674,7 +802,9 @@ def cross_validate(clips: list[Clip], rows: Rows, seed: int, params: dict, log=p
             "windows": int(mask.sum()),
             "accuracy": _accuracy(y_true[mask], pred[mask]),
             "unknown_rate": round(float(unk[mask].mean()), 4),
-            "features": chosen[rec],
+            "features": chosen[rec].features,
+            "forest": chosen[rec].forest,
+            "thresholds": chosen[rec].thresholds,
             "predicted": {CLASSES[k]: int(v) for k, v in zip(*np.unique(pred[mask], return_counts=True))},
         }
     # File-level: mean probability over a clip's windows, as `anc-device classify` does for a file.
@@ -692,10 +822,14 @@ def cross_validate(clips: list[Clip], rows: Rows, seed: int, params: dict, log=p
     curve = reliability(y_true[is_real], proba[tested][is_real])
     known = ~unk & is_real
     tested_scores = scores[tested]
+    sure = above_threshold[tested] & is_real
+    threshold_values = {k: sorted({v.thresholds[k] for v in chosen.values()})
+                        for k in next(iter(chosen.values())).thresholds}
     return {
         "method": ("leave-one-source-out: every source recording held out in turn (its windows, and every "
                    "augmented row built from it, also as mixed-in background, absent from training); the "
-                   "feature set chosen in each fold on a two-way inner split of the training recordings "
+                   "feature set, the forest settings and the unknown/tracker thresholds chosen in each fold "
+                   "(nested) on a two-way inner split of the training recordings "
                    "(recordings alternate; a class left with one recording is split by time for training "
                    "and left out of the inner score), never on the held-out recording; evaluation on the "
                    "clean 2 s windows (0.5 s hop)"),
@@ -713,8 +847,8 @@ def cross_validate(clips: list[Clip], rows: Rows, seed: int, params: dict, log=p
         "windows": int(tested.sum()),
         "real_windows": int(is_real.sum()),
         "unknown": {
-            "rule": {"max_distance": rule.max_distance, "min_probability": rule.min_probability,
-                     "level_margin_db": rule.level_margin_db},
+            "rule": ("each fold's thresholds chosen on its inner split (THRESHOLD_RULES); the values the "
+                     "folds chose are in thresholds_chosen, each fold's in per_recording"),
             "rate_real": round(float(unk[is_real].mean()), 4),
             "rate_synthetic": round(float(unk[~is_real].mean()), 4),
             "rate_per_class": {c: round(float(unk[labels == c].mean()), 4) for c in CLASSES},
@@ -724,7 +858,12 @@ def cross_validate(clips: list[Clip], rows: Rows, seed: int, params: dict, log=p
         },
         "calibration": {"reliability_real": curve, "expected_calibration_error_real":
                         expected_calibration_error(curve)},
-        "features_chosen": {name: sum(1 for v in chosen.values() if v == name) for name in CANDIDATES},
+        "features_chosen": {name: sum(1 for v in chosen.values() if v.features == name) for name in CANDIDATES},
+        "forest_chosen": {name: sum(1 for v in chosen.values() if v.forest == name) for name in forest_candidates},
+        "thresholds_chosen": threshold_values,
+        "confidence_threshold": {
+            "share_of_real_windows_at_or_above": round(float(sure.sum() / max(is_real.sum(), 1)), 4),
+            "accuracy_of_those": _accuracy(y_true[sure], pred[sure])},
         "per_class": _per_class(conf),
         "confusion_matrix": {"rows_true_cols_predicted": list(CLASSES), "all": conf.tolist(),
                              "real_only": conf_real.tolist()},
@@ -755,16 +894,19 @@ def data_summary(clips: list[Clip]) -> dict:
 def train(data_dir: Path, out: Path, seed: int = 0, rows_per_class: int = ROWS_PER_CLASS,
           params: dict | None = None, evaluate: bool = True, synth_recordings: int = SYNTH_RECORDINGS,
           clips: list[Clip] | None = None, log=print) -> dict:
-    """Train, evaluate, export `out` (.onnx) and its card (.json); returns the card."""
+    """Train, evaluate, export `out` (.onnx) and its card (.json); returns the card. `params`, when
+    given, is the only forest candidate (else the inner split chooses among FOREST_CANDIDATES)."""
     started = time.perf_counter()
-    params = dict(FOREST_PARAMS if params is None else params)
+    forest_candidates = FOREST_CANDIDATES if params is None else {"given": dict(params)}
     if clips is None:
         clips = load_real(data_dir) + synthetic_clips(seed, synth_recordings)
     rows = build_rows(clips, seed, rows_per_class, log=log)
-    evaluation = cross_validate(clips, rows, seed, params, log=log) if evaluate else None
+    evaluation = cross_validate(clips, rows, seed, forest_candidates, log=log) if evaluate else None
     everything = np.ones(rows.y.size, dtype=bool)
-    chosen, inner_scores = select_candidate(clips, rows, np.arange(len(clips)), everything, seed, params)
-    log(f"train: features {chosen} (inner split of all recordings: {inner_scores})")
+    settings = select_settings(clips, rows, np.arange(len(clips)), everything, seed, forest_candidates)
+    chosen, params = settings.features, settings.params
+    log(f"train: {chosen}/{settings.forest} (inner split of all recordings: {settings.inner_scores}), "
+        f"thresholds {settings.thresholds}")
     forest = make_forest(seed, params)
     forest.fit(_masked(rows.X, column_mask(CANDIDATES[chosen])), rows.y)
     ood = ood_statistics(rows, everything)
@@ -802,8 +944,13 @@ def train(data_dir: Path, out: Path, seed: int = 0, rows_per_class: int = ROWS_P
                           f"{synth_recordings} pink (FFT 1/f shaping, Kellet filter, Voss-McCartney in turn), "
                           f"{SYNTH_SECONDS:g} s each, -40..-12 dBFS"),
             "feature_set": {"chosen": chosen, "left_out_groups": list(CANDIDATES[chosen]),
-                            "inner_split_balanced_accuracy": inner_scores,
+                            "inner_split_balanced_accuracy": settings.inner_scores,
                             "candidates": {k: list(v) for k, v in CANDIDATES.items()}},
+            "forest": {"chosen": settings.forest, "candidates": forest_candidates},
+            "thresholds": {"chosen": settings.thresholds,
+                           "rules": {k: list(v) if isinstance(v, tuple) else v for k, v in THRESHOLD_RULES.items()},
+                           "note": ("chosen on the inner split of all recordings; config/default.yaml's "
+                                    "classifier.confidence_threshold and unknown_* carry these values")},
             "data_notes": DATA_NOTES,
         },
         "evaluation": evaluation,
@@ -822,8 +969,9 @@ AUGMENTATION = [
     "EQ (p=0.8): high-pass 20-300 Hz (p=0.5), low-pass 3.5-7.5 kHz (p=0.4), 1-3 peaking filters +-6 dB "
     "100 Hz-6 kHz, low shelf 100-400 Hz and high shelf 2-5 kHz +-6 dB (p=0.5 each); white/pink: +-3 dB, "
     "high-pass <= 100 Hz, low-pass >= 6.5 kHz (p=0.2)",
-    "room (p=0.3, not white/pink): synthetic exponentially decaying noise impulse response, RT60 0.15-0.7 s, "
-    "direct-to-reverberant 0-10 dB",
+    "room (p=0.3, not white/pink): half the time a seeded shoebox room by the image-source method "
+    "(pyroomacoustics; 40 rooms 3-12 x 3-10 x 2.4-4 m, RT60 0.15-0.8 s, reflection order <= 12), else a synthetic "
+    "exponentially decaying noise impulse response, RT60 0.15-0.7 s, direct-to-reverberant 0-10 dB",
     "second source (p=0.5) 12-30 dB below (white/pink 15-30 dB): a clip of another class (60%), brown noise "
     "(20%), pink noise (10%) or a 45-130 Hz hum with 4 harmonics (10%)",
     "spectral tilt (p=0.5, not white/pink): a first-order low-pass at 500-4000 Hz (highs down) or, half the "
@@ -848,7 +996,8 @@ DATA_NOTES = (
 def summarise(card: dict) -> str:
     ev = card.get("evaluation")
     lines = [f"model      {card['onnx_file']}  {card['size_bytes'] / 1e6:.2f} MB  sha256 {card['sha256'][:16]}",
-             f"features   {card['training']['feature_set']['chosen']}"]
+             f"features   {card['training']['feature_set']['chosen']}, forest {card['training']['forest']['chosen']}",
+             f"thresholds {card['training']['thresholds']['chosen']}"]
     if ev:
         unk = ev["unknown"]
         lines += [
@@ -869,7 +1018,7 @@ def summarise(card: dict) -> str:
         for rec, v in ev["per_recording"].items():
             if not rec.startswith("synth"):
                 lines.append(f"  {rec:<32} {v['class']:<12} {v['accuracy']:.3f}  unknown {v['unknown_rate']:.2f}  "
-                             f"{v['features']}  {v['predicted']}")
+                             f"{v['features']}/{v['forest']}  {v['predicted']}")
     return "\n".join(lines)
 
 

@@ -22,13 +22,19 @@ import numba
 import numpy as np
 import scipy.signal
 import yaml
+from llvmlite import ir
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from device.core.causality import Causality, onset
+from device.core.dsp.fxlms import process_block
 from device.contract.errors import UserError
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 PRESETS = ("headphone", "duct")
 SPEED_OF_SOUND = 343.0
+CLOCK_MONOTONIC = 1       # Linux's clock id, the clock of time.perf_counter
+_NO_FEEDBACK = np.zeros(0)
 
 
 @dataclass
@@ -376,36 +382,148 @@ class ClosedLoop:
         reference_in = np.empty(n)
         error_on = np.empty(n)
         output = np.empty(n)
-        ref_block, err_block, out_block, meta = self._ref_block, self._err_block, self._out_block, self._meta
-        secondary = self.secondary
-        changes = self.changes
         base = self.position
-        process_block = self.process_block
-        engine_time = 0.0
-        no_feedback = np.zeros(0)
-        feedback_path = no_feedback if self.feedback is None else self.feedback
-        for a in range(0, n, block_size):
-            while changes and changes[0].at_sample <= base + a:
-                change = changes.pop(0)
-                secondary = self.secondary = change.secondary_path
-                if change.feedback_path is not None:
-                    self.feedback = feedback_path = change.feedback_path
-            _microphone_blocks(reference_free, error_off, to_reference, to_error, a, ref_block, err_block)
-            t0 = clock()
-            meta[0] = t0 - self._clock_zero
-            process_block(ref_block, err_block, out_block, meta)
-            t1 = clock()
-            meta[1] = t1 - t0
-            engine_time += t1 - t0
-            _speaker_block(out_block, ref_block, err_block, a, a + latency, secondary, feedback_path,
-                           to_error, to_reference, reference_in, error_on, output)
+        self.engine_time_s += self._run_blocks(n, latency, reference_free, error_off, to_reference, to_error,
+                                               reference_in, error_on, output)
         self.to_error = to_error[n:n + keep].copy()
         self.to_reference = to_reference[n:n + keep].copy()
         self.position += n
-        self.engine_time_s += engine_time
         self.wall_time_s += clock() - started
         return ClosedLoopChunk(base, reference_in[:size], error_off[:size], error_on[:size], output[:size],
                                reference_free[:size])
+
+    def _apply_changes(self, sample: int) -> None:
+        """The real paths in effect from `sample` on (the changes at or before it)."""
+        while self.changes and self.changes[0].at_sample <= sample:
+            change = self.changes.pop(0)
+            self.secondary = change.secondary_path
+            if change.feedback_path is not None:
+                self.feedback = change.feedback_path
+
+    def _run_blocks(self, n, latency, reference_free, error_off, to_reference, to_error, reference_in, error_on,
+                    output) -> float:
+        """The chunk's blocks, one `process_block` call each; returns the time spent in them."""
+        clock = time.perf_counter
+        ref_block, err_block, out_block, meta = self._ref_block, self._err_block, self._out_block, self._meta
+        base = self.position
+        callback = self.process_block
+        engine_time = 0.0
+        for a in range(0, n, self.block_size):
+            self._apply_changes(base + a)
+            feedback_path = _NO_FEEDBACK if self.feedback is None else self.feedback
+            _microphone_blocks(reference_free, error_off, to_reference, to_error, a, ref_block, err_block)
+            t0 = clock()
+            meta[0] = t0 - self._clock_zero
+            callback(ref_block, err_block, out_block, meta)
+            t1 = clock()
+            meta[1] = t1 - t0
+            engine_time += t1 - t0
+            _speaker_block(out_block, ref_block, err_block, a, a + latency, self.secondary, feedback_path,
+                           to_error, to_reference, reference_in, error_on, output)
+        return engine_time
+
+
+class EngineClosedLoop(ClosedLoop):
+    """`ClosedLoop` with the engine's kernel called from numba over `blocks_per_call` blocks at a
+    time, the plant's speaker paths in the same compiled loop, and no Python per block.
+
+    `kernel_state` is the engine's `AncEngine.kernel_state`: the numba loop calls the device's
+    `process_block` on it, block by block, exactly as `engine.process` does. After each call,
+    `on_blocks(reference, error, output, meta)` gets the blocks just run (the session's ring and
+    worker). Calls end at multiples of `blocks_per_call` blocks from the start of the run (and
+    at chunk ends and path changes, which split a call), so a worker polled there sees the same
+    blocks, and changes the engine's settings before the same block, as with a per-block
+    callback that polls every `blocks_per_call` blocks: the samples are the same. Each block's
+    meta row holds its kernel call's start (s, on `time.perf_counter`'s clock from the loop's
+    creation) and the previous call's duration."""
+
+    def __init__(self, plant: Plant, kernel_state: tuple, on_blocks: Callable[[np.ndarray, np.ndarray, np.ndarray,
+                                                                              np.ndarray], None],
+                 block_size: int, seed: int, blocks_per_call: int,
+                 secondary_path_changes: list[tuple[int, np.ndarray]] | None = None):
+        super().__init__(plant, None, block_size, seed, secondary_path_changes)
+        self.kernel_state = kernel_state
+        self.on_blocks = on_blocks
+        self.blocks_per_call = blocks_per_call
+        self.blocks = 0                      # blocks run so far
+        self._meta_rows = np.zeros((blocks_per_call, 4))
+        self._previous_duration = 0.0
+        self._clock_zero_ns = int(round(self._clock_zero * 1e9))
+        # Compile (or load from the numba cache) now, on no blocks, so the run's clocks do not
+        # count it: what `AncEngine.warm_up` does for the kernel.
+        empty = np.zeros(0)
+        _closed_loop_blocks(0, 0, block_size, plant.latency_samples, empty, empty, empty, empty, self.secondary,
+                            _NO_FEEDBACK if self.feedback is None else self.feedback, empty, empty, empty,
+                            self._ref_block, self._err_block, self._out_block, self._meta_rows[:0], 0.0,
+                            self._clock_zero_ns, *kernel_state)
+
+    def _run_blocks(self, n, latency, reference_free, error_off, to_reference, to_error, reference_in, error_on,
+                    output) -> float:
+        clock = time.perf_counter
+        block_size = self.block_size
+        base = self.position
+        engine_time = 0.0
+        a = 0
+        while a < n:
+            self._apply_changes(base + a)
+            stop = min(n, a + (self.blocks_per_call - self.blocks % self.blocks_per_call) * block_size)
+            if self.changes:
+                # A change applies from the first block that starts at or after it.
+                stop = min(stop, -(-(self.changes[0].at_sample - base) // block_size) * block_size)
+            meta = self._meta_rows[:(stop - a) // block_size]
+            feedback_path = _NO_FEEDBACK if self.feedback is None else self.feedback
+            self._previous_duration, kernel_time = _closed_loop_blocks(
+                a, stop, block_size, latency, reference_free, error_off, to_reference, to_error, self.secondary,
+                feedback_path, reference_in, error_on, output, self._ref_block, self._err_block, self._out_block,
+                meta, self._previous_duration, self._clock_zero_ns, *self.kernel_state)
+            self.blocks += meta.shape[0]
+            handed = clock()
+            self.on_blocks(reference_in[a:stop], error_on[a:stop], output[a:stop], meta)
+            engine_time += kernel_time + clock() - handed
+            a = stop
+        return engine_time
+
+
+@intrinsic
+def _monotonic_ns(typingctx):
+    """clock_gettime(CLOCK_MONOTONIC) in ns from compiled code, the clock of `time.perf_counter`
+    on Linux: a per-block timing inside the loop costs tens of ns, not a trip to Python."""
+    def codegen(context, builder, signature, args):
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        timespec = ir.LiteralStructType([i64, i64])   # time_t and long: 64-bit on x86_64 and arm64
+        clock_gettime = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(i32, [i32, timespec.as_pointer()]), "clock_gettime")
+        now = cgutils.alloca_once(builder, timespec)
+        builder.call(clock_gettime, [ir.Constant(i32, CLOCK_MONOTONIC), now])
+        zero = ir.Constant(i32, 0)
+        seconds = builder.load(builder.gep(now, [zero, ir.Constant(i32, 0)]))
+        nanoseconds = builder.load(builder.gep(now, [zero, ir.Constant(i32, 1)]))
+        return builder.add(builder.mul(seconds, ir.Constant(i64, 1_000_000_000)), nanoseconds)
+
+    return numba.types.int64(), codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def _closed_loop_blocks(first, stop, block_size, latency, reference_free, error_off, to_reference, to_error,
+                        secondary, feedback, reference_in, error_on, output, ref_block, err_block, out_block,
+                        meta, previous_duration, clock_zero_ns, *kernel_state):
+    """Blocks [first, stop) of the chunk (sample indices) through the plant and the device's
+    kernel; returns the last kernel call's duration and the time in kernel calls (s)."""
+    kernel_ns = 0
+    row = 0
+    for a in range(first, stop, block_size):
+        _microphone_blocks(reference_free, error_off, to_reference, to_error, a, ref_block, err_block)
+        started = _monotonic_ns()
+        meta[row, 0] = (started - clock_zero_ns) * 1e-9
+        meta[row, 1] = previous_duration
+        process_block(ref_block, err_block, out_block, *kernel_state)
+        elapsed = _monotonic_ns() - started
+        previous_duration = elapsed * 1e-9
+        kernel_ns += elapsed
+        _speaker_block(out_block, ref_block, err_block, a, a + latency, secondary, feedback,
+                       to_error, to_reference, reference_in, error_on, output)
+        row += 1
+    return previous_duration, kernel_ns * 1e-9
 
 
 def run_closed_loop(

@@ -32,7 +32,7 @@ from device.core import summary as session_summary_parts
 from device.core.session import Session, compose_session, load_classifier
 from simulator import report
 from simulator.optimum import causal_optima
-from simulator.plant import ClosedLoop, ClosedLoopChunk, ClosedLoopResult, PathChange, Plant
+from simulator.plant import ClosedLoopChunk, ClosedLoopResult, EngineClosedLoop, PathChange, Plant
 from simulator.scenes import SceneStream
 
 # The worker drains the ring every 32 blocks (21 ms at 48 kHz), about as often as it runs on a
@@ -296,15 +296,17 @@ def _run(scene: SceneStream, plant: Plant, cfg: Config, session: Session, rig: R
     feedback = rig.feedback if rig.neutralize_feedback else None
     fs = plant.sample_rate
     block_size = cfg.audio.block_size
-    counter = [0]
 
-    def process_block(reference, error, out, meta):
-        session.process_block(reference, error, out, meta)
-        counter[0] += 1
-        if counter[0] % POLL_EVERY_BLOCKS == 0:
+    def on_blocks(reference, error, out, meta):
+        session.push_blocks(reference, error, out, meta)
+        if loop.blocks % POLL_EVERY_BLOCKS == 0:
             session.poll()
 
-    loop = ClosedLoop(plant, process_block, block_size, cfg.simulator.seed)
+    # The engine's kernel runs from numba POLL_EVERY_BLOCKS blocks at a time, then the worker
+    # polls: the same samples as a per-block `session.process_block` polling as often
+    # (tests/test_streaming.py compares them), without Python per block.
+    loop = EngineClosedLoop(plant, session.engine.kernel_state, on_blocks, block_size, cfg.simulator.seed,
+                            POLL_EVERY_BLOCKS)
     steady_start = report.steady_window(scene.samples, fs).start
     full_secondary = plant.full_secondary_path(steady_start)
     history = cfg.controller.taps + full_secondary.size + plant.reference_path.size

@@ -59,3 +59,74 @@ def test_gap_and_class_timeline_in_words():
     assert gap_in_words(0.01) == "level with it"
     classes = [{"time_s": 2.0, "noise_type": "pink"}, {"time_s": 10.0, "noise_type": "construction"}]
     assert class_intervals(classes, 20.0) == "2.0-10.0 s pink, 10.0-20.0 s construction"
+
+
+TIMING_FIELDS = {"callback_p50_ms", "callback_p99_ms", "callback_max_ms", "jitter_p99_ms", "cpu_utilization"}
+
+
+def test_the_chunked_closed_loop_gives_the_same_run_as_the_per_block_loop(cfg):
+    """The simulator runs the engine's kernel from numba 32 blocks at a time and hands the ring
+    to the worker in chunks; a per-block `Session.process_block` polling every 32 blocks is what
+    a device does. Same samples, same worker records (timings aside), on a plant with feedback
+    neutralization, a path change the watchdog must catch, chunks that are not whole polls, and
+    a classifier that switches presets."""
+    from device.core.session import compose_session, load_classifier
+    from simulator.plant import ClosedLoop, EngineClosedLoop, Plant
+    from simulator.run import POLL_EVERY_BLOCKS, identify_rig_of_plant
+
+    fs, block = 48000, cfg.audio.block_size
+    plant = Plant.load("duct")
+    scene = generate_scene("pink", 5.0, fs, seed=4)
+    rig = identify_rig_of_plant(cfg, plant, seed=0, ambient=scene[:fs // 2])
+    run_cfg = cfg.replace("controller", feedback_neutralization=rig.neutralize_feedback, taps=rig.recommended_taps)
+    change = [(3 * fs + 17, -plant.secondary_path)]  # not on a block boundary
+    classifier = load_classifier(run_cfg, required=True)
+
+    def session():
+        return compose_session(run_cfg, rig.secondary.estimate, rig.feedback.estimate, sample_rate=fs,
+                               block_size=block, classifier=classifier)
+
+    per_block_session, chunked_session = session(), session()
+    count = [0]
+
+    def per_block(reference, error, out, meta):
+        per_block_session.process_block(reference, error, out, meta)
+        count[0] += 1
+        if count[0] % POLL_EVERY_BLOCKS == 0:
+            per_block_session.poll()
+
+    def on_blocks(reference, error, out, meta):
+        chunked_session.push_blocks(reference, error, out, meta)
+        if chunked.blocks % POLL_EVERY_BLOCKS == 0:
+            chunked_session.poll()
+
+    reference = ClosedLoop(plant, per_block, block, seed=3, secondary_path_changes=change)
+    chunked = EngineClosedLoop(plant, chunked_session.engine.kernel_state, on_blocks, block, seed=3,
+                               blocks_per_call=POLL_EVERY_BLOCKS, secondary_path_changes=change)
+    step = 1000 * block + 7  # chunks that split polls, the last one short
+    parts = [(reference.run(scene[a:a + step]), chunked.run(scene[a:a + step])) for a in range(0, scene.size, step)]
+    for name in ("reference", "error_on", "output", "error_off", "disturbance_reference"):
+        np.testing.assert_array_equal(np.concatenate([getattr(p, name) for p, _ in parts]),
+                                      np.concatenate([getattr(c, name) for _, c in parts]), err_msg=name)
+    a, b = per_block_session.stop(), chunked_session.stop()
+    wall_clock = {"start_time", "end_time"}
+    assert {k: v for k, v in a.items() if k not in wall_clock} == {k: v for k, v in b.items() if k not in wall_clock}
+    first, second = per_block_session.worker.report, chunked_session.worker.report
+    assert first.safety_events and first.safety_events == second.safety_events
+    assert first.class_changes and first.class_changes == second.class_changes
+    assert first.detections == second.detections
+    assert [{k: v for k, v in m.to_dict().items() if k not in TIMING_FIELDS} for m in first.metrics] == \
+        [{k: v for k, v in m.to_dict().items() if k not in TIMING_FIELDS} for m in second.metrics]
+    assert per_block_session.ring.dropped == chunked_session.ring.dropped == 0
+    assert chunked.engine_time_s > 0 and all(m.callback_max_ms > 0 for m in second.metrics)
+
+
+def test_band_attenuation_takes_both_spectra_in_one_call_with_the_same_figures():
+    rng = np.random.default_rng(2)
+    for size in (1000, 4321, 48000):
+        off, on = rng.standard_normal(size), 0.1 * rng.standard_normal(size)
+        f, p_off = report.spectrum(off, 48000)
+        _, p_on = report.spectrum(on, 48000)
+        band = (f >= report.BAND_HZ[0]) & (f <= report.BAND_HZ[1])
+        expected = 10 * np.log10(p_off[band].sum() / p_on[band].sum())
+        assert report.band_attenuation_db(off, on, 48000) == pytest.approx(expected, abs=1e-12)

@@ -172,6 +172,11 @@ class AncEngine:
         hear_taps = min(settings.hear_through_taps, self.reference_buffer.size // 2)
         self.hear_through = np.ascontiguousarray(
             design_equalizer(secondary_path, hear_taps, settings.hear_through_gain_db, settings.sample_rate))
+        # What `process_block` takes after the three blocks, in its order: the one list of the
+        # kernel's state, for `process` and for a simulator that calls the kernel from numba.
+        self.kernel_state = (self.weights, self.secondary_path, self.feedback_path, self.reference_buffer,
+                             self.filtered_buffer, self.output_buffer, self.params, self.status, self.cursors,
+                             self.events, self.hear_through)
         self.base_step_size = settings.step_size
         self.step_factor = 1.0
         self._configure(settings)
@@ -241,11 +246,7 @@ class AncEngine:
     # -- the real-time call --------------------------------------------------------------
     def process(self, reference: np.ndarray, error: np.ndarray, out: np.ndarray) -> None:
         """One block: contiguous 1-D float32/float64 arrays of equal length; `out` is written."""
-        process_block(
-            reference, error, out, self.weights, self.secondary_path, self.feedback_path,
-            self.reference_buffer, self.filtered_buffer, self.output_buffer,
-            self.params, self.status, self.cursors, self.events, self.hear_through,
-        )
+        process_block(reference, error, out, *self.kernel_state)
 
     def warm_up(self) -> None:
         """Compile (or load from the numba cache) the kernel for float32 and float64 blocks,

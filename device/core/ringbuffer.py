@@ -39,6 +39,25 @@ class BlockRing:
         self.meta[slot] = meta
         self.written += 1
 
+    def push_blocks(self, reference: np.ndarray, error: np.ndarray, output: np.ndarray, meta: np.ndarray) -> None:
+        """`push` for each of several consecutive blocks (flattened samples, one meta row per
+        block), in at most two copies per array: what fits is kept, the rest dropped and counted."""
+        count = meta.shape[0]
+        kept = max(0, min(count, self.capacity - (self.written - self.read)))
+        self.dropped += count - kept
+        block = self.block_size
+        done = 0
+        while done < kept:
+            slot = (self.written + done) % self.capacity
+            run = min(kept - done, self.capacity - slot)
+            samples = slice(done * block, (done + run) * block)
+            self.reference[slot:slot + run] = reference[samples].reshape(run, block)
+            self.error[slot:slot + run] = error[samples].reshape(run, block)
+            self.output[slot:slot + run] = output[samples].reshape(run, block)
+            self.meta[slot:slot + run] = meta[done:done + run]
+            done += run
+        self.written += kept
+
     # consumer side (worker)
     def available(self) -> int:
         return self.written - self.read

@@ -98,6 +98,11 @@ class Session:
         self.engine.process(reference, error, out)
         self.ring.push(reference, error, out, meta)
 
+    def push_blocks(self, reference: np.ndarray, error: np.ndarray, output: np.ndarray, meta: np.ndarray) -> None:
+        """Blocks the engine has already run (a simulator calling its kernel over many blocks at
+        once), handed to the worker as `process_block` hands each one."""
+        self.ring.push_blocks(reference, error, output, meta)
+
     def poll(self) -> int:
         return self.worker.poll()
 

@@ -243,7 +243,6 @@ class Worker:
             self._session_disturbance += d2
         if meta.size:
             self._durations.append(meta[:, 1].copy())
-            self.callback_durations.add(meta[:, 1])
             starts, streams = meta[:, 0], meta[:, 3]
             if self._last_start is not None:
                 previous = np.concatenate([[self._last_start], starts[:-1]])
@@ -252,7 +251,6 @@ class Worker:
                 # Across a stream reopen the gap is an outage, reported as such, not jitter.
                 jitter = np.abs(starts - previous - period)[streams == previous_stream]
                 self._jitter.append(jitter)
-                self.callback_jitter.add(jitter)
             self._last_start, self._last_stream = float(starts[-1]), float(streams[-1])
             self._xruns += int(np.count_nonzero(meta[:, 2]))
         if reference.any() or error.any():
@@ -400,6 +398,11 @@ class Worker:
         n = max(self._interval_samples, 1)
         durations = np.concatenate(self._durations) if self._durations else np.zeros(1)
         jitter = np.concatenate(self._jitter) if self._jitter else np.zeros(1)
+        # The whole-run histograms take the interval at once (one call, not one per poll).
+        if self._durations:
+            self.callback_durations.add(durations)
+        if self._jitter:
+            self.callback_jitter.add(jitter)
         events = self.engine.drain_events()
         self.report.safety_events.extend(events)
         snapshot = self.engine.snapshot()
