@@ -18,19 +18,29 @@ def _engine(cfg, path, **safety):
 
 def test_a_small_sustained_rise_trips_the_watchdog_and_the_reset_removes_it(cfg, headphone):
     """A filter that makes the error 1.3 dB louder (far below the fast tier's 10 dB) is
-    caught by the sustained tier, and the reset brings the error back to the uncontrolled level."""
-    engine = _engine(cfg, headphone.full_secondary_path()[:256], max_weight_norm=1e3)
-    engine.weights[0] = 0.5
+    caught by the sustained tier, and the reset brings the error back to the uncontrolled level.
+    The error mic hears the speaker through the path the engine models."""
+    import scipy.signal
+
+    path = headphone.full_secondary_path()[:256]
+    engine = _engine(cfg, path, max_weight_norm=1e3)
+    # White reference, one tap: the speaker's sound at the error mic is uncorrelated with the
+    # noise there (the path's delay is longer than one sample) and adds 0.36 of its power.
+    engine.weights[0] = 0.6 * 0.5 / np.linalg.norm(path)
     engine.set_adaptation(False)
     rng = np.random.default_rng(2)
     out = np.zeros(32)
+    # The estimate includes the loop latency, of which this loop's one-block lag is a part.
+    plant_path = path[32:]
+    assert not np.any(path[:32])
+    state = np.zeros(plant_path.size - 1)
     fs = 48000
     error_levels = []
     for k in range(int(4.0 * fs) // 32):
         reference = rng.standard_normal(32) * 0.1
-        # The speaker's last block adds to the error, uncorrelated with the noise there: it
-        # can only make it louder (by 10 log10(1 + 0.36) = 1.3 dB).
-        error = 0.5 * reference + 0.6 * out
+        # The speaker block of the last call reaches the error mic through `path`.
+        speaker, state = scipy.signal.lfilter(plant_path, [1.0], out, zi=state)
+        error = 0.5 * reference + speaker
         engine.process(reference, error, out)
         error_levels.append(float(np.mean(error ** 2)))
     kinds = [event.kind for event in engine.drain_events()]
@@ -98,29 +108,82 @@ def test_auto_length_without_an_estimate_is_a_clear_error(cfg):
         ControllerSettings.from_config(cfg.replace("controller", taps="auto"))
 
 
+@pytest.mark.parametrize("plant_name", ["duct", "headphone"])
 @pytest.mark.parametrize("scene_kind", ["white", "engine_hum"])
 @pytest.mark.parametrize("gain, delay", [(1.3, 2), (0.7, -2)])
-def test_a_wrong_model_never_diverges_and_is_never_louder_for_long(cfg, tmp_path, scene_kind, gain, delay):
+def test_a_wrong_model_never_diverges_and_is_never_louder(cfg, tmp_path, plant_name, scene_kind, gain, delay):
     """The real secondary path 30% off the estimate and 2 samples off in delay, on the causal
-    duct: no divergence (no give-up, output under the ceiling) and no second after the first
-    louder than control off by more than the watchdog's sustained tolerance."""
+    duct and on the headphone (where white noise is out of reach and the optimum ~0 dB): no
+    divergence (no give-up, output under the ceiling) and no second after the first louder
+    than control off (0.1 dB of slack for the last digit: the no-harm output scale holds the
+    anti-noise at its least-squares scale, where it was 2.8 dB louder on that white noise)."""
     from simulator import report
     from simulator.plant import Plant
     from simulator.run import simulate
     from simulator.scenes import generate_scene, write_scene
     from device.contract.config import load_config
 
-    plant = Plant.load("duct")
+    plant = Plant.load(plant_name)
     path = plant.secondary_path
     real = gain * (np.r_[np.zeros(delay), path] if delay > 0 else path[-delay:])
     scene = tmp_path / f"{scene_kind}.wav"
     write_scene(scene, generate_scene(scene_kind, 5.0, 48000, seed=4), 48000)
-    duct_cfg = load_config().replace("classifier", enabled=False)
-    sim = simulate(scene, duct_cfg, "duct", secondary_path_changes=[(0, real)], keep_signals=True)
+    plain_cfg = load_config().replace("classifier", enabled=False)
+    sim = simulate(scene, plain_cfg, plant_name, secondary_path_changes=[(0, real)], keep_signals=True)
     kinds = [event["kind"] for event in sim.summary["safety_events"]]
     assert "stopped_reidentify" not in kinds and "non_finite" not in kinds
-    assert sim.summary["output_peak_dbfs"] <= duct_cfg.safety.output_ceiling_dbfs + 1e-6
+    assert sim.summary["output_peak_dbfs"] <= plain_cfg.safety.output_ceiling_dbfs + 1e-6
     fs = sim.result.sample_rate
     off, on = sim.result.error_off, sim.result.error_on
     seconds = [report.attenuation_db(off[k:k + fs], on[k:k + fs]) for k in range(fs, off.size - fs + 1, fs)]
-    assert min(seconds) > -duct_cfg.safety.sustained_rise_db - 0.5, seconds
+    assert min(seconds) > -0.1, seconds
+
+
+def test_output_scale_falls_where_the_anti_noise_only_adds_and_stays_where_it_cancels(cfg, headphone):
+    """The no-harm output scale is the least-squares scale of the played anti-noise: anti-noise
+    uncorrelated with the disturbance takes it to its floor, anti-noise that cancels half of the
+    disturbance keeps it at 1, and an overshoot by 2x halves it; each from the signals alone,
+    settling without swinging back (the estimate does not feed on its own last value)."""
+    from device.core.worker import MIN_OUTPUT_SCALE
+
+    rng = np.random.default_rng(5)
+    for relation, expected in (("uncorrelated", MIN_OUTPUT_SCALE), ("cancels", 1.0), ("overshoots", 0.5)):
+        engine, worker = _guard_worker(cfg, headphone)
+        scales = []
+        for _ in range(200):
+            disturbance = rng.standard_normal(480)
+            anti = {"uncorrelated": rng.standard_normal(480),
+                    "cancels": -0.5 * disturbance,
+                    "overshoots": -2.0 * disturbance}[relation] * engine.output_scale
+            worker._scale_output(disturbance, anti)
+            scales.append(engine.output_scale)
+        assert abs(scales[-1] - expected) < 0.05, (relation, scales[-5:])
+        settled = np.array(scales[100:])
+        assert np.all(np.abs(settled - expected) < 0.1), relation
+
+
+def test_step_guard_settles_on_a_long_hum_run_on_the_duct(tmp_path):
+    """The live-duct pattern of a minute and more of mains hum: the no-harm guard switched the
+    step between three values while the cancellation collapsed. Closed loop on the simulated duct
+    for 60 s (the 240 s of the live run take minutes here; 60 s hold several guard judgements of
+    4 s and reach the guard's 60 s ceiling hold once): the step settles and the cancellation
+    holds, never louder than off."""
+    from device.contract.config import load_config
+    from simulator.run import simulate
+    from simulator.scenes import generate_scene, write_scene
+
+    scene = tmp_path / "hum.wav"
+    write_scene(scene, generate_scene("engine_hum", 60.0, 16000, seed=7), 16000)
+    plain_cfg = load_config().replace("classifier", enabled=False)
+    sim = simulate(scene, plain_cfg, "duct")
+    metrics = sim.session.worker.report.metrics
+    steps = np.array([m.step_size for m in metrics])
+    cancellation = np.array([np.nan if m.estimated_cancellation_db is None else m.estimated_cancellation_db for m in metrics])
+    changes = np.flatnonzero(np.diff(steps))
+    # At most a settling sequence early on and one climb of the ceiling: never a back-and-forth.
+    assert changes.size <= 4, steps
+    assert np.count_nonzero(np.diff(steps[steps.size // 2:])) <= 1, steps
+    assert sim.summary["watchdog_trips"] == 0
+    settled = cancellation[5:]
+    assert np.all(settled[np.isfinite(settled)] > 0.0), cancellation
+    assert sim.summary["attenuation_db"] > 20.0

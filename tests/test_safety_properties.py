@@ -240,7 +240,9 @@ def test_no_harm_guard_keeps_a_large_step_from_amplifying_unpredictable_noise(cf
     large_step = cfg.replace("controller", step_size=0.5).replace("classifier", enabled=False)
     sim = simulate(path, large_step, "headphone")
     steps = [m.step_size for m in sim.session.worker.report.metrics]
-    assert min(steps) <= 0.5 / 4, f"the guard did not lower the step: {steps}"
+    # Either the step guard lowers the step or the no-harm output scale turns the anti-noise down.
+    scale = sim.session.worker.engine.output_scale
+    assert min(steps) <= 0.5 / 4 or scale < 0.5, f"neither the step ({steps}) nor the output scale ({scale}) fell"
     assert sim.summary["attenuation_db"] > -1.0, sim.summary["attenuation_db"]
 
 

@@ -207,6 +207,7 @@ class AncEngine:
         p[L.P_REGULARIZATION] = s.regularization
         p[L.P_USER_TARGET] = s.intensity if s.enabled and s.mode == "anc" else 0.0
         p[L.P_HEAR_TARGET] = 1.0 if s.enabled and s.mode == "hear-through" else 0.0  # the worker decides later
+        p[L.P_OUTPUT_SCALE] = 1.0
         p[L.P_USER_RATE] = 1.0 / _samples(s.ramp_ms, fs)
         p[L.P_FADE_RATE] = 1.0 / _samples(s.fade_ms, fs)
         p[L.P_TRIP_RATE] = 1.0 / _samples(s.trip_fade_ms, fs)
@@ -243,6 +244,7 @@ class AncEngine:
         self.status[L.S_STEP] = 1.0
         self.status[L.S_USER_GAIN] = self.params[L.P_USER_TARGET]
         self.status[L.S_HEAR_GAIN] = self.params[L.P_HEAR_TARGET]
+        self.status[L.S_OUTPUT_GAIN] = self.params[L.P_OUTPUT_SCALE]
         self.params[L.P_STOP] = 0.0
         self._events_read = 0
 
@@ -309,6 +311,18 @@ class AncEngine:
         self.step_factor = float(factor)
         self.params[L.P_STEP] = self.base_step_size * self.step_factor
 
+    @property
+    def output_scale(self) -> float:
+        return float(self.params[L.P_OUTPUT_SCALE])
+
+    def set_output_scale(self, scale: float) -> None:
+        """Scale the anti-noise under the user's intensity (the worker's no-harm scale, 0..1),
+        ramped like the intensity. Adaptation neither pauses for it nor learns to compensate
+        (the modified-FxLMS error does not see what was played)."""
+        if not 0.0 <= scale <= 1.0 or not math.isfinite(scale):
+            raise ValueError(f"output scale {scale} outside [0, 1]")
+        self.params[L.P_OUTPUT_SCALE] = scale
+
     def set_adaptation(self, adapt: bool) -> None:
         self.params[L.P_ADAPT] = 1.0 if adapt else 0.0
 
@@ -351,6 +365,7 @@ class AncEngine:
             "mode": self.mode,
             "samples": int(s[L.S_SAMPLES]),
             "step_size": self.step_size,
+            "output_scale": self.output_scale,
             "leakage": float(self.params[L.P_LEAKAGE]),
             "user_gain": float(s[L.S_USER_GAIN]),
             "hear_through_gain": float(s[L.S_HEAR_GAIN]),

@@ -47,6 +47,11 @@ RECOVER_DB = 3.0
 GUARD_INTERVAL_S = 0.25
 RECOVER_S = 4.0
 CEILING_HOLD_S = 60.0
+# The no-harm output scale (see Worker._scale_output): the least-squares scale of the played
+# anti-noise over the last SCALE_TIME_CONSTANT_S, never below MIN_OUTPUT_SCALE (the estimate
+# needs some anti-noise played; at 0.03 what it costs is 0.1% of the filter's output power).
+SCALE_TIME_CONSTANT_S = 0.5
+MIN_OUTPUT_SCALE = 0.03
 
 
 class RecordSink(Protocol):
@@ -149,6 +154,8 @@ class Worker:
         self._guard_ceiling = 1.0         # step factor the guard may grow back to
         self._session_error = 0.0
         self._session_disturbance = 0.0
+        self._scale_cross = 0.0           # decayed sum of -<d_hat, s_hat * y_played> per unit output scale
+        self._scale_power = 0.0           # decayed sum of |s_hat * y_played|^2 per unit output scale squared
         self._pending: list = []
         self._last_start: float | None = None
         self._last_stream = 0.0
@@ -229,6 +236,8 @@ class Worker:
             self._guard_samples = 0
         self._interval_output += float(np.dot(output, output))
         self._interval_samples += error.size
+        if self.engine.mode == "run" and self.speaker_mode == "anc":
+            self._scale_output(disturbance, speaker_at_error)
         if self.engine.mode == "run" and self.speaker_mode == "anc":
             self._session_error += e2
             self._session_disturbance += d2
@@ -441,6 +450,31 @@ class Worker:
                 },
             ))
         self._reset_interval()
+
+    def _scale_output(self, disturbance: np.ndarray, speaker_at_error: np.ndarray) -> None:
+        """Never louder: play the anti-noise at the scale that minimizes the error power.
+
+        With z = s_hat * y_played the anti-noise at the error mic and d_hat = e - z, playing
+        a * y leaves |d_hat + a z|^2, least at a* = -<d_hat, z> / <z, z>. a* < 1 exactly when
+        the residual error correlates with the anti-noise (<e, z> > 0): the output overshoots
+        (a start-up transient on engine orders was 3-4 dB louder than off for half a second
+        and tripped the watchdog) or is mostly misadjustment noise where the reachable optimum
+        is ~1 dB (broadband noise on an earcup). At the optimum the residual is orthogonal to
+        the output, a* = 1, and the rule costs nothing where control helps. The sums are kept
+        per unit of the scale in force, so the scale is a least-squares estimate from the
+        signals, not a loop around its own last value; the filter adapts whatever the scale
+        (the kernel's adaptation gate ignores it and the modified-FxLMS error does not see what
+        is played): nothing here can oscillate. z is what was played, not the filter's own
+        w . x': while the weights move fast the two differ, and that difference is the harm."""
+        scale = max(self.engine.output_scale, MIN_OUTPUT_SCALE)
+        decay = math.exp(-disturbance.size / (SCALE_TIME_CONSTANT_S * self.sample_rate))
+        self._scale_cross = decay * self._scale_cross - float(np.dot(disturbance, speaker_at_error)) / scale
+        self._scale_power = decay * self._scale_power + float(np.dot(speaker_at_error, speaker_at_error)) / scale ** 2
+        if not self._scale_power > 1e-20:
+            return
+        best = min(1.0, max(MIN_OUTPUT_SCALE, self._scale_cross / self._scale_power))
+        if abs(best - self.engine.output_scale) > 1e-3:
+            self.engine.set_output_scale(best)
 
     def _guard_step(self, cancellation_db: float) -> None:
         """Do no harm: where the noise is not predictable (broadband on a rig whose latency

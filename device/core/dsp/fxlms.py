@@ -78,6 +78,7 @@ from device.core.dsp.layout import (
     P_LEAKAGE,
     P_MAX_NORM,
     P_MIN_STEP,
+    P_OUTPUT_SCALE,
     P_POWER_COEF,
     P_REGULARIZATION,
     P_RELEASE,
@@ -108,11 +109,13 @@ from device.core.dsp.layout import (
     S_LIMITER_GAIN,
     S_MODE,
     S_NONFINITE_INPUTS,
+    S_OUTPUT_GAIN,
     S_PEAK_OUT,
     S_RATIO,
     S_REFERENCE_POWER,
     S_SAFETY_GAIN,
     S_SAMPLES,
+    S_SLOW_DISTURBANCE,
     S_SLOW_ERROR,
     S_SLOW_HOLD,
     S_SLOW_REFERENCE,
@@ -239,6 +242,7 @@ def process_block(
     slow_error = status[S_SLOW_ERROR]
     slow_reference = status[S_SLOW_REFERENCE]
     slow_hold = status[S_SLOW_HOLD]
+    slow_disturbance = status[S_SLOW_DISTURBANCE]
     adapt_allowed = params[P_ADAPT] > 0.5
     if params[P_STOP] > 0.5 and status[S_MODE] != MODE_STOP:
         status[S_MODE] = MODE_STOP
@@ -274,6 +278,8 @@ def process_block(
     if update_fill < 0 or update_fill >= update_block:
         update_fill = 0  # the block size changed between calls: start a new update block
     update_blocks = status[S_UPDATE_BLOCKS]
+    output_target = params[P_OUTPUT_SCALE]
+    output_gain = status[S_OUTPUT_GAIN]
 
     # Recompute the filtered-reference power once a block so the running sum cannot drift.
     power = _dot(filtered_buffer, filtered_buffer, position_filtered, position_filtered, taps)
@@ -313,12 +319,16 @@ def process_block(
 
         total_gain = user_gain * safety_gain
         y_raw = 0.0
+        # d_hat = e - s_hat * y_played: the error as it would be with control off, by the
+        # device's own model. The update adapts on it and the sustained-rise watchdog judges
+        # the error against it. secondary_path[j] maps the output played j samples ago; j = 0
+        # is not played yet.
+        disturbance = e - _dot(secondary_path, output_buffer, position_output, 1, path_taps - 1)
         # Hear-through freezes the weights: switching back to ANC is instant.
         hearing = hear_gain > 0.0 or hear_target > 0.0
         if update_block > 0 and mode == MODE_RUN and adapt_allowed and total_gain >= MIN_ADAPT_GAIN and not hearing:
             # Partitioned update: the weights stay fixed over an update block, so the block's
             # modified errors are those of one filter, and change at its last sample.
-            disturbance = e - _dot(secondary_path, output_buffer, position_output, 1, path_taps - 1)
             update_state[update_fill] = disturbance + _dot(weights, filtered_buffer, position_filtered, 0, taps)
             update_fill += 1
             if update_fill == update_block:
@@ -329,8 +339,6 @@ def process_block(
             y_raw = _dot(weights, reference_buffer, position_reference, 0, taps)
             have_next_dot = False
         elif mode == MODE_RUN and adapt_allowed and total_gain >= MIN_ADAPT_GAIN and not hearing:
-            # secondary_path[j] maps the output played j samples ago; j = 0 is not played yet.
-            disturbance = e - _dot(secondary_path, output_buffer, position_output, 1, path_taps - 1)
             if have_next_dot:
                 current_dot = next_dot + weights[0] * filtered
             else:
@@ -366,6 +374,10 @@ def process_block(
             user_gain = min(user_target, user_gain + user_rate)
         elif user_gain > user_target:
             user_gain = max(user_target, user_gain - user_rate)
+        if output_gain < output_target:
+            output_gain = min(output_target, output_gain + user_rate)
+        elif output_gain > output_target:
+            output_gain = max(output_target, output_gain - user_rate)
         if hear_gain < hear_target:
             hear_gain = min(hear_target, hear_gain + user_rate)
         elif hear_gain > hear_target:
@@ -377,7 +389,9 @@ def process_block(
         else:
             safety_gain = max(0.0, safety_gain - fade_rate)
 
-        y = (y_raw * user_gain + y_hear * hear_gain) * safety_gain
+        # The no-harm output gain scales what is played, not the adaptation (the gate above
+        # reads user and safety gains only): the filter keeps learning while it is held low.
+        y = (y_raw * user_gain * output_gain + y_hear * hear_gain) * safety_gain
         magnitude = abs(y)
         limiter_gain += (1.0 - limiter_gain) * release
         if magnitude * limiter_gain > ceiling:
@@ -401,6 +415,7 @@ def process_block(
         reference_power += power_coef * (r * r - reference_power)
         slow_error += slow_coef * (e * e - slow_error)
         slow_reference += slow_coef * (r * r - slow_reference)
+        slow_disturbance += slow_coef * (disturbance * disturbance - slow_disturbance)
         status[S_SAMPLES] += 1.0
 
         if mode == MODE_BASELINE:
@@ -422,7 +437,7 @@ def process_block(
             limit_hold = 0.0
             slow_hold = 0.0
             error_power = status[S_RATIO] * reference_power
-            slow_error = status[S_RATIO] * slow_reference
+            slow_error = slow_disturbance
         elif mode == MODE_RUN:
             uncontrolled = status[S_RATIO] * reference_power + floor
             if error_power > rise * uncontrolled:
@@ -434,8 +449,16 @@ def process_block(
             else:
                 limit_hold = 0.0
             # A smaller rise that lasts: the controller is making it louder, if only by a
-            # decibel or two (a secondary-path estimate off in gain or delay does that).
-            slow_uncontrolled = status[S_RATIO] * slow_reference + floor
+            # decibel or two (a secondary-path estimate off in gain or delay does that). It is
+            # judged against d_hat, not the start-up ratio times the reference level: the ratio
+            # of error to reference power follows the noise's spectrum (the primary path is
+            # not flat), so on speech babble or a drifting engine the ratio measured in the
+            # first 100 ms was 1-4 dB off seconds later and tripped the watchdog on noise the
+            # controller was not making louder. d_hat = d + (s - s_hat) y carries the model
+            # error: with a gain error under 50% it stays below e when the output runs away, so
+            # a runaway still trips here; a large phase error can hide one from this tier, and
+            # the fast tier above stays on the model-free ratio for that.
+            slow_uncontrolled = slow_disturbance + floor
             if slow_error > slow_rise * slow_uncontrolled and safety_gain >= 1.0:
                 slow_hold += 1.0
             else:
@@ -460,7 +483,7 @@ def process_block(
             have_next_dot = False
             status[S_TRIPS] += 1.0
             error_power = status[S_RATIO] * reference_power
-            slow_error = status[S_RATIO] * slow_reference
+            slow_error = slow_disturbance
             slow_hold = 0.0
             if params[P_STEP] * status[S_STEP] <= params[P_MIN_STEP]:
                 _record_event(events, status, EVENT_GAVE_UP, status[S_TRIPS], step)
@@ -502,6 +525,8 @@ def process_block(
         slow_error = 0.0
     if slow_reference < DENORMAL_FLOOR:
         slow_reference = 0.0
+    if slow_disturbance < DENORMAL_FLOOR:
+        slow_disturbance = 0.0
 
     cursors[C_REFERENCE] = position_reference
     cursors[C_FILTERED] = position_filtered
@@ -509,6 +534,7 @@ def process_block(
     status[S_SLOW_ERROR] = slow_error
     status[S_SLOW_REFERENCE] = slow_reference
     status[S_SLOW_HOLD] = slow_hold
+    status[S_SLOW_DISTURBANCE] = slow_disturbance
     status[S_MODE] = mode
     status[S_USER_GAIN] = user_gain
     status[S_SAFETY_GAIN] = safety_gain
@@ -523,6 +549,7 @@ def process_block(
     status[S_HEAR_GAIN] = hear_gain
     status[S_UPDATE_FILL] = update_fill
     status[S_UPDATE_BLOCKS] = update_blocks
+    status[S_OUTPUT_GAIN] = output_gain
     if abs(hp_y1) < DENORMAL_FLOOR:
         hp_y1 = 0.0
     if abs(hp_y2) < DENORMAL_FLOOR:

@@ -37,7 +37,8 @@ P_SLOW_HOLD = 26         # samples a sustained rise must last before a trip
 P_HEAR_TARGET = 27       # 0..1: target gain of the hear-through path (ramped like the user gain)
 P_UPDATE_BLOCK = 28      # samples per partitioned frequency-domain update (0 = time-domain update every sample)
 P_BIN_FLOOR = 29         # partitioned update: floor of the per-bin power, as a fraction of the mean bin power
-N_PARAMS = 30
+P_OUTPUT_SCALE = 30      # 0..1: no-harm scale of the anti-noise (the worker's, ramped like the user gain; adaptation ignores it)
+N_PARAMS = 31
 
 # status: scalar state, written by the kernel
 S_MODE = 0               # MODE_* below
@@ -73,7 +74,9 @@ S_SLOW_HOLD = 29         # samples the sustained rise has lasted
 S_HEAR_GAIN = 30         # current hear-through gain (ramps towards P_HEAR_TARGET)
 S_UPDATE_FILL = 31       # partitioned update: modified errors collected of the current update block
 S_UPDATE_BLOCKS = 32     # partitioned update: block updates so far (bias correction of the bin power)
-N_STATUS = 33
+S_SLOW_DISTURBANCE = 33  # slowly smoothed power of d_hat = e - s_hat * y_played (sustained-rise watchdog)
+S_OUTPUT_GAIN = 34       # current no-harm output gain (ramps towards P_OUTPUT_SCALE)
+N_STATUS = 35
 
 # cursors: positions in the double-length circular buffers
 C_REFERENCE = 0

@@ -38,11 +38,13 @@ class ReferenceFxlms:
         self.mode = L.MODE_BASELINE
         self.user_gain = params[L.P_USER_TARGET]
         self.safety_gain = 0.0
+        self.output_gain = params[L.P_OUTPUT_SCALE]
         self.limiter_gain = 1.0
         self.error_power = 0.0
         self.reference_power = 0.0
         self.slow_error = 0.0
         self.slow_reference = 0.0
+        self.slow_disturbance = 0.0
         self.slow_hold = 0
         self.baseline = [0.0, 0.0, 0]
         self.ratio = 0.0
@@ -116,15 +118,14 @@ class ReferenceFxlms:
             filtered = np.dot(self.secondary_path, self.x[:self.secondary_path.size])
             self._shift_in(self.xf, filtered)
             power = np.dot(self.xf[:taps], self.xf[:taps])
+            disturbance = e - np.dot(self.secondary_path[1:], self.played[:self.secondary_path.size - 1])
             adapting = self.mode == L.MODE_RUN and p[L.P_ADAPT] > 0.5 and self.user_gain * self.safety_gain >= MIN_ADAPT_GAIN
             if adapting and p[L.P_UPDATE_BLOCK] > 0:
-                disturbance = e - np.dot(self.secondary_path[1:], self.played[:self.secondary_path.size - 1])
                 self.update_errors.append(disturbance + np.dot(self.weights, self.xf[:taps]))
                 if len(self.update_errors) == int(p[L.P_UPDATE_BLOCK]):
                     self._partitioned_update(step)
                     self.update_errors = []
             elif adapting:
-                disturbance = e - np.dot(self.secondary_path[1:], self.played[:self.secondary_path.size - 1])
                 modified_error = disturbance + np.dot(self.weights, self.xf[:taps])
                 g = step * modified_error / (p[L.P_REGULARIZATION] + power)
                 self.weights = (1.0 - p[L.P_LEAKAGE]) * self.weights - g * self.xf[:taps]
@@ -144,7 +145,11 @@ class ReferenceFxlms:
             else:
                 self.safety_gain = max(0.0, self.safety_gain - p[L.P_FADE_RATE])
 
-            y = y_raw * self.user_gain * self.safety_gain
+            if self.output_gain < p[L.P_OUTPUT_SCALE]:
+                self.output_gain = min(p[L.P_OUTPUT_SCALE], self.output_gain + p[L.P_USER_RATE])
+            elif self.output_gain > p[L.P_OUTPUT_SCALE]:
+                self.output_gain = max(p[L.P_OUTPUT_SCALE], self.output_gain - p[L.P_USER_RATE])
+            y = y_raw * self.user_gain * self.output_gain * self.safety_gain
             self.limiter_gain += (1.0 - self.limiter_gain) * p[L.P_RELEASE]
             if abs(y) * self.limiter_gain > p[L.P_CEILING]:
                 self.limiter_gain = p[L.P_CEILING] / abs(y)
@@ -156,6 +161,7 @@ class ReferenceFxlms:
             self.reference_power += p[L.P_POWER_COEF] * (r * r - self.reference_power)
             self.slow_error += p[L.P_SLOW_COEF] * (e * e - self.slow_error)
             self.slow_reference += p[L.P_SLOW_COEF] * (r * r - self.slow_reference)
+            self.slow_disturbance += p[L.P_SLOW_COEF] * (disturbance * disturbance - self.slow_disturbance)
             self.samples += 1
             if self.mode == L.MODE_BASELINE:
                 self.baseline[0] += e * e
@@ -168,7 +174,7 @@ class ReferenceFxlms:
                 uncontrolled = self.ratio * self.reference_power + p[L.P_FLOOR]
                 self.hold = self.hold + 1 if self.error_power > p[L.P_RISE] * uncontrolled else 0
                 self.limit_hold = self.limit_hold + 1 if self.limiter_gain < HEAVY_LIMITING else 0
-                slow_uncontrolled = self.ratio * self.slow_reference + p[L.P_FLOOR]
+                slow_uncontrolled = self.slow_disturbance + p[L.P_FLOOR]
                 sustained = self.slow_error > p[L.P_SLOW_RISE] * slow_uncontrolled and self.safety_gain >= 1.0
                 self.slow_hold = self.slow_hold + 1 if sustained else 0
                 if self.hold > p[L.P_HOLD]:
@@ -184,7 +190,7 @@ class ReferenceFxlms:
                 self._reset_filter()
                 self.trips += 1
                 self.error_power = self.ratio * self.reference_power
-                self.slow_error = self.ratio * self.slow_reference
+                self.slow_error = self.slow_disturbance
                 self.slow_hold = 0
                 if p[L.P_STEP] * self.step_scale <= p[L.P_MIN_STEP]:
                     self.events.append((self.samples - 1, L.EVENT_GAVE_UP))
