@@ -15,6 +15,7 @@ Per sample n:
      and the limiter from teaching the filter to compensate for them.
   4. update the weights, by one of two algorithms (`controller.algorithm`, `P_UPDATE_BLOCK`):
      time:        every sample, w <- (1 - leakage) w - mu e'(n) x'(n) / (regularization + |x'|^2)
+                  (the default: docs/cancellation.md says why)
      partitioned: every B samples (`controller.update_block`, independent of the audio block:
                   a partial update block carries over in `status`), the block's gradient in
                   the frequency domain per partition of B taps, each bin normalized by its own
