@@ -119,23 +119,9 @@ def write_png(path: Path, sample_rate: int, off: np.ndarray, on: np.ndarray, opt
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fs = sample_rate
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 8), constrained_layout=True)
-    for signal, label, style in ((off, "control off", "-"), (on, "control on", "-"),
-                                 (optimum_error, "causal optimum", "--")):
-        f, p = spectrum(signal, fs)
-        top.semilogx(f[1:], 10 * np.log10(p[1:] + 1e-30), style, label=label)
-    top.axvspan(*BAND_HZ, color="0.9", zorder=-1, label="50-1000 Hz band")
-    top.set_xlim(20, fs / 2)
-    top.set_xlabel("frequency (Hz)")
-    top.set_ylabel("error mic PSD (dB/Hz)")
-    top.set_title(f"{title}: error-mic spectra over the steady state")
-    top.legend()
-    top.grid(True, which="both", alpha=0.3)
-    bottom.plot(times, attenuation)
-    bottom.axvspan(*steady_s, color="0.9", zorder=-1, label="steady state")
-    bottom.set_xlabel("time (s)")
-    bottom.set_ylabel("attenuation (dB, 100 ms frames)")
+    _spectra_panel(top, sample_rate, off, on, optimum_error, f"{title}: error-mic spectra over the steady state")
+    _attenuation_panel(bottom, times, attenuation, steady_s)
     # The speaker's mode over time (shaded when not anti-noise) and every warning sound heard.
     modes = modes or []
     for index, change in enumerate(modes):
@@ -157,6 +143,29 @@ def write_png(path: Path, sample_rate: int, off: np.ndarray, on: np.ndarray, opt
     plt.close(fig)
 
 
+def _spectra_panel(axis, sample_rate: int, off, on, optimum_error, title: str) -> None:
+    """Error-mic spectra with control off, on and for the causal optimum, the band shaded."""
+    for signal, label, style in ((off, "control off", "-"), (on, "control on", "-"),
+                                 (optimum_error, "causal optimum", "--")):
+        f, p = spectrum(signal, sample_rate)
+        axis.semilogx(f[1:], 10 * np.log10(p[1:] + 1e-30), style, label=label)
+    axis.axvspan(*BAND_HZ, color="0.9", zorder=-1, label="50-1000 Hz band")
+    axis.set_xlim(20, sample_rate / 2)
+    axis.set_xlabel("frequency (Hz)")
+    axis.set_ylabel("error mic PSD (dB/Hz)")
+    axis.set_title(title)
+    axis.legend()
+    axis.grid(True, which="both", alpha=0.3)
+
+
+def _attenuation_panel(axis, times, attenuation, steady_s: tuple[float, float]) -> None:
+    """Attenuation per 100 ms frame over time, the steady window shaded."""
+    axis.plot(times, attenuation)
+    axis.axvspan(*steady_s, color="0.9", zorder=-1, label="steady state")
+    axis.set_xlabel("time (s)")
+    axis.set_ylabel("attenuation (dB, 100 ms frames)")
+
+
 def write_ears_png(path: Path, sample_rate: int, ears: dict[str, tuple], steady_s: tuple[float, float],
                    title: str) -> None:
     """One row per ear: its error-mic spectra over the steady window (off, on, causal optimum)
@@ -166,24 +175,11 @@ def write_ears_png(path: Path, sample_rate: int, ears: dict[str, tuple], steady_
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fs = sample_rate
     fig, axes = plt.subplots(len(ears), 2, figsize=(14, 4 * len(ears)), constrained_layout=True, squeeze=False)
     for (name, (off, on, optimum_error, times, attenuation)), (left, right) in zip(ears.items(), axes):
-        for signal, label, style in ((off, "control off", "-"), (on, "control on", "-"),
-                                     (optimum_error, "causal optimum", "--")):
-            f, p = spectrum(signal, fs)
-            left.semilogx(f[1:], 10 * np.log10(p[1:] + 1e-30), style, label=label)
-        left.axvspan(*BAND_HZ, color="0.9", zorder=-1, label="50-1000 Hz band")
-        left.set_xlim(20, fs / 2)
-        left.set_xlabel("frequency (Hz)")
-        left.set_ylabel("error mic PSD (dB/Hz)")
-        left.set_title(f"{title}, {name} ear: error-mic spectra over the steady state")
-        left.legend()
-        left.grid(True, which="both", alpha=0.3)
-        right.plot(times, attenuation)
-        right.axvspan(*steady_s, color="0.9", zorder=-1, label="steady state")
-        right.set_xlabel("time (s)")
-        right.set_ylabel("attenuation (dB, 100 ms frames)")
+        _spectra_panel(left, sample_rate, off, on, optimum_error,
+                       f"{title}, {name} ear: error-mic spectra over the steady state")
+        _attenuation_panel(right, times, attenuation, steady_s)
         right.set_title(f"{name} ear: attenuation over time")
         right.grid(True, alpha=0.3)
         right.legend()
