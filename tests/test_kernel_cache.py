@@ -42,3 +42,17 @@ def test_without_the_variable_numba_keeps_its_default(monkeypatch):
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     assert kernel_cache.use_versioned_cache() is None
     assert "NUMBA_CACHE_DIR" not in os.environ
+
+
+def test_importing_the_runtime_points_numba_at_the_versioned_directory(tmp_path):
+    """The versioning happens on import of device.core, before any kernel is compiled or loaded."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    code = ("import numba.core.config as c; import device.core.engine; print(c.CACHE_DIR)")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(root)}
+    shown = subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root, capture_output=True,
+                           text=True).stdout.strip()
+    assert Path(shown).parent == tmp_path and Path(shown).name.startswith(kernel_cache.PREFIX), shown
