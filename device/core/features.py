@@ -213,18 +213,29 @@ def welch_psd(x: np.ndarray, sample_rate: float, nperseg: int) -> tuple[np.ndarr
     step = nperseg - nperseg // 2
     count = 1 + (x.size - nperseg) // step
     segments = np.lib.stride_tricks.sliding_window_view(x, nperseg)[::step][:count]
-    window = hann_periodic(nperseg)
-    spectra = np.fft.rfft((segments - segments.mean(axis=1, keepdims=True)) * window, axis=1)
-    psd = (spectra.real ** 2 + spectra.imag ** 2).mean(axis=0) / (sample_rate * np.dot(window, window))
+    window = _window(nperseg)
+    # In place where the arithmetic allows: the same values with two temporaries fewer.
+    centred = segments - segments.mean(axis=1, keepdims=True)
+    centred *= window
+    spectra = np.fft.rfft(centred, axis=1)
+    power = spectra.real ** 2
+    power += spectra.imag ** 2
+    psd = power.mean(axis=0) / (sample_rate * _window_energy(nperseg))
     psd[1:-1 if nperseg % 2 == 0 else None] *= 2.0
     return np.fft.rfftfreq(nperseg, 1.0 / sample_rate), psd
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=8)
 def _window(length: int = WIN_LENGTH) -> np.ndarray:
     w = hann_periodic(length)
     w.setflags(write=False)
     return w
+
+
+@lru_cache(maxsize=8)
+def _window_energy(length: int) -> float:
+    window = _window(length)
+    return float(np.dot(window, window))
 
 
 @lru_cache(maxsize=4)

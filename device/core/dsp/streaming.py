@@ -17,7 +17,7 @@ import numpy as np
 REASSOCIATE = {"reassoc", "contract", "nsz", "arcp"}
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, fastmath=REASSOCIATE)
 def polyphase_outputs(buffer: np.ndarray, phases: np.ndarray, first_time: int, up: int, down: int,
                       history: int, out: np.ndarray) -> None:
     """out[k] = sum_j buffer[t_k // up + history - j] * phases[t_k % up, j], t_k = first_time + k*down:
