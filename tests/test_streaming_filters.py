@@ -54,3 +54,53 @@ def test_polyphase_outputs_equal_the_gather():
         out = np.empty(count)
         polyphase_outputs(buffer, phases, first, up, down, history, out)
         np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-13)
+
+
+class _RecordingClassifier:
+    """Stands in for the ONNX classifier: keeps a copy of every window it is given."""
+
+    def __init__(self):
+        self.windows = []
+
+    def classify(self, window, rule=None):
+        from device.core.classifier import Detection
+
+        self.windows.append(window.copy())
+        return Detection("pink", 0.9, {"pink": 0.9})
+
+
+def test_the_worker_classifies_the_last_window_of_the_decimated_stream():
+    """The classifier's window is kept circularly: at every hop it must be exactly the last
+    window_s of the 16 kHz stream, whatever the poll sizes."""
+    from device.contract.config import load_config
+    from device.core.features import SAMPLE_RATE, StreamDecimator
+    from device.core.session import compose_session
+
+    cfg = load_config()
+    classifier = _RecordingClassifier()
+    session = compose_session(cfg, np.array([0.0, 0.5, 0.25]), None, sample_rate=48000, block_size=32,
+                              classifier=(classifier, None))
+    rng = np.random.default_rng(9)
+    reference = rng.standard_normal(48000 * 4) * 0.1
+    error = rng.standard_normal(reference.size) * 0.01
+    output = np.zeros(reference.size)
+    position, polls = 0, [32, 7, 50, 1, 64]
+    k = 0
+    while position < reference.size:
+        blocks = min(polls[k % len(polls)], (reference.size - position) // 32)
+        stop = position + blocks * 32
+        session.push_blocks(reference[position:stop], error[position:stop], output[position:stop], np.zeros((blocks, 4)))
+        session.poll()
+        position, k = stop, k + 1
+    stream = StreamDecimator(48000, SAMPLE_RATE).process(reference)
+    size = int(round(cfg.classifier.window_s * SAMPLE_RATE))
+    hop = int(round(cfg.classifier.hop_s * SAMPLE_RATE))
+    assert len(classifier.windows) >= 4
+    ends = []
+    for window in classifier.windows:
+        # Where the window's last sample sits in the whole stream (random samples: one place).
+        candidates = np.nonzero(stream == window[-1])[0] + 1
+        matches = [end for end in candidates if end >= size and np.array_equal(stream[end - size:end], window)]
+        assert len(matches) == 1
+        ends.append(matches[0])
+    assert all(b - a >= hop for a, b in zip(ends, ends[1:]))
