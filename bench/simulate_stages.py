@@ -34,8 +34,8 @@ os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
 STAGES = [
     ("simulator.run", None, "identify_rig_of_plant", "identification (probe, fits)", 0),
     ("simulator.run", None, "compose_session", "session (classifier, engine, numba cache load)", 0),
-    ("simulator.plant", "ClosedLoop", "run", "closed loop", 0),
-    ("simulator.plant", None, "_closed_loop_blocks", "plant mixing + engine kernel (numba)", 1),
+    ("simulator.closed_loop", "ClosedLoop", "run", "closed loop", 0),
+    ("simulator.closed_loop", None, "_closed_loop_blocks", "plant mixing + engine kernel (numba)", 1),
     ("device.core.session", "Session", "push_blocks", "ring writes", 1),
     ("device.core.session", "Session", "poll", "worker", 1),
     ("device.core.worker", "Worker", "_estimate", "cancellation estimate filter and energies", 2),
@@ -80,17 +80,17 @@ def main() -> int:
         owner = module if owner_name is None else getattr(module, owner_name)
         setattr(owner, name, timed(getattr(owner, name), label))
 
-    import simulator.plant
+    import simulator.closed_loop
     from simulator.run import simulate
 
     loops = []
-    loop_init = simulator.plant.EngineClosedLoop.__init__
+    loop_init = simulator.closed_loop.EngineClosedLoop.__init__
 
     def keep_loop(self, *a, **k):
         loop_init(self, *a, **k)
         loops.append(self)
 
-    simulator.plant.EngineClosedLoop.__init__ = keep_loop
+    simulator.closed_loop.EngineClosedLoop.__init__ = keep_loop
     started = time.process_time()
     sim = simulate(args.scene, load_config(), args.plant, out=args.out)
     total = time.process_time() - started

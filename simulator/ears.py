@@ -41,8 +41,8 @@ from device.core.engine import AncEngine
 from device.core.session import Session
 from simulator import report
 from simulator.optimum import causal_optima
-from simulator.plant import (ClosedLoopChunk, Plant, StreamingFir, _microphone_blocks, _read_response,
-                             _speaker_block, read_plant_spec)
+from simulator.closed_loop import ClosedLoopChunk, StreamingFir, _microphone_blocks, _speaker_block
+from simulator.plant import Plant, _read_response, read_plant_spec
 from simulator.run import POLL_EVERY_BLOCKS, Measurements, _atomic_write, identify_rig_of_plant, prepare_out_dir
 from simulator.scenes import SceneStream
 

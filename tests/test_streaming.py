@@ -7,7 +7,7 @@ import soundfile
 
 from device.core.summary import class_intervals
 from simulator import report
-from simulator.plant import StreamingFir
+from simulator.closed_loop import StreamingFir
 from simulator.run import gap_in_words
 from simulator.scenes import SceneStream, generate_scene, resample
 
@@ -71,7 +71,8 @@ def test_the_chunked_closed_loop_gives_the_same_run_as_the_per_block_loop(cfg):
     neutralization, a path change the watchdog must catch, chunks that are not whole polls, and
     a classifier that switches presets."""
     from device.core.session import compose_session, load_classifier
-    from simulator.plant import ClosedLoop, EngineClosedLoop, Plant
+    from simulator.closed_loop import ClosedLoop, EngineClosedLoop
+    from simulator.plant import Plant
     from simulator.run import POLL_EVERY_BLOCKS, identify_rig_of_plant
 
     fs, block = 48000, cfg.audio.block_size
