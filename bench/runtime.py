@@ -181,15 +181,16 @@ def anc_device(*args: str) -> list[str]:
 
 
 def run_once(processes: Processes, config: Path, duration_s: float, work: Path, tag: str,
-             watch: dict[str, int]) -> dict:
-    """`anc-device run --json --duration S`, sampling /proc while it runs."""
+             watch: dict[str, int], allowance_s: float = 90.0) -> dict:
+    """`anc-device run --json --duration S`, sampling /proc while it runs; stopped, and an
+    error, if it has not ended `allowance_s` after its duration."""
     stderr_path = work / f"run-{tag}.log"
     proc = processes.start(anc_device("run", "--config", str(config), "--json", "--duration", str(duration_s)),
                            stderr_path)
     windows = {"anc-device": CpuWindow(proc.pid), **{name: CpuWindow(pid) for name, pid in watch.items()}}
     stream_started = False
     peak_rss = None
-    deadline = time.monotonic() + duration_s + 90.0
+    deadline = time.monotonic() + duration_s + allowance_s
     while proc.poll() is None:
         if not stream_started and "audio stream started" in stderr_path.read_text(errors="replace"):
             stream_started = True
@@ -202,9 +203,9 @@ def run_once(processes: Processes, config: Path, duration_s: float, work: Path, 
         if hwm is not None:
             peak_rss = hwm
         if time.monotonic() > deadline:
-            log(f"run {tag} overran its duration; stopping it")
             processes.stop(proc)
-            break
+            raise RuntimeError(f"run {tag} had not ended {allowance_s:g} s after its {duration_s:g} s: "
+                               f"{stderr_path.read_text(errors='replace')[-2000:]}")
         time.sleep(0.1)
     out = proc.stdout.read()
     proc.wait()
@@ -239,7 +240,8 @@ def bench_block(block: int, duration_s: float, rate: int, warm_up: bool, work: P
         emulator, ready = start_emulator(processes, block, ENGINE_HUM, work, "run")
         if warm_up:
             log(f"block {block}: warm-up run (fills the numba cache and the page cache)")
-            run_once(processes, config, 3.0, work, f"{block}-warmup", {})
+            # The first run after a source change compiles every kernel: minutes on a busy machine.
+            run_once(processes, config, 3.0, work, f"{block}-warmup", {}, allowance_s=900.0)
         log(f"block {block}: measured run, {duration_s:g} s in real time")
         summary = run_once(processes, config, duration_s, work, str(block),
                            {"emulator": emulator.pid, "jackd": jackd.pid})
@@ -311,7 +313,11 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="anc-bench-runtime-") as tmp:
         for index, block in enumerate(args.blocks):
-            result = bench_block(block, args.duration, args.rate, warm_up=index == 0, work=Path(tmp))
+            try:
+                result = bench_block(block, args.duration, args.rate, warm_up=index == 0, work=Path(tmp))
+            except RuntimeError as exc:
+                print(f"bench/runtime: block {block}: {exc}", file=sys.stderr)
+                return 1
             print(json.dumps(result), flush=True)
     return 0
 

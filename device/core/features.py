@@ -331,6 +331,17 @@ def feature_vector(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndar
 N_MODULATION = len(MOD_ACOUSTIC_BANDS_HZ) * len(MOD_BANDS_HZ)
 
 
+def warm_up() -> None:
+    """Compile the worker's feature and streaming-filter loops (or load them from numba's cache)
+    now, before the stream opens. The runtime hands numba's start-up-only pages back just before
+    it does (device/rig/memory.py); a loop first called after that, on the first classification
+    window seconds later, would page LLVM in again and keep it resident."""
+    from device.core.dsp.streaming import warm_up as warm_up_streaming
+
+    warm_up_streaming()
+    feature_vector(1e-3 * np.sin(np.arange(MIN_SAMPLES) * 0.3))
+
+
 def _modulation_features(mel_power: np.ndarray, out: np.ndarray) -> None:
     """Features of what the sound does over time, not of the microphone: every one is a
     difference of dB values within a band or a frame, so gain and a fixed EQ cancel out.

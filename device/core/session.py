@@ -17,6 +17,7 @@ import numpy as np
 
 from device.contract.config import Config
 from device.core.engine import AncEngine
+from device.core.features import warm_up as warm_up_features
 from device.contract.errors import UserError
 from device.contract.files import utc_now_iso
 from device.core.ringbuffer import BlockRing
@@ -60,12 +61,14 @@ def compose_session(cfg: Config, secondary_path: np.ndarray, feedback_path: np.n
                     classifier: tuple[Any | None, str | None] | None = None) -> "Session":
     """The one way a backend builds a session: the classifier first (a missing or refused model
     is a UserError before anything is compiled), then the engine from the configuration and the
-    path estimates, compiled and warmed up, then the session around both and the spool.
+    path estimates, compiled and warmed up (the worker's feature and filter loops too), then the
+    session around both and the spool.
     `classifier`: what `load_classifier(cfg, required=True)` returned, when the caller checked it
     earlier (before creating outputs)."""
     model, classifier_error = classifier if classifier is not None else load_classifier(cfg, required=True)
     engine = AncEngine.from_config(cfg, secondary_path, feedback_path, sample_rate=sample_rate, block_size=block_size)
     engine.warm_up()
+    warm_up_features()
     return Session(cfg, engine, classifier=model, spool=spool, classifier_error=classifier_error)
 
 

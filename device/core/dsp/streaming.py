@@ -75,3 +75,9 @@ def speaker_at_error(output: np.ndarray, error: np.ndarray, secondary_reversed: 
     sums[2] = y2
     sums[3] = dz
     sums[4] = z2
+
+
+def warm_up() -> None:
+    """Compile both loops (or load them from numba's cache) on a few samples, now."""
+    polyphase_outputs(np.zeros(8), np.zeros((1, 2)), 0, 1, 1, 1, np.empty(4))
+    speaker_at_error(np.zeros(4), np.zeros(4), np.zeros(2), np.zeros(5), np.empty(4), np.empty(5))
