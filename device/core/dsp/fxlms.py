@@ -67,6 +67,7 @@ from device.core.dsp.layout import (
     P_BASELINE,
     P_BIN_FLOOR,
     P_CEILING,
+    P_DELAY_TOLERANCE,
     P_FADE_RATE,
     P_FLOOR,
     P_HEAR_TARGET,
@@ -335,7 +336,7 @@ def process_block(
             if update_fill == update_block:
                 update_blocks = update_weights(weights, filtered_buffer, position_filtered, update_state, twiddles,
                                                update_block, step, leak, regularization, power_coef,
-                                               params[P_BIN_FLOOR], update_blocks)
+                                               params[P_BIN_FLOOR], params[P_DELAY_TOLERANCE], update_blocks)
                 update_fill = 0
             y_raw = _dot(weights, reference_buffer, position_reference, 0, taps)
             have_next_dot = False
