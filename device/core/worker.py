@@ -48,11 +48,9 @@ GUARD_INTERVAL_S = 0.25
 RECOVER_S = 4.0
 CEILING_HOLD_S = 60.0
 # The no-harm output scale (see Worker._scale_output): the least-squares scale of the played
-# anti-noise over the last SCALE_TIME_CONSTANT_S, or over the last SCALE_FAST_TIME_CONSTANT_S
-# when that is lower, never below MIN_OUTPUT_SCALE (the estimate needs some anti-noise played;
-# at 0.03 what it costs is 0.1% of the filter's output power).
+# anti-noise over the last SCALE_TIME_CONSTANT_S, never below MIN_OUTPUT_SCALE (the estimate
+# needs some anti-noise played; at 0.03 what it costs is 0.1% of the filter's output power).
 SCALE_TIME_CONSTANT_S = 0.5
-SCALE_FAST_TIME_CONSTANT_S = 0.1
 MIN_OUTPUT_SCALE = 0.03
 
 
@@ -156,11 +154,8 @@ class Worker:
         self._guard_ceiling = 1.0         # step factor the guard may grow back to
         self._session_error = 0.0
         self._session_disturbance = 0.0
-        # Decayed sums over SCALE_TIME_CONSTANT_S and SCALE_FAST_TIME_CONSTANT_S: of
-        # -<d_hat, s_hat * y_played> per unit output scale, and of |s_hat * y_played|^2 per unit squared.
-        self._scale_time_constants_s = np.array([SCALE_TIME_CONSTANT_S, SCALE_FAST_TIME_CONSTANT_S])
-        self._scale_cross = np.zeros(2)
-        self._scale_power = np.zeros(2)
+        self._scale_cross = 0.0           # decayed sum of -<d_hat, s_hat * y_played> per unit output scale
+        self._scale_power = 0.0           # decayed sum of |s_hat * y_played|^2 per unit output scale squared
         self._pending: list = []
         self._last_start: float | None = None
         self._last_stream = 0.0
@@ -470,21 +465,14 @@ class Worker:
         signals, not a loop around its own last value; the filter adapts whatever the scale
         (the kernel's adaptation gate ignores it and the modified-FxLMS error does not see what
         is played): nothing here can oscillate. z is what was played, not the filter's own
-        w . x': while the weights move fast the two differ, and that difference is the harm.
-
-        The scale is the lower of the estimates over 0.5 s and over 0.1 s. The longer one alone
-        applies the past's benefit to the future, and where the noise changes (a chainsaw's
-        bursts on the room-15 rig) the anti-noise learned on the last half second cancelled half
-        of what it had: one second was 0.05 dB louder than off at a scale of 0.9. The shorter one
-        sees that within a tenth of a second; where both agree the longer one's steadiness
-        stays."""
+        w . x': while the weights move fast the two differ, and that difference is the harm."""
         scale = max(self.engine.output_scale, MIN_OUTPUT_SCALE)
-        decay = np.exp(-disturbance.size / (self._scale_time_constants_s * self.sample_rate))
+        decay = math.exp(-disturbance.size / (SCALE_TIME_CONSTANT_S * self.sample_rate))
         self._scale_cross = decay * self._scale_cross - float(np.dot(disturbance, speaker_at_error)) / scale
         self._scale_power = decay * self._scale_power + float(np.dot(speaker_at_error, speaker_at_error)) / scale ** 2
-        if not np.all(self._scale_power > 1e-20):
+        if not self._scale_power > 1e-20:
             return
-        best = min(1.0, max(MIN_OUTPUT_SCALE, float(np.min(self._scale_cross / self._scale_power))))
+        best = min(1.0, max(MIN_OUTPUT_SCALE, self._scale_cross / self._scale_power))
         if abs(best - self.engine.output_scale) > 1e-3:
             self.engine.set_output_scale(best)
 
