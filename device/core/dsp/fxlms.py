@@ -19,7 +19,9 @@ Per sample n:
      partitioned: every B samples (`controller.update_block`, independent of the audio block:
                   a partial update block carries over in `status`), the block's gradient in
                   the frequency domain per partition of B taps, each bin normalized by its own
-                  smoothed filtered-reference power (`device.core.dsp.partitioned`). The
+                  smoothed filtered-reference power, the bins a delay error of
+                  `P_DELAY_TOLERANCE` samples could turn past 60 degrees not updated
+                  (`device.core.dsp.partitioned`). The
                   weights stay fixed within the update block, the output stays w . r every
                   sample: no added latency. Per-bin normalization converges broadband and
                   coloured noise (rumble, traffic, pink) where the total-power normalization is

@@ -13,9 +13,8 @@ modified errors e'(n) of the block collected by the kernel:
   E     = FFT([0 ... 0 (B), e'(block)])                     (size M = 2B)
   X_p   = FFT(x'(n - pB - M + 1 ... n - pB))                 partition p = 0 .. P-1, P = ceil(N/B)
   S_k  <- S_k + c (|X_0,k|^2 - S_k)                          per-bin power, bias-corrected
-  N_k   = S_k                 in the trusted band, |f_k| <= M / (6 tolerance)
-          max(S_k, mean(S))   above it
-  G_p   = conj(X_p) E / (N_k + floor * mean(S) + delta)
+  G_p   = conj(X_p) E / (S_k + floor * mean(S) + delta)    in the trusted band, |f_k| <= M / (6 tolerance)
+          0                                              above it
   w[pB + j] <- (1 - leakage)^B w[pB + j] - (mu / N) IFFT(G_p)[j],   j < B (gradient constraint)
 
 For white noise S_k ~ M sigma^2 and the step means what it means for the time-domain update
@@ -27,15 +26,15 @@ The trusted band is where the update can afford per-bin normalization when the e
 wrong. A bin converges while the estimate's phase there is within 90 degrees of the real
 path's and diverges beyond, at a pace the per-bin normalization makes the same in every bin:
 an estimate 2 samples early or late is more than 90 degrees off above fs / 8, where per-bin
-normalization gives the weakly excited bins full-speed steps in the wrong direction (one
-second 3.4 dB louder than off on white noise through the headphone). A delay error of up to
+normalization gives the weakly excited bins full-speed steps in the wrong direction (seconds
+3.4 and 8.1 dB louder than off on white noise through the headphone). A delay error of up to
 `tolerance` samples turns bin f's phase by 2 pi f tolerance / M, at most 60 degrees in the
-trusted band (30 left for the estimate's own error). Above it a bin is normalized by at
-least the mean bin power, the total-power normalization of the time-domain update, which
-gives a weak bin the share of the step its share of the power earns (so a wrong-phase bin
-grows no faster than it would under the time-domain update, which the no-harm output scale
-and leakage hold) and a strong bin no more than the per-bin pace. Raising the floor instead
-slows the weak bins of the whole band, the trusted ones too, and did not help.
+trusted band (30 left for the estimate's own error); the bins above are not updated. Giving
+them the total-power normalization's pace instead (the time-domain update's) still diverged
+there: the no-harm output scale that keeps the time-domain update stable reads above 1 in
+wrong-phase bins, so it rose as they grew. Raising the floor slows the weak bins of the whole
+band, the trusted ones too, and did not help either. The cost: broadband content above the
+band is not cancelled (docs/cancellation.md, "Algorithm").
 
 numba has no np.fft in nopython mode, so the module carries a small iterative radix-2 FFT.
 Two real partitions share one complex FFT (x_p + i x_{p+1}) and one inverse FFT, so an update
