@@ -85,7 +85,7 @@ static void fft_inplace(double *re, double *im, int n, const double *cosines, co
 long fxlms_partitioned_plain(const double *reference, const double *error, double *out, long n,
                              double *weights, int taps, const double *secondary_path, int path_taps,
                              double step, double leakage, double regularization, int block,
-                             double power_coef, double bin_floor)
+                             double power_coef, double bin_floor, double delay_tolerance)
 {
     int size = 2 * block;
     int partitions = (taps + block - 1) / block;
@@ -152,8 +152,12 @@ long fxlms_partitioned_plain(const double *reference, const double *error, doubl
                     total += bin_power[k];
                 }
                 double floor = bin_floor * correction * total / size + bin_regularization;
-                for (int k = 0; k < size; k++)
-                    inverse_power[k] = 1.0 / (correction * bin_power[k] + floor);
+                /* Bins a delay error of delay_tolerance samples could turn by over 60 degrees are left alone. */
+                double trusted = delay_tolerance > 0.0 ? size / (6.0 * delay_tolerance) : size;
+                for (int k = 0; k < size; k++) {
+                    int frequency = k < size - k ? k : size - k;
+                    inverse_power[k] = frequency > trusted ? 0.0 : 1.0 / (correction * bin_power[k] + floor);
+                }
             }
             for (int k = 0; k < size; k++) {
                 int mirror = (size - k) & (size - 1);

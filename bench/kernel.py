@@ -171,9 +171,10 @@ def bench_plain_c(seconds: float, taps: int, path_taps: int, algorithm: str) -> 
         engine = make_engine(taps, path_taps, 32, algorithm)
         if algorithm == "partitioned":
             fxlms = ctypes.CDLL(library).fxlms_partitioned_plain
-            fxlms.argtypes = arguments + [ctypes.c_int, ctypes.c_double, ctypes.c_double]
+            fxlms.argtypes = arguments + [ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_double]
             p = engine.params
-            extra = (int(p[L.P_UPDATE_BLOCK]), float(p[L.P_POWER_COEF]), float(p[L.P_BIN_FLOOR]))
+            extra = (int(p[L.P_UPDATE_BLOCK]), float(p[L.P_POWER_COEF]), float(p[L.P_BIN_FLOOR]),
+                     float(p[L.P_DELAY_TOLERANCE]))
         else:
             fxlms = ctypes.CDLL(library).fxlms_plain
             fxlms.argtypes = arguments

@@ -57,6 +57,7 @@ class ControllerSettings:
     hear_through_gain_db: float = 0.0
     update_block: int = 0             # samples per partitioned update; 0 = time-domain update every sample
     bin_floor_db: float = -30.0
+    delay_tolerance_samples: float = 0.0  # partitioned update: trusted band (device.core.dsp.partitioned)
 
     @classmethod
     def from_config(cls, cfg: Config, sample_rate: int | None = None, block_size: int | None = None,
@@ -96,6 +97,7 @@ class ControllerSettings:
             hear_through_gain_db=cfg.anc.hear_through_gain_db,
             update_block=cfg.controller.update_block if cfg.controller.algorithm == "partitioned" else 0,
             bin_floor_db=cfg.controller.bin_floor_db,
+            delay_tolerance_samples=cfg.controller.delay_tolerance_samples,
         )
 
 
@@ -232,6 +234,7 @@ class AncEngine:
         p[L.P_HP_A1], p[L.P_HP_A2] = a[1], a[2]
         p[L.P_UPDATE_BLOCK] = s.update_block
         p[L.P_BIN_FLOOR] = 10.0 ** (s.bin_floor_db / 10.0)
+        p[L.P_DELAY_TOLERANCE] = s.delay_tolerance_samples
 
     def reset(self) -> None:
         """Back to the start: weights zero, muted, measuring the baseline again."""

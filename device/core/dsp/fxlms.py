@@ -19,7 +19,9 @@ Per sample n:
      partitioned: every B samples (`controller.update_block`, independent of the audio block:
                   a partial update block carries over in `status`), the block's gradient in
                   the frequency domain per partition of B taps, each bin normalized by its own
-                  smoothed filtered-reference power (`device.core.dsp.partitioned`). The
+                  smoothed filtered-reference power, the bins a delay error of
+                  `P_DELAY_TOLERANCE` samples could turn past 60 degrees not updated
+                  (`device.core.dsp.partitioned`). The
                   weights stay fixed within the update block, the output stays w . r every
                   sample: no added latency. Per-bin normalization converges broadband and
                   coloured noise (rumble, traffic, pink) where the total-power normalization is
@@ -67,6 +69,7 @@ from device.core.dsp.layout import (
     P_BASELINE,
     P_BIN_FLOOR,
     P_CEILING,
+    P_DELAY_TOLERANCE,
     P_FADE_RATE,
     P_FLOOR,
     P_HEAR_TARGET,
@@ -335,7 +338,7 @@ def process_block(
             if update_fill == update_block:
                 update_blocks = update_weights(weights, filtered_buffer, position_filtered, update_state, twiddles,
                                                update_block, step, leak, regularization, power_coef,
-                                               params[P_BIN_FLOOR], update_blocks)
+                                               params[P_BIN_FLOOR], params[P_DELAY_TOLERANCE], update_blocks)
                 update_fill = 0
             y_raw = _dot(weights, reference_buffer, position_reference, 0, taps)
             have_next_dot = False

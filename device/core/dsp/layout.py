@@ -38,7 +38,9 @@ P_HEAR_TARGET = 27       # 0..1: target gain of the hear-through path (ramped li
 P_UPDATE_BLOCK = 28      # samples per partitioned frequency-domain update (0 = time-domain update every sample)
 P_BIN_FLOOR = 29         # partitioned update: floor of the per-bin power, as a fraction of the mean bin power
 P_OUTPUT_SCALE = 30      # 0..1: no-harm scale of the anti-noise (the worker's, ramped like the user gain; adaptation ignores it)
-N_PARAMS = 31
+P_DELAY_TOLERANCE = 31   # partitioned update: samples the estimate's delay may be off; bins whose phase that could turn
+                         # more than 60 degrees are not updated (0 = update every bin)
+N_PARAMS = 32
 
 # status: scalar state, written by the kernel
 S_MODE = 0               # MODE_* below

@@ -13,13 +13,28 @@ modified errors e'(n) of the block collected by the kernel:
   E     = FFT([0 ... 0 (B), e'(block)])                     (size M = 2B)
   X_p   = FFT(x'(n - pB - M + 1 ... n - pB))                 partition p = 0 .. P-1, P = ceil(N/B)
   S_k  <- S_k + c (|X_0,k|^2 - S_k)                          per-bin power, bias-corrected
-  G_p   = conj(X_p) E / (S_k + floor * mean(S) + delta)
+  G_p   = conj(X_p) E / (S_k + floor * mean(S) + delta)    in the trusted band, |f_k| <= M / (6 tolerance)
+          0                                              above it
   w[pB + j] <- (1 - leakage)^B w[pB + j] - (mu / N) IFFT(G_p)[j],   j < B (gradient constraint)
 
 For white noise S_k ~ M sigma^2 and the step means what it means for the time-domain update
 (mu / N per sample times the correlation over sigma^2). The floor keeps bins where the
 filtered reference is near zero (below the high-pass, at a secondary-path notch) from
 getting huge steps; delta is the time-domain regularization scaled to one bin.
+
+The trusted band is where the update can afford per-bin normalization when the estimate is
+wrong. A bin converges while the estimate's phase there is within 90 degrees of the real
+path's and diverges beyond, at a pace the per-bin normalization makes the same in every bin:
+an estimate 2 samples early or late is more than 90 degrees off above fs / 8, where per-bin
+normalization gives the weakly excited bins full-speed steps in the wrong direction (seconds
+3.4 and 8.1 dB louder than off on white noise through the headphone). A delay error of up to
+`tolerance` samples turns bin f's phase by 2 pi f tolerance / M, at most 60 degrees in the
+trusted band (30 left for the estimate's own error); the bins above are not updated. Giving
+them the total-power normalization's pace instead (the time-domain update's) still diverged
+there: the no-harm output scale that keeps the time-domain update stable reads above 1 in
+wrong-phase bins, so it rose as they grew. Raising the floor slows the weak bins of the whole
+band, the trusted ones too, and did not help either. The cost: broadband content above the
+band is not cancelled (docs/cancellation.md, "Algorithm").
 
 numba has no np.fft in nopython mode, so the module carries a small iterative radix-2 FFT.
 Two real partitions share one complex FFT (x_p + i x_{p+1}) and one inverse FFT, so an update
@@ -61,6 +76,15 @@ def history_length(taps: int, update_block: int) -> int:
         return taps + 1
     partitions = (taps + update_block - 1) // update_block
     return max(taps + 1, (partitions + 1) * update_block)
+
+
+@nb.njit(cache=True)
+def trusted_bins(size: int, delay_tolerance: float) -> float:
+    """Highest bin index (of an FFT of `size`) whose phase a delay error of `delay_tolerance`
+    samples turns by at most 60 degrees (module docstring); every bin when it is 0."""
+    if delay_tolerance <= 0.0:
+        return float(size)
+    return size / (6.0 * delay_tolerance)
 
 
 @nb.njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -107,11 +131,12 @@ def fft(real, imag, twiddles, inverse):
 
 @nb.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def update_weights(weights, filtered_buffer, position_filtered, update_state, twiddles, block,
-                   step, leak, regularization, power_coef, bin_floor, blocks_seen):
+                   step, leak, regularization, power_coef, bin_floor, delay_tolerance, blocks_seen):
     """One block update (module docstring). `filtered_buffer[position_filtered + m]` is
     x'(n - m), n the block's last sample; `update_state[:block]` its modified errors, oldest
     first. `leak` is the per-sample factor (1 - leakage), `power_coef` the per-sample power
-    smoothing coefficient, `regularization` the time-domain one; `blocks_seen` counts the
+    smoothing coefficient, `regularization` the time-domain one, `delay_tolerance` the samples
+    the estimate's delay may be off (0: every bin trusted); `blocks_seen` counts the
     updates before this one (for the bias correction of the bin power). Returns
     blocks_seen + 1."""
     taps = weights.shape[0]
@@ -161,9 +186,14 @@ def update_weights(weights, filtered_buffer, position_filtered, update_state, tw
                 if bin_power[k] < 1e-30:
                     bin_power[k] = 0.0
                 total += bin_power[k]
-            floor = bin_floor * correction * total / size + bin_regularization
+            mean_power = correction * total / size
+            floor = bin_floor * mean_power + bin_regularization
+            trusted = trusted_bins(size, delay_tolerance)
             for k in range(size):
-                inverse_power[k] = 1.0 / (correction * bin_power[k] + floor)
+                if min(k, size - k) > trusted:
+                    inverse_power[k] = 0.0
+                else:
+                    inverse_power[k] = 1.0 / (correction * bin_power[k] + floor)
 
         for k in range(size):
             mirror = (size - k) & (size - 1)

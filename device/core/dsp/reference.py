@@ -90,7 +90,13 @@ class ReferenceFxlms:
                 self.bin_power[self.bin_power < 1e-30] = 0.0
                 power = correction * self.bin_power
                 power = power + p[L.P_BIN_FLOOR] * power.mean() + p[L.P_REGULARIZATION] * size / taps
-            correlation = np.fft.ifft(np.conj(spectrum) * error_spectrum / power).real * size
+                # Bins a delay error of P_DELAY_TOLERANCE samples could turn by over 60 degrees
+                # are not updated.
+                frequency = np.minimum(np.arange(size), size - np.arange(size))
+                tolerance = p[L.P_DELAY_TOLERANCE]
+                trusted = size / (6.0 * tolerance) if tolerance > 0 else size
+                inverse_power = np.where(frequency > trusted, 0.0, 1.0 / power)
+            correlation = np.fft.ifft(np.conj(spectrum) * error_spectrum * inverse_power).real * size
             count = min(block, taps - lag)
             gradient[lag:lag + count] = correlation[:count]
         leak = (1.0 - p[L.P_LEAKAGE]) ** block
