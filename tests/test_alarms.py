@@ -45,16 +45,8 @@ def bypass_cfg(cfg):
     return cfg.replace("classifier", enabled=False).replace("alarms", enabled=True, hold_s=HOLD_S)
 
 
-# Measured on this cafe babble at 0 dB (docs/alarms.md, known limits).
-MISSED_IN_BABBLE = {
-    "smoke_t3_520hz": "measured: not detected in the simulated runtime (the same mixture fed straight to the "
-                      "detector is detected in 0.18 s); its fundamental sits in the babble's band",
-}
-
-
 @needs_recordings
-@pytest.mark.parametrize("variant", [pytest.param(v, marks=pytest.mark.xfail(strict=True, reason=MISSED_IN_BABBLE[v]))
-                                     if v in MISSED_IN_BABBLE else v for v in VARIANTS])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_each_alarm_at_0_db_switches_to_hear_through_within_300_ms_and_back_after_the_hold(
         variant, bypass_cfg, tmp_path):
     from device.contract.spool import Spool
