@@ -135,3 +135,23 @@ def test_only_a_sudden_onset_is_a_warning_sound():
     heard = events(abrupt)
     assert heard and heard[0].kind == "smoke_alarm" and 1.0 <= heard[0].detected_s <= 1.3, heard
     assert events(faded) == []
+
+
+@needs_recordings
+def test_a_tone_in_babble_at_0_db_is_a_warning_sound_only_when_it_was_not_there_before():
+    """A steady 700 Hz tone (a hi-lo's first tone, a wail's bottom) at 0 dB SNR in the cafe
+    babble, whose partials sit at its pitch too: switched on from nothing it is a siren within
+    300 ms (the sustained-tone decision: band-limited SNR held, tone absent before); the same
+    tone rising 12 dB from where it already sounded (a squeal, a machine) is not."""
+    noise, rate = _background()
+    t = np.arange(noise.size) / rate
+    tone = np.sqrt(2.0 * np.mean(noise ** 2)) * np.sin(2 * np.pi * 700.0 * t)
+
+    def events(level_before_db):
+        x = noise + tone * np.where(t >= ONSET_S, 1.0, 10.0 ** (level_before_db / 20.0))
+        detector = AlarmDetector(rate, DetectorSettings())
+        return [e for start in range(0, x.size, 160) for e in detector.process(x[start:start + 160])]
+
+    heard = events(-200.0)
+    assert heard and heard[0].kind == "siren" and ONSET_S <= heard[0].detected_s <= ONSET_S + 0.3, heard
+    assert events(-12.0) == []
