@@ -29,6 +29,11 @@ way. The detector looks for exactly that, on short frames, with no trained model
   50-130 ms before the window (`alarms.steady_siren_rise_db` and `alarms.swept_siren_rise_db`
   for the two siren readings, which a saw's whine imitates best); a machine's whine was there
   before, or sweeps on from where it was;
+* where the noise already holds partials at the alarm's pitch (babble, traffic) that rise is a
+  few dB, so a slower **sustained-tone decision** (`alarms.sustained_ms`) asks for other
+  evidence instead: a band-limited SNR held over the whole window (the tone's prominence over
+  its neighbouring bins, not its broadband level), a straight line in frequency, a tone absent
+  from its bins before and louder than the peaks that were there (`_sustained_kind`);
 * the **cadence** raises the confidence after the fact: on/off pulses of 0.3-0.8 s (the T3
   pattern and beepers) or a frequency that keeps moving;
 * the event ends (`end_s`, the last tonal frame) when the tone has been absent for
