@@ -94,8 +94,12 @@ def test_thresholds_are_config_keys_with_ranges(tmp_path):
     from device.contract.errors import ConfigError
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text("alarms:\n  prominence_db: 100\n")
-    with pytest.raises(ConfigError, match=r"alarms\.prominence_db: 100\.0 is out of range \[3, 40\] dB"):
+    for key in ("prominence_db", "sustained_prominence_db", "sustained_horn_prominence_db"):
+        bad.write_text(f"alarms:\n  {key}: 100\n")
+        with pytest.raises(ConfigError, match=rf"alarms\.{key}: 100\.0 is out of range \[3, 40\] dB"):
+            load_config(bad)
+    bad.write_text("alarms:\n  sustained_ms: 5\n")
+    with pytest.raises(ConfigError, match=r"alarms\.sustained_ms: 5\.0 is out of range \[32, 1000\] ms"):
         load_config(bad)
 
 
