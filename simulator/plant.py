@@ -454,6 +454,7 @@ class EngineClosedLoop(ClosedLoop):
         self.on_blocks = on_blocks
         self.blocks_per_call = blocks_per_call
         self.blocks = 0                      # blocks run so far
+        self.kernel_time_s = 0.0             # in the kernel calls alone (engine_time_s adds the worker)
         self._meta_rows = np.zeros((blocks_per_call, 4))
         self._previous_duration = 0.0
         self._clock_zero_ns = int(round(self._clock_zero * 1e9))
@@ -485,6 +486,7 @@ class EngineClosedLoop(ClosedLoop):
                 feedback_path, reference_in, error_on, output, self._ref_block, self._err_block, self._out_block,
                 meta, self._previous_duration, self._clock_zero_ns, *self.kernel_state)
             self.blocks += meta.shape[0]
+            self.kernel_time_s += kernel_time
             handed = clock()
             self.on_blocks(reference_in[a:stop], error_on[a:stop], output[a:stop], meta)
             engine_time += kernel_time + clock() - handed
