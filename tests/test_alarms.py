@@ -45,24 +45,8 @@ def bypass_cfg(cfg):
     return cfg.replace("classifier", enabled=False).replace("alarms", enabled=True, hold_s=HOLD_S)
 
 
-# Measured on this cafe babble at 0 dB (docs/alarms.md, known limits): the onset test that keeps
-# chainsaws and street noise from switching (alarms.*_rise_db) also holds these back here, where
-# the babble's own partials sit at the alarm's pitch just before it starts.
-MISSED_IN_BABBLE = {
-    "siren_wail": "measured: not detected; its first 160 ms rise about 7 dB over the babble at its pitch, "
-                  "under alarms.swept_siren_rise_db (12 dB)",
-    "siren_hilo": "measured: detected 2.5 s late; its first tone rises about 7 dB over the babble at its pitch, "
-                  "under alarms.steady_siren_rise_db (11 dB)",
-    "smoke_t3_520hz": "measured: not detected in the simulated runtime (the same mixture fed straight to the "
-                      "detector is detected in 0.18 s); its fundamental sits in the babble's band",
-    "car_horn": "measured: not detected; the horn's partials rise about 2 dB over the babble at their pitch, "
-                "under alarms.onset_rise_db (8 dB)",
-}
-
-
 @needs_recordings
-@pytest.mark.parametrize("variant", [pytest.param(v, marks=pytest.mark.xfail(strict=True, reason=MISSED_IN_BABBLE[v]))
-                                     if v in MISSED_IN_BABBLE else v for v in VARIANTS])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_each_alarm_at_0_db_switches_to_hear_through_within_300_ms_and_back_after_the_hold(
         variant, bypass_cfg, tmp_path):
     from device.contract.spool import Spool
@@ -110,8 +94,12 @@ def test_thresholds_are_config_keys_with_ranges(tmp_path):
     from device.contract.errors import ConfigError
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text("alarms:\n  prominence_db: 100\n")
-    with pytest.raises(ConfigError, match=r"alarms\.prominence_db: 100\.0 is out of range \[3, 40\] dB"):
+    for key in ("prominence_db", "sustained_prominence_db", "sustained_horn_prominence_db"):
+        bad.write_text(f"alarms:\n  {key}: 100\n")
+        with pytest.raises(ConfigError, match=rf"alarms\.{key}: 100\.0 is out of range \[3, 40\] dB"):
+            load_config(bad)
+    bad.write_text("alarms:\n  sustained_ms: 5\n")
+    with pytest.raises(ConfigError, match=r"alarms\.sustained_ms: 5\.0 is out of range \[32, 1000\] ms"):
         load_config(bad)
 
 
@@ -151,3 +139,23 @@ def test_only_a_sudden_onset_is_a_warning_sound():
     heard = events(abrupt)
     assert heard and heard[0].kind == "smoke_alarm" and 1.0 <= heard[0].detected_s <= 1.3, heard
     assert events(faded) == []
+
+
+@needs_recordings
+def test_a_tone_in_babble_at_0_db_is_a_warning_sound_only_when_it_was_not_there_before():
+    """A steady 700 Hz tone (a hi-lo's first tone, a wail's bottom) at 0 dB SNR in the cafe
+    babble, whose partials sit at its pitch too: switched on from nothing it is a siren within
+    300 ms (the sustained-tone decision: band-limited SNR held, tone absent before); the same
+    tone rising 12 dB from where it already sounded (a squeal, a machine) is not."""
+    noise, rate = _background()
+    t = np.arange(noise.size) / rate
+    tone = np.sqrt(2.0 * np.mean(noise ** 2)) * np.sin(2 * np.pi * 700.0 * t)
+
+    def events(level_before_db):
+        x = noise + tone * np.where(t >= ONSET_S, 1.0, 10.0 ** (level_before_db / 20.0))
+        detector = AlarmDetector(rate, DetectorSettings())
+        return [e for start in range(0, x.size, 160) for e in detector.process(x[start:start + 160])]
+
+    heard = events(-200.0)
+    assert heard and heard[0].kind == "siren" and ONSET_S <= heard[0].detected_s <= ONSET_S + 0.3, heard
+    assert events(-12.0) == []

@@ -40,11 +40,13 @@ def test_off_is_silent_and_hear_through_plays_the_room(cfg, headphone, headphone
     assert np.sqrt(np.mean(hearing.output[RATE // 2:] ** 2)) > 1e-3
 
 
-def test_hear_through_reaches_the_ear_near_its_open_ear_level_above_the_cup_corner(cfg, headphone, headphone_estimate):
+def test_hear_through_reaches_the_ear_near_its_open_ear_level_from_125_hz_up(cfg, headphone, headphone_estimate):
     """Open ear: the ambient itself (what the outer mic hears). With the cup on, the error mic
     gets the passive leak; with hear-through, the leak plus the equalized replay. Per octave
-    band from 1 to 8 kHz the hear-through level is within 3 dB of the open ear, where the
-    passive cup alone is 15 dB or more below it."""
+    band from 125 Hz to 8 kHz the hear-through level is within 1.5 dB of the open ear: above
+    1 kHz, where the passive cup alone is 15 dB or more below it, and below 500 Hz, where the
+    cup passes most of the sound and a replay in amplitude rather than in power made the ear
+    4-5 dB too loud."""
     import scipy.signal
 
     scene = generate_scene("white", 2.0, RATE, seed=4) * 0.1
@@ -53,12 +55,13 @@ def test_hear_through_reaches_the_ear_near_its_open_ear_level_above_the_cup_corn
     f, open_ear = scipy.signal.welch(hearing.disturbance_reference[window], RATE, nperseg=4096)
     _, passive = scipy.signal.welch(hearing.error_off[window], RATE, nperseg=4096)
     _, through = scipy.signal.welch(hearing.error_on[window], RATE, nperseg=4096)
-    for low in (1000, 2000, 4000):
+    for low in (125, 250, 500, 1000, 2000, 4000):
         band = (f >= low) & (f < 2 * low)
         through_db = 10 * np.log10(through[band].sum() / open_ear[band].sum())
         passive_db = 10 * np.log10(passive[band].sum() / open_ear[band].sum())
-        assert abs(through_db) <= 3.0, (low, through_db)
-        assert passive_db <= -15.0, (low, passive_db)
+        assert abs(through_db) <= 1.5, (low, through_db)
+        if low >= 1000:
+            assert passive_db <= -15.0, (low, passive_db)
 
 
 def test_switching_is_a_click_free_crossfade_within_one_ramp_and_the_weights_stay(cfg, headphone, headphone_estimate):

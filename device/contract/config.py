@@ -123,6 +123,11 @@ SCHEMA: dict[str, Any] = {
         "onset_rise_db": Key("float", "dB", 0.0, 60.0),
         "steady_siren_rise_db": Key("float", "dB", 0.0, 60.0),
         "swept_siren_rise_db": Key("float", "dB", 0.0, 60.0),
+        "sustained_ms": Key("float", "ms", 32.0, 1000.0),
+        "sustained_prominence_db": Key("float", "dB", 3.0, 40.0),
+        "sustained_rise_db": Key("float", "dB", 0.0, 60.0),
+        "sustained_before_db": Key("float", "dB", 0.0, 40.0),
+        "sustained_horn_prominence_db": Key("float", "dB", 3.0, 40.0),
     },
     "identification": {
         "probe_level_dbfs": Key("float", "dBFS", -80.0, -6.0),

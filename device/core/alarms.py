@@ -29,6 +29,11 @@ way. The detector looks for exactly that, on short frames, with no trained model
   50-130 ms before the window (`alarms.steady_siren_rise_db` and `alarms.swept_siren_rise_db`
   for the two siren readings, which a saw's whine imitates best); a machine's whine was there
   before, or sweeps on from where it was;
+* where the noise already holds partials at the alarm's pitch (babble, traffic) that rise is a
+  few dB, so a slower **sustained-tone decision** (`alarms.sustained_ms`) asks for other
+  evidence instead: a band-limited SNR held over the whole window (the tone's prominence over
+  its neighbouring bins, not its broadband level), a straight line in frequency, a tone absent
+  from its bins before and louder than the peaks that were there (`_sustained_kind`);
 * the **cadence** raises the confidence after the fact: on/off pulses of 0.3-0.8 s (the T3
   pattern and beepers) or a frequency that keeps moving;
 * the event ends (`end_s`, the last tonal frame) when the tone has been absent for
@@ -68,6 +73,15 @@ HARMONIC_DB = 6.0           # a partial counts when it stands this far above the
 # Frames (48-128 ms) before a track's first frame whose power at the track's first frequency is
 # its "before": a frame this close to the track's start may already hold the onset.
 ONSET_LOOKBACK = (3, 8)
+# A sustained tone's frequency, over the window, follows a straight line (steady, or the slow
+# start of a wail's sweep) within this fraction in all but SUSTAINED_OUTLIERS frames (a babble
+# peak that outshone it for a frame).
+SUSTAINED_LINE_TOLERANCE = 0.02
+SUSTAINED_OUTLIERS = 2
+SUSTAINED_LOUDER_DB = 3.0   # dB a sustained tone must stand above the strongest peaks just before it
+SUSTAINED_LOOKBACK = 12     # frames (192 ms) before a sustained window in which its tone must be mostly absent
+# A sustained siren tone: a hi-lo's tones and a wail's bottom sit at 440-1050 Hz.
+SUSTAINED_SIREN_HZ = (400.0, 1100.0)
 KINDS = ("siren", "smoke_alarm", "low_frequency_alarm", "reversing_beeper", "car_horn")
 
 
@@ -99,13 +113,21 @@ class DetectorSettings:
     onset_rise_db: float = 8.0
     steady_siren_rise_db: float = 11.0
     swept_siren_rise_db: float = 12.0
+    sustained_ms: float = 224.0
+    sustained_prominence_db: float = 16.0
+    sustained_rise_db: float = 8.0
+    sustained_before_db: float = 8.5
+    sustained_horn_prominence_db: float = 12.0
 
     @classmethod
     def from_config(cls, section) -> "DetectorSettings":
         return cls(prominence_db=section.prominence_db, min_level_dbfs=section.min_level_dbfs,
                    min_duration_ms=section.min_duration_ms, release_ms=section.release_ms,
                    onset_rise_db=section.onset_rise_db, steady_siren_rise_db=section.steady_siren_rise_db,
-                   swept_siren_rise_db=section.swept_siren_rise_db)
+                   swept_siren_rise_db=section.swept_siren_rise_db, sustained_ms=section.sustained_ms,
+                   sustained_prominence_db=section.sustained_prominence_db,
+                   sustained_rise_db=section.sustained_rise_db, sustained_before_db=section.sustained_before_db,
+                   sustained_horn_prominence_db=section.sustained_horn_prominence_db)
 
 
 @dataclass
@@ -153,11 +175,12 @@ def _is_overtone(frame: _Frame) -> bool:
     return False
 
 
-def _is_steady(track: list[_Frame]) -> bool:
-    """The peak stays within STEADY_TOLERANCE of its median frequency over the track."""
+def _is_steady(track: list[_Frame], outliers: int = 0) -> bool:
+    """The peak stays within STEADY_TOLERANCE of its median frequency over the track, but for
+    `outliers` frames."""
     frequencies = np.maximum(np.array([f.frequency for f in track]), BIN_HZ)
     median = float(np.median(frequencies))
-    return bool(np.max(np.abs(frequencies - median)) <= STEADY_TOLERANCE * median)
+    return bool(np.count_nonzero(np.abs(frequencies - median) > STEADY_TOLERANCE * median) <= outliers)
 
 
 def classify_steady(frame: _Frame) -> str | None:
@@ -208,6 +231,7 @@ class AlarmDetector:
         self._high = int(SEARCH_HZ[1] / BIN_HZ)
         self._track: list[_Frame] = []
         self._frames_needed = max(2, int(round(settings.min_duration_ms / (1e3 * HOP / SAMPLE_RATE))))
+        self._sustained_frames = max(self._frames_needed, int(round(settings.sustained_ms / (1e3 * HOP / SAMPLE_RATE))))
         self._release_s = settings.release_ms * 1e-3
         self._decimated_samples = 0
         self.active: AlarmEvent | None = None
@@ -215,7 +239,8 @@ class AlarmDetector:
         self._pulse_on = False
         self._missed = 0
         self.frames = 0
-        self._history: deque[_Frame] = deque(maxlen=ONSET_LOOKBACK[1] + 4 * self._frames_needed + 2)
+        self._history: deque[_Frame] = deque(
+            maxlen=ONSET_LOOKBACK[1] + max(4 * self._frames_needed, self._sustained_frames) + 2)
 
     # -- frame analysis ----------------------------------------------------------------------
     def _analyse(self, frame: np.ndarray, time_s: float) -> _Frame:
@@ -253,10 +278,18 @@ class AlarmDetector:
         """What the last frames of a tonal track are, if a warning sound (see the module doc)."""
         frequencies = np.maximum(np.array([f.frequency for f in track]), BIN_HZ)
         median = float(np.median(frequencies))
-        if _is_steady(track):
+        strictly_steady = _is_steady(track)
+        if strictly_steady or _is_steady(track, outliers=1):
             kinds = [classify_steady(f) for f in track[-4:]]
             best = max(set(kinds), key=kinds.count)
-            return best if kinds.count(best) >= 3 else None
+            # A smoke alarm's 3 kHz and the 520 Hz alarm's odd-harmonic square wave say what they
+            # are by themselves: one frame whose peak a babble partial pulled by a few hertz (2% at
+            # 520 Hz is a tenth of a bin) does not make them unsteady. The other steady kinds rest
+            # on steadiness more, and keep the strict test.
+            if strictly_steady:
+                return best if kinds.count(best) >= 3 else None
+            if kinds.count(best) >= 3 and best in ("smoke_alarm", "low_frequency_alarm"):
+                return best
         if not SIREN_HZ[0] <= median <= SIREN_HZ[1]:
             return None
         ratios = frequencies[1:] / frequencies[:-1]
@@ -310,7 +343,7 @@ class AlarmDetector:
         if tonal:
             self._track.append(frame)
             self._missed = 0
-            if len(self._track) > 4 * self._frames_needed:
+            if len(self._track) > max(4 * self._frames_needed, self._sustained_frames):
                 del self._track[0]
         elif self._track:
             self._missed += 1
@@ -321,6 +354,8 @@ class AlarmDetector:
             # Only a track that is itself a warning sound keeps the event alive; any other
             # tone (traffic, voices) does not.
             kind = self._kind(self._track[-self._frames_needed:]) if len(self._track) >= self._frames_needed else None
+            if kind is None and len(self._track) >= self._sustained_frames:
+                kind = self._sustained_kind(self._track[-self._sustained_frames:], onset=False)
             if tonal and kind is not None:
                 if not self._pulse_on and time_s - self._last_tonal_s > 0.2:
                     active.pulses += 1
@@ -340,7 +375,10 @@ class AlarmDetector:
             track = self._track[-self._frames_needed:]
             kind = self._kind(track)
             if kind is None or not self._sudden_onset(kind, track):
-                return None
+                track = self._track[-self._sustained_frames:]
+                kind = self._sustained_kind(track) if len(track) == self._sustained_frames else None
+                if kind is None:
+                    return None
             # The onset is the start of the first frame of the track.
             start = max(0.0, track[0].time_s - FRAME / SAMPLE_RATE)
             event = AlarmEvent(kind=kind, start_s=start, detected_s=time_s,
@@ -371,6 +409,71 @@ class AlarmDetector:
         if kind == "siren":
             return rise >= self.settings.swept_siren_rise_db
         return rise >= self.settings.onset_rise_db
+
+    def _sustained_kind(self, window: list[_Frame], onset: bool = True) -> str | None:
+        """The slower path, for a tone in noise that has partials at its pitch already (babble,
+        traffic), where the 160 ms decision's onset rise is not there to see: a narrowband tone
+        that holds, for `alarms.sustained_ms`, a band-limited SNR (its prominence over the bins
+        around it) of `alarms.sustained_prominence_db` while following a straight line in
+        frequency (steady, or a wail's slow start), and that stands `alarms.sustained_rise_db`
+        above the power its own bins held just before. A voice's partial does not hold that long
+        and that far above its neighbours; a machine's whine was there before."""
+        if window[-1].index - window[0].index != len(window) - 1:
+            return None  # a gap inside the window: not one sustained tone
+        prominence = float(np.median([f.prominence for f in window]))
+        if prominence < min(self.settings.sustained_prominence_db, self.settings.sustained_horn_prominence_db):
+            return None
+        frequencies = np.array([f.frequency for f in window])
+        median = float(np.median(frequencies))
+        steps = np.arange(frequencies.size)
+        line = np.polyfit(steps, frequencies, 1)
+        deviation = np.abs(frequencies - np.polyval(line, steps))
+        keep = np.argsort(deviation)[:frequencies.size - SUSTAINED_OUTLIERS]
+        line = np.polyfit(steps[keep], frequencies[keep], 1)
+        deviation = np.abs(frequencies - np.polyval(line, steps)) / median
+        if np.count_nonzero(deviation > SUSTAINED_LINE_TOLERANCE) > SUSTAINED_OUTLIERS:
+            return None
+        kinds = [classify_steady(f) for f in window[-4:]]
+        best = max(set(kinds), key=kinds.count)
+        if kinds.count(best) >= 3 and best is not None and best != "siren":
+            if best == "car_horn" and median > 2 * HORN_F0_HZ[1]:
+                return None  # a horn's strongest partial is one of its lowest; a saw's high partial is not one
+            kind = best
+            if kind != "car_horn" and prominence < self.settings.sustained_prominence_db:
+                return None
+        elif prominence < self.settings.sustained_prominence_db:
+            return None
+        elif (SUSTAINED_SIREN_HZ[0] <= median <= SUSTAINED_SIREN_HZ[1]
+              # Not the overtone of an engine or a voice: no partial held an octave below, and
+              # no partials beside it a fundamental apart, in most of the window (babble adds a
+              # peak anywhere for a frame; an engine's partials hold).
+              and float(np.median([_partial_db(f, f.frequency / 2) for f in window])) < HARMONIC_DB
+              and sum(_is_overtone(f) for f in window) * 2 < len(window)):
+            kind = "siren"
+        else:
+            return None
+        if not onset:
+            return kind
+        first = window[0].index
+        # The tone was not already there: over the frames before the window, its starting
+        # frequency held no partial most of the time (a squeal or a saw's partial that grows,
+        # or that the peak picker only now prefers, did).
+        start_hz = float(np.median([f.frequency for f in window[:3]]))
+        earlier = [_partial_db(f, start_hz) for f in self._history if first - SUSTAINED_LOOKBACK <= f.index < first]
+        if len(earlier) < SUSTAINED_LOOKBACK or float(np.median(earlier)) >= self.settings.sustained_before_db:
+            return None
+        k = int(round(median / BIN_HZ))
+        before = [float(f.spectrum_db[k - 1:k + 2].max()) for f in self._history
+                  if first - ONSET_LOOKBACK[1] <= f.index <= first - ONSET_LOOKBACK[0]]
+        if len(before) < 3:
+            return None
+        level = float(np.mean([f.level for f in window]))
+        rise = level - 10.0 * np.log10(np.mean(10.0 ** (np.array(before) / 10.0)))
+        # And it is the loudest tone now: louder than the strongest peaks just before it (a
+        # saw whose peak moves from one partial to another is not).
+        peaks = [f.level for f in self._history if first - ONSET_LOOKBACK[1] <= f.index <= first - ONSET_LOOKBACK[0]]
+        louder = level - 10.0 * np.log10(np.mean(10.0 ** (np.array(peaks) / 10.0)))
+        return kind if rise >= self.settings.sustained_rise_db and louder >= SUSTAINED_LOUDER_DB else None
 
     def _update_confidence(self, event: AlarmEvent) -> None:
         """Evidence grows with the tone's prominence, its duration and its regularity: a second
