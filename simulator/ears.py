@@ -344,7 +344,7 @@ def simulate_ears(scene_path: str | Path, cfg: Config, plant: EarsPlant | str | 
         times, att = m.attenuation_over_time()
         settled = report.convergence(times, att, attenuation)
         worker = sessions[name].worker.report
-        summary = stopped[name]
+        summary = stopped["ears"][name]
         per_ear[name] = {
             "attenuation_db": round(attenuation, 2),
             "attenuation_band_db": round(report.band_attenuation_db(off, on, fs), 2),
