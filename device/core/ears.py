@@ -204,14 +204,16 @@ class EarsSession(WorkerThread):
         # The first ear's worker stands for the whole callback (every ear's ring gets the same
         # timing), runs the classifier and answers for the headphone's settings.
         self.worker = first.worker
-        self._mix: np.ndarray | None = None
         self._mix_ring: BlockRing | None = None
         self._class_applied: str | None = None
         if self.worker.classifier is not None:
             self.worker.classifies_own_reference = False
-            self._mix = np.zeros(engine.block_size, dtype=np.float64)
+            # The mean as one matrix-vector product into a block of the input's type (a sound
+            # card's float32, the simulator's float64): one call, a sixth of a sum and a scaling.
+            dtypes = (np.dtype(np.float32), np.dtype(np.float64))
+            self._mix_weights = {dtype: np.full(len(sessions), 1.0 / len(sessions), dtype=dtype) for dtype in dtypes}
+            self._mixes = {dtype: np.zeros(engine.block_size, dtype=dtype) for dtype in dtypes}
             self._mix_ring = BlockRing(first.ring.capacity, engine.block_size)
-            self._mix_scale = 1.0 / len(sessions)
 
     @property
     def ring(self) -> BlockRing:
@@ -224,10 +226,9 @@ class EarsSession(WorkerThread):
         self.engine.process(references, errors, outs)
         for ear, ring in enumerate(self._rings):
             ring.push(references[ear], errors[ear], outs[ear], meta)
-        mix = self._mix
-        if mix is not None:
-            np.sum(references, axis=0, out=mix)
-            np.multiply(mix, self._mix_scale, out=mix)
+        if self._mix_ring is not None:
+            mix = self._mixes[references.dtype]
+            np.dot(self._mix_weights[references.dtype], references, out=mix)
             self._mix_ring.push(mix, mix, mix, meta)
 
     def poll(self) -> int:
