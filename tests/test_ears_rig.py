@@ -181,6 +181,12 @@ def test_run_drives_both_ears_in_one_stream_and_one_ear_reversed_trips_only_that
     assert left["estimated_cancellation_recent_db"] > 10.0, left
     assert summary["watchdog_trips"] == right["watchdog_trips"]
     assert {event["ear"] for event in summary["safety_events"]} == {"right"}
+    assert right["stopped_for_reidentification"] and not left["stopped_for_reidentification"]
+    from device.rig.supervisor import format_summary
+
+    lines = {line.split()[0]: line for line in format_summary(summary).splitlines()}
+    assert "no watchdog events" in lines["left"]
+    assert f"watchdog tripped {right['watchdog_trips']}x; anti-noise stopped" in lines["right"]
 
     spool = tmp_path / "spool.sqlite"
     sessions = _records(spool, "session")

@@ -320,7 +320,8 @@ class Supervisor:
                     "watchdog_trips": int(ear["watchdog_trips"]),
                     "diverged": ear["watchdog_trips"] > 0,
                     "safety_events": session_summary_parts.safety_events(worker.report),
-                    "mode": worker.engine.mode,
+                    "stopped_for_reidentification": any(event.kind == "stopped_reidentify"
+                                                        for event in worker.report.safety_events),
                 }
                 for (name, ear), worker in zip(session["ears"].items(), self.session.workers)}
             recent = [ear["estimated_cancellation_recent_db"] for ear in summary["ears"].values()
@@ -353,8 +354,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"watchdog trips {summary['watchdog_trips']}",
         *[f"{name:<12} {_value(ear['estimated_cancellation_recent_db'])} dB over the last intervals, "
           f"{_value(ear['estimated_cancellation_db'])} dB over the session; "
-          + (f"watchdog tripped {ear['watchdog_trips']}x (mode {ear['mode']})" if ear["diverged"]
-             else "no watchdog events") for name, ear in (summary.get("ears") or {}).items()],
+          + (f"watchdog tripped {ear['watchdog_trips']}x"
+             + ("; anti-noise stopped: run `anc-device identify`" if ear["stopped_for_reidentification"] else "")
+             if ear["diverged"] else "no watchdog events") for name, ear in (summary.get("ears") or {}).items()],
         f"start        anti-noise on {summary['unmuted_after_s'] if summary['unmuted_after_s'] is not None else '-'} s "
         f"after process start   gc max {summary['gc_max_ms']} ms",
         f"memory       {_value(summary['rss_mb'])} MiB resident (peak {_value(summary['rss_peak_mb'])}): "
