@@ -7,9 +7,9 @@ ears in `audio.ears`. As in test_runtime.py, identify and latency run in real ti
 close their own streams) and the runs whose result is convergence run in freewheel.
 
 A broken ear: the stored estimates are the true cups', and the emulator then plays the right
-cup with its secondary path changed. A gain of 3 on it does not trip the watchdog (the
-no-harm output scale and the step guard keep that ear cancelling, less); a reversed polarity
-(gain -1) does, and only on that ear.
+cup with its secondary path changed. A gain of 3 on it is not a reliable trip (the no-harm
+output scale and the step guard keep that ear cancelling, at most one trip in the start-up
+transient); a reversed polarity (gain -1) trips it, and only it.
 """
 
 from __future__ import annotations
@@ -185,16 +185,20 @@ def _with_right_secondary_gain(plant: EarsPlant, gain: float) -> EarsPlant:
 
 def test_a_gain_of_3_on_one_ears_path_is_held_at_no_harm_and_the_other_ear_cancels(
         ears_identification, jack_server, emulator_factory, device_processes, tmp_path):
-    """The right cup's secondary path three times what was identified: its watchdog does not
-    trip (measured here), that ear is no louder than without control, and the left ear keeps
-    its attenuation."""
+    """The right cup's secondary path three times what was identified. Whether its watchdog trips
+    in the start-up transient depends on the xruns of the real-time start (measured: 0, 0, 1
+    and 2 trips in four runs, all in the first 0.6 s), so that is not asserted.
+    What holds every time: that ear is never stopped, it is no louder than without control at
+    the end, and the left ear neither trips nor loses its attenuation."""
     plant = _with_right_secondary_gain(ears_identification["plant"], 3.0)
     attenuation, summary, _ = _run_in_freewheel(ears_identification, jack_server, emulator_factory,
                                                 device_processes, tmp_path, plant)
+    left, right = summary["ears"]["left"], summary["ears"]["right"]
     assert attenuation["left"] >= 20.0, attenuation
-    assert not summary["ears"]["left"]["diverged"]
+    assert not left["diverged"] and left["watchdog_trips"] == 0, left
     assert attenuation["right"] >= -0.5, attenuation   # no harm: not louder than off (0.5 dB for the window)
-    assert not summary["ears"]["right"]["diverged"], summary["ears"]["right"]
+    assert not right["stopped_for_reidentification"], right
+    assert {event["ear"] for event in summary["safety_events"]} <= {"right"}
 
 
 def test_a_reversed_speaker_on_one_ear_trips_only_that_ears_watchdog(
