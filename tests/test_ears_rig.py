@@ -217,3 +217,29 @@ def test_run_refuses_an_ear_channel_the_card_does_not_have(tmp_path, monkeypatch
     assert lines == ["anc-device: error: audio.ears[1].reference_channel: channel 2 (right) is beyond audio.device "
                      "device 0 'small', which has 2 input channels"]
     assert card.streams == []
+
+
+def test_the_control_channel_sets_every_ear_and_reports_each(tmp_path, cup_paths):
+    """A desired setting written as the cloud agent writes it reaches both ears' controllers;
+    `reported.json` gives each ear's mode and watchdog trips; a refused value changes no ear."""
+    from device.contract.config import load_config
+    from device.contract.control_channel import read_reported, write_desired
+    from device.core.ears import compose_ears_session
+    from device.rig.control import RuntimeControl
+
+    cfg = load_config(_config(tmp_path)).replace("classifier", enabled=False)
+    estimates = [np.concatenate([np.zeros(LOOP_BLOCKS * BLOCK), path]) for path in cup_paths]
+    session = compose_ears_session({"left": cfg, "right": cfg}, estimates, [None, None], sample_rate=FS,
+                                   block_size=BLOCK)
+    control = RuntimeControl(tmp_path, session.worker, workers=session.workers)
+    write_desired(tmp_path, {"anc_enabled": False, "anc_intensity": 0.5})
+    control.poll()
+    for worker in session.workers:
+        assert worker.engine.enabled is False and worker.engine.intensity == pytest.approx(0.5)
+    reported = read_reported(tmp_path)
+    assert reported["anc_enabled"] is False and set(reported["ears"]) == {"left", "right"}
+    assert all(ear["watchdog_trips"] == 0 for ear in reported["ears"].values())
+    (tmp_path / "desired.json").write_text(json.dumps({"version": 99, "settings": {"anc_intensity": 7}}))
+    control.poll()
+    assert [worker.engine.intensity for worker in session.workers] == [pytest.approx(0.5)] * 2
+    assert "anc_intensity" in read_reported(tmp_path)["desired_error"]
