@@ -83,7 +83,7 @@ def _attenuation(off: np.ndarray, on: np.ndarray) -> float:
 def run(job: tuple[str, str, str, float]) -> dict:
     from device.contract.config import load_config
     from device.core.engine import AncEngine
-    from simulator.plant import run_closed_loop
+    from simulator.closed_loop import run_closed_loop
 
     pair, variant_json, seconds = job[0], job[1], job[2]
     plant_name, scene_name = pair.split("/")

@@ -43,8 +43,8 @@ from device.core.ears import EarsEngine, compose_ears_session
 from device.core.session import Session, load_classifier
 from simulator import report
 from simulator.optimum import causal_optima
-from simulator.plant import (ClosedLoopChunk, Plant, StreamingFir, _microphone_blocks, _read_response,
-                             _speaker_block, read_plant_spec)
+from simulator.closed_loop import ClosedLoopChunk, StreamingFir, _microphone_blocks, _speaker_block
+from simulator.plant import Plant, _read_response, read_plant_spec
 from simulator.run import (POLL_EVERY_BLOCKS, Measurements, _atomic_write, _Outputs, classes_line,
                            identify_rig_of_plant, prepare_out_dir)
 from simulator.scenes import SceneStream

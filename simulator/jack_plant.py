@@ -471,10 +471,16 @@ class _EarPorts:
 # -- command line ----------------------------------------------------------------------------
 
 def load_plant(name_or_path):
-    """A one-ear `Plant`, or an `EarsPlant` when the YAML has `ears:`."""
-    from simulator.ears import EarsPlant, plant_has_ears
+    """A one-ear `Plant`, or an `EarsPlant` when the YAML has `ears:`. Only a plant with ears
+    imports `simulator.ears` (which loads numba, for the simulator's closed loop)."""
+    from simulator.plant import read_plant_spec
 
-    return EarsPlant.load(name_or_path) if plant_has_ears(name_or_path) else Plant.load(name_or_path)
+    spec, _ = read_plant_spec(name_or_path)
+    if "ears" not in spec:
+        return Plant.load(name_or_path)
+    from simulator.ears import EarsPlant
+
+    return EarsPlant.load(name_or_path)
 
 
 def with_latency(plant, latency_samples: int):

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import scipy.signal
 
+from device.core.features import welch_psd
+
 BAND_HZ = (50.0, 1000.0)
 STEADY_STATE_S = 3.0
 FRAME_S = 0.1
@@ -29,16 +31,25 @@ def attenuation_db(off: np.ndarray, on: np.ndarray) -> float:
     return _db(float(np.dot(off, off)) / max(float(np.dot(on, on)), 1e-30))
 
 
+def _segment_length(length: int) -> int:
+    return min(8192, max(256, 2 ** int(math.log2(max(length // 4, 256)))))
+
+
 def spectrum(x: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
     """Welch spectrum of `x` along its last axis (each row of a 2-D `x` on its own)."""
-    length = x.shape[-1]
-    nperseg = min(8192, max(256, 2 ** int(math.log2(max(length // 4, 256)))))
-    return scipy.signal.welch(x, sample_rate, nperseg=nperseg)
+    return scipy.signal.welch(x, sample_rate, nperseg=_segment_length(x.shape[-1]))
 
 
 def band_attenuation_db(off: np.ndarray, on: np.ndarray, sample_rate: int, band: tuple[float, float] = BAND_HZ) -> float:
-    # Both spectra in one call: the same figures, one pass of scipy's overhead (once per second of a run).
-    f, (p_off, p_on) = spectrum(np.stack([off, on]), sample_rate)
+    # Once per second of a run: `spectrum`'s figures from the NumPy Welch estimate the
+    # classifier uses (the same arithmetic as scipy's, without its few milliseconds of set-up
+    # per call). scipy shortens segments longer than the signal; only it is asked then.
+    nperseg = _segment_length(off.size)
+    if off.size < nperseg:
+        f, (p_off, p_on) = spectrum(np.stack([off, on]), sample_rate)
+    else:
+        f, p_off = welch_psd(off, sample_rate, nperseg)
+        _, p_on = welch_psd(on, sample_rate, nperseg)
     mask = (f >= band[0]) & (f <= band[1])
     return _db(float(p_off[mask].sum()) / max(float(p_on[mask].sum()), 1e-30))
 

@@ -32,7 +32,8 @@ from device.core import summary as session_summary_parts
 from device.core.session import Session, compose_session, load_classifier
 from simulator import report
 from simulator.optimum import causal_optima
-from simulator.plant import ClosedLoopChunk, ClosedLoopResult, EngineClosedLoop, PathChange, Plant
+from simulator.closed_loop import ClosedLoopChunk, ClosedLoopResult, EngineClosedLoop
+from simulator.plant import PathChange, Plant
 from simulator.scenes import SceneStream
 
 # The worker drains the ring every 32 blocks (21 ms at 48 kHz), about as often as it runs on a

@@ -111,7 +111,7 @@ def test_each_ear_of_the_stacked_engine_is_its_one_ear_engine_sample_for_sample(
 
 
 def test_one_ear_engine_matches_the_engine_in_closed_loop(cfg, headphone):
-    from simulator.plant import run_closed_loop
+    from simulator.closed_loop import run_closed_loop
     from simulator.scenes import generate_scene
 
     cfg = cfg.replace("controller", taps=256)

@@ -1,6 +1,7 @@
 """Features of the noise classifier: MFCC against librosa, the window summary, the decimator."""
 
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,12 +78,58 @@ def test_spectral_flux_separates_impulsive_from_steady_noise():
 
 
 def test_percentiles_equal_numpy():
+    from device.core.dsp.window_summary import percentile
+
     rng = np.random.default_rng(11)
     for n in (1, 2, 3, 10, 123, 124, 125, 300):
         for _ in range(20):
             v = rng.standard_normal(n) * rng.uniform(0.1, 50.0)
-            for qs in ((5.0, 95.0), (90.0,), (0.0, 50.0, 100.0)):
-                assert F._percentiles(v, qs) == list(np.percentile(v, qs))
+            for q in (0.0, 5.0, 50.0, 90.0, 95.0, 100.0):
+                assert percentile(v, q) == np.percentile(v, q)
+
+
+def _windows_of_every_kind():
+    """Windows unlike each other: the signals above, two-second noises, tones, clicks, silence,
+    a window with NaN, and the bundled scenes at 16 kHz."""
+    import soundfile
+
+    rng = np.random.default_rng(12)
+    t = np.arange(2 * SR) / SR
+    white = rng.standard_normal(2 * SR) * 0.1
+    clicks = white * 0.01
+    clicks[::1600] = 0.9
+    windows = dict(_signals())
+    windows.update({
+        "white_2s": white,
+        "pink_2s": scipy.signal.lfilter([0.049922035, -0.095993537, 0.050612699, -0.004408786],
+                                        [1, -2.494956002, 2.017265875, -0.522189400], white),
+        "swelling": white * (1.0 + 0.9 * np.sin(2 * np.pi * 4.0 * t)),
+        "clicks": clicks,
+        "hum": 0.2 * np.sin(2 * np.pi * 100 * t) + 0.1 * np.sin(2 * np.pi * 200 * t) + white * 1e-3,
+        "silence": np.zeros(2 * SR),
+        "nan": np.where(np.arange(2 * SR) % 777 == 0, np.nan, white),
+        "shortest": white[:F.MIN_SAMPLES],
+    })
+    scenes = sorted((Path(__file__).resolve().parent.parent / "simulator" / "scenes").glob("*.wav"))
+    assert scenes
+    for path in scenes:
+        audio, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
+        audio = scipy.signal.resample_poly(audio[:, 0], SR, rate) if rate != SR else audio[:, 0]
+        for start in range(0, audio.size - 2 * SR, 5 * SR):
+            windows[f"{path.stem}_{start // SR}s"] = audio[start:start + 2 * SR]
+    return windows
+
+
+def test_feature_vector_equals_the_numpy_it_replaced():
+    """The shipped model was trained on the NumPy features: the compiled summaries must give the
+    same float32 values, to rounding (a differing order of additions moves the last bit)."""
+    from feature_reference import numpy_feature_vector
+
+    windows = _windows_of_every_kind()
+    assert len(windows) > 20
+    for name, window in windows.items():
+        np.testing.assert_allclose(F.feature_vector(window), numpy_feature_vector(window), rtol=1e-6, atol=1e-7,
+                                   err_msg=name)
 
 
 def test_feature_vector_edge_cases():

@@ -8,7 +8,8 @@ import yaml
 from device.contract.errors import UserError
 from device.core.dsp.identification import (identify_sized, make_probe, recommended_controller_taps,
                                             resolved_controller_taps)
-from simulator.plant import Plant, run_closed_loop
+from simulator.closed_loop import run_closed_loop
+from simulator.plant import Plant
 from simulator.rigs import KINDS, changed_secondary_path, random_plant, write_plant
 from simulator.run import identify_rig_of_plant
 

@@ -7,7 +7,8 @@ from device.core.dsp import layout as L
 from device.core.dsp.reference import ReferenceFxlms
 from device.core.engine import AncEngine
 from device.contract.errors import UserError
-from simulator.plant import Plant, run_closed_loop
+from simulator.closed_loop import run_closed_loop
+from simulator.plant import Plant
 from simulator.scenes import generate_scene
 
 

@@ -80,3 +80,12 @@ def test_cold_library_pages_are_dropped_and_the_kernel_runs_on(tmp_path):
     assert any("libllvmlite" in name for name in report["advised"])
     assert report["llvm_after"] < report["llvm_before"] / 2
     assert report["same_output"], "the kernel computed something else after the page-out"
+
+
+def test_the_plant_emulator_does_not_load_numba():
+    """The JACK plant emulator runs beside the runtime on the bench; if it mapped numba's LLVM
+    too, the runtime could not hand those pages back (a page another process maps stays), and
+    the bench would measure a runtime heavier than it is on plain ALSA."""
+    probe = "import sys, simulator.jack_plant; print(sorted(m for m in ('numba', 'llvmlite') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -7,7 +7,7 @@ from device.contract.control_channel import validate_settings
 from device.contract.errors import UserError
 from device.core.dsp import layout as L
 from device.core.engine import AncEngine
-from simulator.plant import run_closed_loop
+from simulator.closed_loop import run_closed_loop
 from simulator.scenes import generate_scene
 
 RATE = 48000

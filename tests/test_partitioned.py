@@ -7,7 +7,8 @@ import pytest
 from device.core.dsp import layout as L
 from device.core.dsp.partitioned import fft, make_twiddles
 from device.core.engine import AncEngine
-from simulator.plant import Plant, run_closed_loop
+from simulator.closed_loop import run_closed_loop
+from simulator.plant import Plant
 
 
 @pytest.mark.parametrize("size", [2, 8, 64, 256])

@@ -21,7 +21,7 @@ import soundfile
 from device.contract.config import load_config
 from device.contract.errors import ConfigError
 from device.core.engine import AncEngine, butterworth_highpass
-from simulator.plant import run_closed_loop
+from simulator.closed_loop import run_closed_loop
 from simulator.scenes import generate_scene
 
 FS = 48000

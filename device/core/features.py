@@ -2,8 +2,10 @@
 
 `models/train.py` computes its training vectors with `feature_vector`, and the device's
 worker calls the same function on the last window of the reference microphone, so training
-and serving cannot drift apart. Pure NumPy/SciPy: no librosa at run time (the test suite
-compares `mfcc` with librosa's to a stated tolerance).
+and serving cannot drift apart. NumPy, with the window's sixty small per-frame reductions
+compiled (`device.core.dsp.window_summary`); no librosa or scipy.signal at run time (the test
+suite compares `mfcc` with librosa's to a stated tolerance, and `feature_vector` with the
+NumPy it replaced, `tests/feature_reference.py`).
 
 Frame analysis (all at ``SAMPLE_RATE`` = 16 kHz; the 48 kHz stream is decimated first with
 `StreamDecimator`):
@@ -69,6 +71,7 @@ from functools import lru_cache
 import numpy as np
 
 from device.contract.model_card import FEATURE_VERSION, N_FEATURES
+from device.core.dsp.window_summary import comodulation, frame_summaries
 
 SAMPLE_RATE = 16000
 N_FFT = 512
@@ -210,18 +213,29 @@ def welch_psd(x: np.ndarray, sample_rate: float, nperseg: int) -> tuple[np.ndarr
     step = nperseg - nperseg // 2
     count = 1 + (x.size - nperseg) // step
     segments = np.lib.stride_tricks.sliding_window_view(x, nperseg)[::step][:count]
-    window = hann_periodic(nperseg)
-    spectra = np.fft.rfft((segments - segments.mean(axis=1, keepdims=True)) * window, axis=1)
-    psd = (spectra.real ** 2 + spectra.imag ** 2).mean(axis=0) / (sample_rate * np.dot(window, window))
+    window = _window(nperseg)
+    # In place where the arithmetic allows: the same values with two temporaries fewer.
+    centred = segments - segments.mean(axis=1, keepdims=True)
+    centred *= window
+    spectra = np.fft.rfft(centred, axis=1)
+    power = spectra.real ** 2
+    power += spectra.imag ** 2
+    psd = power.mean(axis=0) / (sample_rate * _window_energy(nperseg))
     psd[1:-1 if nperseg % 2 == 0 else None] *= 2.0
     return np.fft.rfftfreq(nperseg, 1.0 / sample_rate), psd
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=8)
 def _window(length: int = WIN_LENGTH) -> np.ndarray:
     w = hann_periodic(length)
     w.setflags(write=False)
     return w
+
+
+@lru_cache(maxsize=8)
+def _window_energy(length: int) -> float:
+    window = _window(length)
+    return float(np.dot(window, window))
 
 
 @lru_cache(maxsize=4)
@@ -247,22 +261,6 @@ def _band_matrix() -> np.ndarray:
 def _modulation_bins() -> tuple[slice, ...]:
     freqs = np.fft.rfftfreq(MOD_NFFT, HOP_LENGTH / SAMPLE_RATE)
     return tuple(slice(int(np.searchsorted(freqs, lo)), int(np.searchsorted(freqs, hi))) for lo, hi in MOD_BANDS_HZ)
-
-
-def _percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
-    """np.percentile(values, qs) (linear method, same arithmetic) of a 1-D array, without its overhead."""
-    n = values.size
-    idx = [q / 100.0 * (n - 1) for q in qs]
-    kth = sorted({min(int(np.floor(i)) + k, n - 1) for i in idx for k in (0, 1)})
-    part = np.partition(values, kth)
-    out = []
-    for i in idx:
-        lo = int(np.floor(i))
-        hi = min(lo + 1, n - 1)
-        a, b, t = part[lo], part[hi], i - lo
-        diff = b - a
-        out.append(float(b - diff * (1.0 - t)) if t >= 0.5 else float(a + diff * t))
-    return out
 
 
 def _frames(audio: np.ndarray) -> np.ndarray:
@@ -319,35 +317,24 @@ def feature_vector(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndar
     mel_power = power @ mel_filterbank().T
     log_mel = _log_mel(power, mel_power)
     coeffs = log_mel @ _dct_matrix()
-    deltas = np.diff(coeffs, axis=0)
-    flux = np.sqrt(np.mean(np.diff(log_mel, axis=0) ** 2, axis=1))
-
-    band = power[:, _flatness_bins()] + AMIN
-    log_band = np.log(band)
-    flatness_db = 10.0 * (log_band.mean(axis=1) - np.log(band.mean(axis=1))) / np.log(10.0)
-    level_db = 10.0 * np.log10(power.sum(axis=1) + AMIN)
-    low, high = _percentiles(level_db, (5.0, 95.0))
-
     out = np.empty(N_FEATURES, dtype=np.float32)
-    out[0:N_MFCC] = coeffs.mean(axis=0)
-    out[N_MFCC:2 * N_MFCC] = coeffs.std(axis=0)
-    out[2 * N_MFCC:2 * N_MFCC + N_DELTA] = deltas[:, :N_DELTA].std(axis=0)
     tail = 2 * N_MFCC + N_DELTA
-    out[tail] = flatness_db.mean()
-    out[tail + 1] = flatness_db.std()
-    out[tail + 2] = level_db.std()
-    out[tail + 3] = high - low
-    out[tail + 4] = flux.mean()
-    out[tail + 5] = flux.std()
-    out[tail + 6] = _percentiles(flux, (90.0,))[0]
-    _sound_features(power, mel_power, log_mel, out[tail + 7:])
+    # The MFCC statistics, flatness, level and flux, then (after the modulation features) the
+    # onsets and tonality: sixty small reductions over frames, compiled into one pass.
+    bins = _flatness_bins()
+    frame_summaries(power, log_mel, coeffs, bins.start, bins.stop, AMIN, N_DELTA, HOP_LENGTH, SAMPLE_RATE,
+                    ONSET_THRESHOLD_DB, out[:tail + 7], out[tail + 7 + N_MODULATION + 1:])
+    _modulation_features(mel_power, out[tail + 7:tail + 7 + N_MODULATION + 1])
     return out
 
 
-def _sound_features(power: np.ndarray, mel_power: np.ndarray, log_mel: np.ndarray, out: np.ndarray) -> None:
+N_MODULATION = len(MOD_ACOUSTIC_BANDS_HZ) * len(MOD_BANDS_HZ)
+
+
+def _modulation_features(mel_power: np.ndarray, out: np.ndarray) -> None:
     """Features of what the sound does over time, not of the microphone: every one is a
-    difference of dB values within a band or a frame, so gain and a fixed EQ cancel out."""
-    n_bands, n_mod = len(MOD_ACOUSTIC_BANDS_HZ), len(MOD_BANDS_HZ)
+    difference of dB values within a band or a frame, so gain and a fixed EQ cancel out.
+    The modulation spectrum and comodulation here; onsets and tonality in `frame_summaries`."""
     # Modulation spectrum of each band's dB envelope (mean removed): how deep it swells at
     # each modulation rate, in dB re 1 dB^2.
     envelope = 10.0 * np.log10(mel_power @ _band_matrix() + AMIN)
@@ -355,37 +342,12 @@ def _sound_features(power: np.ndarray, mel_power: np.ndarray, log_mel: np.ndarra
     n_frames = min(envelope.shape[0], MOD_NFFT)
     spectrum = np.fft.rfft(envelope[:n_frames], n=MOD_NFFT, axis=0)
     mod_power = (spectrum.real ** 2 + spectrum.imag ** 2) / n_frames
-    k = 0
-    for b in range(n_bands):
-        for bins in _modulation_bins():
-            out[k] = 10.0 * np.log10(mod_power[bins, b].mean() + 1e-6)
-            k += 1
+    # (modulation band, acoustic band), written acoustic band first.
+    depth = np.stack([mod_power[bins].mean(axis=0) for bins in _modulation_bins()])
+    out[:N_MODULATION] = (10.0 * np.log10(depth + 1e-6)).T.reshape(-1)
     # Comodulation: mean correlation between the band envelopes (one source swelling or
     # striking across the spectrum vs. many independent talkers).
-    sd = envelope.std(axis=0)
-    if np.all(sd > 1e-6):
-        corr = np.corrcoef(envelope.T)
-        out[k] = (corr.sum() - n_bands) / (n_bands * (n_bands - 1))
-    else:
-        out[k] = 0.0
-    k += 1
-    # Onsets: frames whose positive spectral flux stands ONSET_THRESHOLD_DB above the median
-    # and is a local maximum; their rate (per second) and how strong they are.
-    rise = np.maximum(np.diff(log_mel, axis=0), 0.0).mean(axis=1)
-    base = _percentiles(rise, (50.0,))[0]
-    peaks = (rise[1:-1] > rise[:-2]) & (rise[1:-1] >= rise[2:]) & (rise[1:-1] > base + ONSET_THRESHOLD_DB)
-    out[k] = np.count_nonzero(peaks) / (rise.size * HOP_LENGTH / SAMPLE_RATE)
-    out[k + 1] = float(np.max(rise) - base)
-    k += 2
-    # Tonality: spectral crest (strongest bin over the frame's mean, dB) and how often the
-    # strongest bin stays where it mostly is (a steady tone or hum: near 1; noise: near 0).
-    band = power[:, _flatness_bins()] + AMIN
-    crest_db = 10.0 * np.log10(band.max(axis=1) / band.mean(axis=1))
-    out[k] = crest_db.mean()
-    out[k + 1] = crest_db.std()
-    strongest = band.argmax(axis=1)
-    mode = np.bincount(strongest).argmax()
-    out[k + 2] = np.count_nonzero(np.abs(strongest - mode) <= 1) / strongest.size
+    out[N_MODULATION] = comodulation(envelope)
 
 
 def power_and_peak(audio: np.ndarray, sample_rate: int) -> tuple[float, float]:
@@ -448,6 +410,11 @@ class StreamDecimator:
         self._taps = h
         self.delay_out = half_len // self.down  # output samples of group delay when half_len % down == 0
         self._hist = self._n_per_phase - 1
+        # Compiled (dsp/streaming.py), imported here so that training and `classify`, which
+        # never decimate a stream, do not load numba.
+        from device.core.dsp.streaming import polyphase_outputs
+
+        self._outputs = polyphase_outputs
         self._buffer = np.zeros(self._hist + 1024)
         self._t = 0  # upsampled-time index of the next output relative to the first buffered new sample
 
@@ -475,14 +442,9 @@ class StreamDecimator:
             count = 0
         else:
             count = -(-(t_end - self._t) // self.down)
+        out = np.empty(count)
         if count:
-            times = self._t + self.down * np.arange(count)
-            phase = times % self.up
-            base = times // self.up + hist  # buffer index of x[i]
-            idx = base[:, None] - np.arange(self._n_per_phase)[None, :]
-            out = np.einsum("ij,ij->i", buf[idx], self._phases[phase])
-        else:
-            out = np.zeros(0)
+            self._outputs(buf, self._phases, self._t, self.up, self.down, hist, out)
         self._t += count * self.down - t_end
         # Keep the last `hist` input samples for the next block.
         if hist:

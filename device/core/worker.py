@@ -31,6 +31,7 @@ import numpy as np
 from device.contract.config import Config
 from device.contract.files import utc_iso
 from device.core.alarms import AlarmDetector, AlarmEvent, DetectorSettings
+from device.core.dsp.streaming import speaker_at_error
 from device.core.engine import AncEngine, SafetyEvent
 from device.core.ringbuffer import BlockRing
 from device.core.settings import AncSettings
@@ -144,7 +145,11 @@ class Worker:
         self.last_signal_sample = 0  # microphones never give exact zeros; a disconnected device does
         self.interval_samples = max(self.block_size, int(cfg.runtime.metrics_interval_s * self.sample_rate))
         self._secondary = engine.secondary_path.copy()
-        self._secondary_history = np.zeros(self._secondary.size - 1)
+        self._secondary_reversed = np.ascontiguousarray(self._secondary[::-1])
+        # The estimate's filter input: the last secondary.size - 1 samples played, then the chunk.
+        self._secondary_input = np.zeros(self._secondary.size - 1 + 2048)
+        self._speaker = np.empty(2048)    # the estimate's output, reused from poll to poll
+        self._sums = np.zeros(5)
         self._reset_interval()
         self.guard_samples = int(GUARD_INTERVAL_S * self.sample_rate)
         self._guard_error = self._guard_disturbance = 0.0
@@ -186,7 +191,12 @@ class Worker:
             from device.core.features import SAMPLE_RATE, StreamDecimator
 
             self._decimator = StreamDecimator(self.sample_rate, SAMPLE_RATE)
+            # The last window of decimated audio, written circularly (oldest sample at
+            # `_window_end`) and laid out in order into `_window` only when it is classified:
+            # shifting the whole window on every poll cost more than the decimation.
             self._window = np.zeros(int(round(cfg.classifier.window_s * SAMPLE_RATE)))
+            self._window_ring = np.zeros(self._window.size)
+            self._window_end = 0
             self._window_fill = 0
             self._hop = int(round(cfg.classifier.hop_s * SAMPLE_RATE))
             self._since_hop = 0
@@ -225,9 +235,10 @@ class Worker:
         return available
 
     def _observe(self, reference: np.ndarray, error: np.ndarray, output: np.ndarray, meta: np.ndarray) -> None:
-        speaker_at_error = self._speaker_at_error(output)
-        disturbance = error - speaker_at_error
-        e2, d2 = float(np.dot(error, error)), float(np.dot(disturbance, disturbance))
+        # The estimate's filter and its five energies in one compiled pass (dsp/streaming.py).
+        sums = self._sums
+        self._estimate(output, error, self._speaker_buffer(output.size))
+        e2, d2 = float(sums[0]), float(sums[1])
         self._interval_error += e2
         self._interval_disturbance += d2
         self._guard_error += e2
@@ -239,11 +250,10 @@ class Worker:
                 self._guard_step(_db(self._guard_disturbance / self._guard_error))
             self._guard_error = self._guard_disturbance = 0.0
             self._guard_samples = 0
-        self._interval_output += float(np.dot(output, output))
+        self._interval_output += float(sums[2])
         self._interval_samples += error.size
         if self.engine.mode == "run" and self.speaker_mode == "anc":
-            self._scale_output(disturbance, speaker_at_error)
-        if self.engine.mode == "run" and self.speaker_mode == "anc":
+            self._scale_from_sums(float(sums[3]), float(sums[4]), error.size)
             self._session_error += e2
             self._session_disturbance += d2
         if meta.size:
@@ -307,29 +317,48 @@ class Worker:
         self.engine.set_mode(mode)
         self.report.modes.append({"t_s": round(self.samples / self.sample_rate, 3), "mode": mode})
 
+    def _speaker_buffer(self, size: int) -> np.ndarray:
+        if self._speaker.size < size:
+            self._speaker = np.empty(size)
+        return self._speaker[:size]
+
+    def _estimate(self, output: np.ndarray, error: np.ndarray, speaker: np.ndarray) -> None:
+        """The speaker at the error mic into `speaker`, the chunk's energies into `_sums`."""
+        kept = self._secondary.size - 1
+        if self._secondary_input.size < kept + output.size:
+            grown = np.zeros(kept + output.size)
+            grown[:kept] = self._secondary_input[:kept]
+            self._secondary_input = grown
+        speaker_at_error(output, error, self._secondary_reversed, self._secondary_input, speaker, self._sums)
+
     def _speaker_at_error(self, output: np.ndarray) -> np.ndarray:
         """The speaker's contribution at the error mic, through the estimated secondary path,
         with the filter's input history carried from the previous chunk (a streaming FIR)."""
-        history = self._secondary_history
-        extended = np.concatenate([history, output])
-        filtered = np.convolve(extended, self._secondary, mode="valid")
-        self._secondary_history = extended[extended.size - history.size:]
-        return filtered
+        speaker = np.empty(output.size)
+        self._estimate(output, output, speaker)
+        return speaker
 
     # -- classification -----------------------------------------------------------------------
     def _classify(self, reference: np.ndarray) -> None:
         decimated = self._decimator.process(reference)
-        size = self._window.size
-        if decimated.size >= size:
-            self._window[:] = decimated[-size:]
+        ring = self._window_ring
+        size, count, end = ring.size, decimated.size, self._window_end
+        if count >= size:
+            ring[:] = decimated[count - size:]
+            self._window_end = 0
         else:
-            self._window[:-decimated.size] = self._window[decimated.size:]
-            self._window[-decimated.size:] = decimated
-        self._window_fill = min(size, self._window_fill + decimated.size)
-        self._since_hop += decimated.size
+            first = min(count, size - end)
+            ring[end:end + first] = decimated[:first]
+            ring[:count - first] = decimated[first:]
+            self._window_end = (end + count) % size
+        self._window_fill = min(size, self._window_fill + count)
+        self._since_hop += count
         if self._window_fill < size or self._since_hop < self._hop:
             return
         self._since_hop = 0
+        end = self._window_end
+        self._window[:size - end] = ring[end:]
+        self._window[size - end:] = ring[:end]
         from device.core.features import power_and_peak
 
         detection = self.classifier.classify(self._window, self._unknown_rule)
@@ -473,10 +502,15 @@ class Worker:
         (the kernel's adaptation gate ignores it and the modified-FxLMS error does not see what
         is played): nothing here can oscillate. z is what was played, not the filter's own
         w . x': while the weights move fast the two differ, and that difference is the harm."""
+        self._scale_from_sums(float(np.dot(disturbance, speaker_at_error)),
+                              float(np.dot(speaker_at_error, speaker_at_error)), disturbance.size)
+
+    def _scale_from_sums(self, cross: float, power: float, samples: int) -> None:
+        """`_scale_output` from the chunk's <d_hat, z> and <z, z> over `samples` samples."""
         scale = max(self.engine.output_scale, MIN_OUTPUT_SCALE)
-        decay = math.exp(-disturbance.size / (SCALE_TIME_CONSTANT_S * self.sample_rate))
-        self._scale_cross = decay * self._scale_cross - float(np.dot(disturbance, speaker_at_error)) / scale
-        self._scale_power = decay * self._scale_power + float(np.dot(speaker_at_error, speaker_at_error)) / scale ** 2
+        decay = math.exp(-samples / (SCALE_TIME_CONSTANT_S * self.sample_rate))
+        self._scale_cross = decay * self._scale_cross - cross / scale
+        self._scale_power = decay * self._scale_power + power / scale ** 2
         if not self._scale_power > 1e-20:
             return
         best = min(1.0, max(MIN_OUTPUT_SCALE, self._scale_cross / self._scale_power))
