@@ -16,7 +16,10 @@ mono scene for every ear (the same noise reaches each ear through that ear's own
 one speaker while every error mic listens, which measures that speaker's crosstalk as well,
 and keeps each fit free of the other speaker), then one `EarsEngine` call per block for all
 ears, and one session worker per ear (its metrics, watchdog events, no-harm guard and
-warning-sound bypass). The noise classifier is not run on two-ear plants yet.
+warning-sound bypass), composed as on the rig (`device.core.ears.compose_ears_session`): the
+noise classifier hears the mean of the ears' reference mics and picks one preset for all.
+With `out`, each ear's WAVs and metrics go to files named after it (`error_on.left.wav`,
+`metrics.left.jsonl`...), with summary.json, report.png and the session's spool.
 """
 
 from __future__ import annotations
@@ -36,14 +39,14 @@ from device.contract.config import Config
 from device.contract.errors import UserError
 from device.core import summary as session_summary_parts
 from device.core.dsp.identification import resolved_controller_taps
-from device.core.ears import EarsEngine, EarsSession
-from device.core.engine import AncEngine
-from device.core.session import Session
+from device.core.ears import EarsEngine, compose_ears_session
+from device.core.session import Session, load_classifier
 from simulator import report
 from simulator.optimum import causal_optima
 from simulator.closed_loop import ClosedLoopChunk, StreamingFir, _microphone_blocks, _speaker_block
 from simulator.plant import Plant, _read_response, read_plant_spec
-from simulator.run import POLL_EVERY_BLOCKS, Measurements, _atomic_write, identify_rig_of_plant, prepare_out_dir
+from simulator.run import (POLL_EVERY_BLOCKS, Measurements, _atomic_write, _Outputs, classes_line,
+                           identify_rig_of_plant, prepare_out_dir)
 from simulator.scenes import SceneStream
 
 SHARED_KEYS = ("name", "description", "sample_rate", "latency_samples", "sensor_noise_dbfs", "ears")
@@ -270,7 +273,8 @@ def _crosstalk_db(plant: EarsPlant, ear: str, probe: np.ndarray) -> float | None
 
 def simulate_ears(scene_path: str | Path, cfg: Config, plant: EarsPlant | str | Path,
                   out: str | Path | None = None) -> EarsSimulation:
-    """The runtime on a plant with ears; with `out`, summary.json and report.png go there."""
+    """The runtime on a plant with ears; with `out`, every output goes there (nothing is created
+    before the scene, plant, configuration and classifier have been checked)."""
     from device.core.dsp.identification import configured_probe
 
     if not isinstance(plant, EarsPlant):
@@ -283,25 +287,63 @@ def simulate_ears(scene_path: str | Path, cfg: Config, plant: EarsPlant | str | 
     names = plant.names
     ambient_samples = int(cfg.identification.ambient_s * fs)
     probe = configured_probe(cfg.identification, fs)
-    rigs, ear_configs, engines, crosstalk_db = {}, {}, [], {}
+    classifier = load_classifier(cfg, required=True)
+    rigs, ear_configs, crosstalk_db = {}, {}, {}
     for k, name in enumerate(names):
         ear_plant = plant.ears[name]
         rig = identify_rig_of_plant(cfg, ear_plant, seed + k, streams[k].head(ambient_samples))
-        ear_cfg = cfg.replace("controller", feedback_neutralization=rig.neutralize_feedback,
-                              taps=resolved_controller_taps(cfg.controller, rig.recommended_taps))
-        feedback = rig.feedback.estimate if rig.neutralize_feedback else None
-        engines.append(AncEngine.from_config(ear_cfg, rig.secondary.estimate, feedback, sample_rate=fs,
-                                             block_size=block_size))
-        rigs[name], ear_configs[name] = rig, ear_cfg
+        ear_configs[name] = cfg.replace("controller", feedback_neutralization=rig.neutralize_feedback,
+                                        taps=resolved_controller_taps(cfg.controller, rig.recommended_taps))
+        rigs[name] = rig
         crosstalk_db[name] = _crosstalk_db(plant, name, probe)
-    engine = EarsEngine(names, engines)
-    engine.warm_up()
-    ears_session = EarsSession(engine, [Session(ear_configs[name], ear, classifier=None)
-                                        for name, ear in zip(names, engine.ears)])
-    sessions = ears_session.sessions
-    for session in sessions.values():
-        session.worker.report.classifier_error = "not run on plants with ears"
     out_dir = prepare_out_dir(out) if out is not None else None
+    spool = None
+    if out_dir is not None:
+        try:
+            from device.contract.spool import Spool
+
+            spool = Spool(out_dir / "spool.sqlite", int(cfg.spool.budget_mb * 2**20))
+        except ImportError:
+            spool = None
+    outputs: dict[str, _Outputs] = {}
+    try:
+        ears_session = compose_ears_session(
+            ear_configs, [rigs[name].secondary.estimate for name in names],
+            [rigs[name].feedback.estimate if rigs[name].neutralize_feedback else None for name in names],
+            sample_rate=fs, block_size=block_size, spool=spool, classifier=classifier)
+        if out_dir is not None:
+            for name in names:
+                outputs[name] = _Outputs(out_dir, fs, ear=name)
+        sim = _run_ears(plant, streams, channels, cfg, ear_configs, rigs, crosstalk_db, ears_session, outputs,
+                        str(scene_path))
+    except BaseException:
+        for handle in outputs.values():
+            handle.discard()
+        if spool is not None:
+            spool.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(out_dir / "spool.sqlite") + suffix).unlink(missing_ok=True)
+        raise
+    if spool is not None:
+        spool.close()
+    if out_dir is not None:
+        for handle in outputs.values():
+            sim.written.extend(handle.commit())
+        window = report.steady_window(streams[0].samples, fs)
+        sim.written.extend(_write_outputs(sim, out_dir, window))
+        if spool is not None:
+            sim.written.append(out_dir / "spool.sqlite")
+    return sim
+
+
+def _run_ears(plant: EarsPlant, streams: list[SceneStream], channels: int, cfg: Config, ear_configs: dict,
+              rigs: dict, crosstalk_db: dict, ears_session, outputs: dict, scene_path: str) -> EarsSimulation:
+    names = plant.names
+    fs = plant.sample_rate
+    block_size = cfg.audio.block_size
+    seed = cfg.simulator.seed
+    engine = ears_session.engine
+    sessions = ears_session.sessions
     counter = [0]
 
     def process_block(references, errors, outs, meta):
@@ -315,7 +357,9 @@ def simulate_ears(scene_path: str | Path, cfg: Config, plant: EarsPlant | str | 
     window = report.steady_window(total, fs)
     full_secondary = {name: plant.ears[name].full_secondary_path(window.start) for name in names}
     measured = {name: Measurements(total, fs, ear_configs[name].controller.taps + full_secondary[name].size
-                                   + plant.ears[name].reference_path.size, sessions[name]) for name in names}
+                                   + plant.ears[name].reference_path.size, sessions[name],
+                                   metrics_file=outputs[name].metrics if name in outputs else None)
+                for name in names}
     chunk_length = max(1, int(CHUNK_S * fs) // block_size) * block_size
     if channels == 1:
         pieces = ([chunk] * len(names) for chunk in streams[0].chunks(chunk_length))
@@ -324,6 +368,8 @@ def simulate_ears(scene_path: str | Path, cfg: Config, plant: EarsPlant | str | 
     for chunks in pieces:
         for name, chunk in zip(names, loop.run(chunks)):
             measured[name].add(chunk)
+            if name in outputs:
+                outputs[name].add(chunk)
     stopped = ears_session.stop()
     for m in measured.values():
         m.finish()
@@ -344,7 +390,7 @@ def simulate_ears(scene_path: str | Path, cfg: Config, plant: EarsPlant | str | 
         times, att = m.attenuation_over_time()
         settled = report.convergence(times, att, attenuation)
         worker = sessions[name].worker.report
-        summary = stopped[name]
+        summary = stopped["ears"][name]
         per_ear[name] = {
             "attenuation_db": round(attenuation, 2),
             "attenuation_band_db": round(report.band_attenuation_db(off, on, fs), 2),
@@ -401,13 +447,22 @@ def simulate_ears(scene_path: str | Path, cfg: Config, plant: EarsPlant | str | 
         "real_time_factor": round(duration_s / max(loop.wall_time_s, 1e-9), 1),
         "engine_real_time_factor": round(duration_s / max(loop.engine_time_s, 1e-9), 1),
         "output_ceiling_dbfs": cfg.safety.output_ceiling_dbfs,
-        "classifier": "off: not run on plants with ears",
+        # The classifier hears the mean of the ears' reference mics (the first ear's worker runs it).
+        "classifier_input": "mean of the ears' reference mics",
+        **_class_parts(ears_session),
         "ears": per_ear,
     }
-    sim = EarsSimulation(plant, summary, sessions, engine, plot_data=plot_data)
-    if out_dir is not None:
-        sim.written = _write_outputs(sim, out_dir, window)
-    return sim
+    return EarsSimulation(plant, summary, sessions, engine, plot_data=plot_data)
+
+
+def _class_parts(ears_session) -> dict:
+    shared = session_summary_parts.session_parts(ears_session)
+    report_ = ears_session.worker.report
+    dominant, confidence = session_summary_parts.dominant_class(report_)
+    return {"noise_classes": shared["noise_classes"], "dominant_class": dominant,
+            "dominant_class_confidence": confidence, "detections": len(report_.detections),
+            "classifier": shared["classifier"], "records_written": shared["records_written"],
+            "session_id": shared["session_id"]}
 
 
 def _write_outputs(sim: EarsSimulation, out: Path, window: slice) -> list[Path]:
@@ -450,5 +505,6 @@ def format_ears_summary(summary: dict) -> str:
             + (f"watchdog tripped {ear['watchdog_trips']}x" if ear["diverged"] else "no watchdog events"))
     lines.append(f"speed        {summary['real_time_factor']:.1f}x real time "
                  f"(engine and workers alone: {summary['engine_real_time_factor']:.0f}x)")
-    lines.append(f"classes      classifier {summary['classifier']}")
+    lines.append(classes_line(summary) + (" (hearing the mean of the ears' reference mics)"
+                                          if summary["classifier"] == "on" else ""))
     return "\n".join(lines)

@@ -33,6 +33,14 @@ The emulator keeps the ground truth, the disturbance (primary_path * s + noise) 
 error it emitted, over the last `record_seconds`, so the attenuation the controller reaches
 can be measured at the ear rather than as the device estimates it (`attenuation_db`).
 
+A plant with ears (`simulator.ears.EarsPlant`, e.g. `headphone-stereo`) gives one set of ports
+per ear, registered ear by ear so that PortAudio numbers them in that order: outputs
+`EAR_reference_mic`, `EAR_error_mic` (input channels 2k and 2k + 1 of the stream for ear k)
+and input `EAR_speaker` (output channel k). Each speaker reaches its own ear's mics through
+that ear's paths and every other ear's error mic through its `crosstalk_path`; a mono scene
+reaches every ear (through each ear's own paths), a scene with one channel per ear feeds each
+ear its own. `recorded`, `attenuation_db` and `summary` take the ear's name.
+
 JACK freewheel mode (`set_freewheel(True)`) runs the same callbacks as fast as the CPU
 allows, without deadlines: runs are faster than real time and deterministic. JACK 1.9.21
 hangs (a client's semaphore "already deallocated", then the server stops answering) if a
@@ -99,7 +107,7 @@ class PlantEmulator:
 
     def __init__(
         self,
-        plant: Plant,
+        plant,  # a Plant, or a simulator.ears.EarsPlant
         scene: np.ndarray | None = None,
         name: str = DEFAULT_CLIENT_NAME,
         servername: str | None = None,
@@ -125,7 +133,7 @@ class PlantEmulator:
             raise
 
     # -- construction --------------------------------------------------------------------
-    def _setup(self, plant: Plant, scene, seed: int, sensor_noise: bool, record_seconds: float,
+    def _setup(self, plant, scene, seed: int, sensor_noise: bool, record_seconds: float,
                round_trip_periods: int) -> None:
         client = self.client
         self.sample_rate = int(client.samplerate)
@@ -142,48 +150,72 @@ class PlantEmulator:
                 f"with latency_samples >= {self.round_trip_samples})")
         self.speaker_delay = plant.latency_samples - self.round_trip_samples
         period = self.period
+        several = hasattr(plant, "ears")
+        ears = dict(plant.ears) if several else {None: plant}
+        crosstalk = dict(plant.crosstalk) if several else {None: None}
+        self.ear_names = tuple(ears) if several else ()
+        count = len(ears)
 
         # Scene part of both microphones, one loop, extended by a period so that a period
         # starting anywhere in the loop is one contiguous slice.
-        rng = np.random.default_rng([seed, 2])
         if scene is None:
-            loop = np.zeros(max(period, self.sample_rate))
+            loops = [np.zeros(max(period, self.sample_rate))] * count
         else:
-            loop = np.asarray(scene, dtype=np.float64)
-            if loop.ndim != 1 or loop.size < period:
-                raise UserError(f"scene: expected a mono signal of at least one period ({period} samples)")
-        n = loop.size
-        disturbance_error = circular_convolve(loop, plant.primary_path) if scene is not None else np.zeros(n)
-        disturbance_reference = circular_convolve(loop, plant.reference_path) if scene is not None else np.zeros(n)
-        if sensor_noise:
-            disturbance_reference += plant.sensor_noise(n, rng)
-            disturbance_error += plant.sensor_noise(n, rng)
-        self.loop_samples = n
-        self._disturbance_error = np.concatenate([disturbance_error, disturbance_error[:period]])
-        self._disturbance_reference = np.concatenate([disturbance_reference, disturbance_reference[:period]])
-
-        # Speaker part: the extra delay folded into the paths.
-        delay = np.zeros(self.speaker_delay)
-        paths = [np.concatenate([delay, plant.secondary_path])]
-        self.has_feedback_path = plant.feedback_path is not None
-        if self.has_feedback_path:
-            paths.append(np.concatenate([delay, plant.feedback_path]))
-        self._matrix = speaker_matrix(paths, period)
-        self._window = self._matrix.shape[1]
-        # History ring: a whole number of periods (so a period never wraps), written twice.
-        self._ring_size = -(-self._window // period) * period
-        self._ring = np.zeros(2 * self._ring_size)
+            samples = np.asarray(scene, dtype=np.float64)
+            if samples.ndim == 2 and samples.shape[1] == 1:
+                samples = samples[:, 0]
+            if samples.ndim == 1 and samples.size >= period:
+                loops = [samples] * count
+            elif several and samples.ndim == 2 and samples.shape[1] == count and samples.shape[0] >= period:
+                loops = [samples[:, k] for k in range(count)]
+            else:
+                wanted = "a mono signal" if not several else f"a mono signal or one channel per ear ({count})"
+                raise UserError(f"scene: expected {wanted} of at least one period ({period} samples), "
+                                f"got shape {samples.shape}")
+        self.loop_samples = loops[0].size
+        self._ears = []
+        for k, (name, ear) in enumerate(ears.items()):
+            rng = np.random.default_rng([seed, 2] if not several else [seed, 2, k])
+            loop = loops[k]
+            n = loop.size
+            disturbance_error = circular_convolve(loop, ear.primary_path) if scene is not None else np.zeros(n)
+            disturbance_reference = circular_convolve(loop, ear.reference_path) if scene is not None else np.zeros(n)
+            if sensor_noise:
+                disturbance_reference += ear.sensor_noise(n, rng)
+                disturbance_error += ear.sensor_noise(n, rng)
+            # Speaker part: the extra delay folded into the paths; rows of the speaker matrix:
+            # its own error mic, then its own reference mic (feedback), then the other ears'
+            # error mics (crosstalk).
+            delay = np.zeros(self.speaker_delay)
+            paths = [np.concatenate([delay, ear.secondary_path])]
+            has_feedback = ear.feedback_path is not None
+            if has_feedback:
+                paths.append(np.concatenate([delay, ear.feedback_path]))
+            leak = crosstalk[name] if count > 1 else None
+            if leak is not None:
+                paths.append(np.concatenate([delay, leak]))
+            matrix = speaker_matrix(paths, period)
+            window = matrix.shape[1]
+            ring_size = -(-window // period) * period   # a whole number of periods, so a period never wraps
+            self._ears.append(_EarPorts(
+                name=name, plant=ear, has_feedback=has_feedback, has_crosstalk=leak is not None,
+                disturbance_error=np.concatenate([disturbance_error, disturbance_error[:period]]),
+                disturbance_reference=np.concatenate([disturbance_reference, disturbance_reference[:period]]),
+                matrix=matrix, window=window, ring_size=ring_size, ring=np.zeros(2 * ring_size),
+                speaker_out=np.empty(matrix.shape[0]), error_block=np.empty(period),
+                reference_block=np.empty(period)))
+        first = self._ears[0]
+        self.has_feedback_path = first.has_feedback
+        self._matrix = first.matrix
         self._ring_pos = 0
-        self._speaker_out = np.empty(self._matrix.shape[0])
-        self._error_block = np.empty(period)
-        self._reference_block = np.empty(period)
         self._scene_pos = 0
 
         # Ground truth over the last record_seconds (a whole number of periods).
         self.record_size = max(1, math.ceil(record_seconds * self.sample_rate / period)) * period
-        self._recorded_disturbance = np.zeros(self.record_size, dtype=np.float32)
-        self._recorded_error = np.zeros(self.record_size, dtype=np.float32)
-        self._recorded_speaker = np.zeros(self.record_size, dtype=np.float32)
+        for ear in self._ears:
+            ear.recorded_disturbance = np.zeros(self.record_size, dtype=np.float32)
+            ear.recorded_error = np.zeros(self.record_size, dtype=np.float32)
+            ear.recorded_speaker = np.zeros(self.record_size, dtype=np.float32)
 
         self.frames = 0                  # frames processed since activation
         self.xruns = 0                   # xruns the server reported
@@ -193,9 +225,14 @@ class PlantEmulator:
         self.callback_max_s = 0.0
         self._clock = time.perf_counter
 
-        self._reference_port = client.outports.register(REFERENCE_PORT)
-        self._error_port = client.outports.register(ERROR_PORT)
-        self._speaker_port = client.inports.register(SPEAKER_PORT)
+        # Registered ear by ear: PortAudio numbers a client's ports in this order.
+        for ear in self._ears:
+            prefix = "" if ear.name is None else f"{ear.name}_"
+            ear.reference_port = client.outports.register(prefix + REFERENCE_PORT)
+            ear.error_port = client.outports.register(prefix + ERROR_PORT)
+        for ear in self._ears:
+            prefix = "" if ear.name is None else f"{ear.name}_"
+            ear.speaker_port = client.inports.register(prefix + SPEAKER_PORT)
         client.set_process_callback(self._process)
         client.set_xrun_callback(self._on_xrun)
         client.set_freewheel_callback(self._on_freewheel)
@@ -211,35 +248,38 @@ class PlantEmulator:
         started = self._clock()
         try:
             period = self.period
-            speaker = self._speaker_port.get_array()
-            reference_out = self._reference_port.get_array()
-            error_out = self._error_port.get_array()
             if frames != period:
                 raise RuntimeError(f"JACK period changed from {period} to {frames} frames")
-
-            # Speaker history, written twice so the newest `window` samples are contiguous.
             p = self._ring_pos
-            size = self._ring_size
-            self._ring[p:p + period] = speaker
-            self._ring[size + p:size + p + period] = speaker
-            end = size + p + period
-            np.matmul(self._matrix, self._ring[end - self._window:end], out=self._speaker_out)
-
             s = self._scene_pos
-            np.add(self._disturbance_error[s:s + period], self._speaker_out[:period], out=self._error_block)
-            if self.has_feedback_path:
-                np.add(self._disturbance_reference[s:s + period], self._speaker_out[period:], out=self._reference_block)
-            else:
-                self._reference_block[:] = self._disturbance_reference[s:s + period]
-            error_out[:] = self._error_block
-            reference_out[:] = self._reference_block
-
             r = self.frames % self.record_size
-            self._recorded_disturbance[r:r + period] = self._disturbance_error[s:s + period]
-            self._recorded_error[r:r + period] = self._error_block
-            self._recorded_speaker[r:r + period] = speaker
+            ears = self._ears
+            # Every speaker through its paths first: another ear's error mic needs its crosstalk.
+            for ear in ears:
+                speaker = ear.speaker_port.get_array()
+                # Speaker history, written twice so the newest `window` samples are contiguous.
+                size = ear.ring_size
+                ear.ring[p % size:p % size + period] = speaker
+                ear.ring[size + p % size:size + p % size + period] = speaker
+                end = size + p % size + period
+                np.matmul(ear.matrix, ear.ring[end - ear.window:end], out=ear.speaker_out)
+                ear.recorded_speaker[r:r + period] = speaker
+            for k, ear in enumerate(ears):
+                np.add(ear.disturbance_error[s:s + period], ear.speaker_out[:period], out=ear.error_block)
+                for other in ears:
+                    if other is not ear and other.has_crosstalk:
+                        ear.error_block += other.speaker_out[-period:]
+                if ear.has_feedback:
+                    np.add(ear.disturbance_reference[s:s + period], ear.speaker_out[period:2 * period],
+                           out=ear.reference_block)
+                else:
+                    ear.reference_block[:] = ear.disturbance_reference[s:s + period]
+                ear.error_port.get_array()[:] = ear.error_block
+                ear.reference_port.get_array()[:] = ear.reference_block
+                ear.recorded_disturbance[r:r + period] = ear.disturbance_error[s:s + period]
+                ear.recorded_error[r:r + period] = ear.error_block
 
-            self._ring_pos = (p + period) % size
+            self._ring_pos = p + period
             self._scene_pos = (s + period) % self.loop_samples
             self.frames += period
         except Exception as exc:  # a bug here must not pass for a plant: stop, and say why
@@ -265,8 +305,13 @@ class PlantEmulator:
     # -- control -------------------------------------------------------------------------
     @property
     def port_names(self) -> dict[str, str]:
-        return {"reference_mic": self._reference_port.name, "error_mic": self._error_port.name,
-                "speaker": self._speaker_port.name}
+        """Port names by role: `reference_mic`, `error_mic`, `speaker`, each prefixed `EAR_` with ears."""
+        names = {}
+        for ear in self._ears:
+            prefix = "" if ear.name is None else f"{ear.name}_"
+            names.update({prefix + "reference_mic": ear.reference_port.name, prefix + "error_mic": ear.error_port.name,
+                          prefix + "speaker": ear.speaker_port.name})
+        return names
 
     def activate(self) -> "PlantEmulator":
         self.client.activate()
@@ -284,7 +329,7 @@ class PlantEmulator:
 
     def connected(self) -> bool:
         """True when something is connected to the speaker and to both microphones."""
-        ports = (self._speaker_port, self._reference_port, self._error_port)
+        ports = [port for ear in self._ears for port in (ear.speaker_port, ear.reference_port, ear.error_port)]
         return all(port.number_of_connections > 0 for port in ports)
 
     def wait_connected(self, timeout_s: float = 20.0, alive=lambda: True) -> None:
@@ -336,21 +381,32 @@ class PlantEmulator:
         self.close()
 
     # -- ground truth --------------------------------------------------------------------
-    def recorded(self, last_seconds: float | None = None) -> dict[str, np.ndarray]:
-        """Copies of the disturbance, the emitted error and the speaker, oldest first."""
+    def _ear(self, ear: str | None) -> "_EarPorts":
+        if ear is None:
+            if len(self._ears) > 1:
+                raise ValueError(f"the plant has ears {', '.join(self.ear_names)}: name one")
+            return self._ears[0]
+        for ports in self._ears:
+            if ports.name == ear:
+                return ports
+        raise ValueError(f"no ear {ear!r} (ears: {', '.join(self.ear_names) or 'none'})")
+
+    def recorded(self, last_seconds: float | None = None, ear: str | None = None) -> dict[str, np.ndarray]:
+        """Copies of the disturbance, the emitted error and the speaker (of `ear`), oldest first."""
+        ports = self._ear(ear)
         available = min(self.frames, self.record_size)
         n = available if last_seconds is None else min(available, int(round(last_seconds * self.sample_rate)))
         end = self.frames % self.record_size
         index = (np.arange(end - n, end)) % self.record_size
         return {
-            "disturbance": self._recorded_disturbance[index].astype(np.float64),
-            "error": self._recorded_error[index].astype(np.float64),
-            "speaker": self._recorded_speaker[index].astype(np.float64),
+            "disturbance": ports.recorded_disturbance[index].astype(np.float64),
+            "error": ports.recorded_error[index].astype(np.float64),
+            "speaker": ports.recorded_speaker[index].astype(np.float64),
         }
 
-    def attenuation_db(self, last_seconds: float) -> float:
-        """Disturbance power over emitted error power at the error mic, over the last seconds."""
-        rec = self.recorded(last_seconds)
+    def attenuation_db(self, last_seconds: float, ear: str | None = None) -> float:
+        """Disturbance power over emitted error power at the error mic (of `ear`), over the last seconds."""
+        rec = self.recorded(last_seconds, ear)
         if rec["error"].size == 0:
             raise ValueError("nothing recorded yet")
         disturbance = float(np.sum(rec["disturbance"] ** 2))
@@ -359,7 +415,7 @@ class PlantEmulator:
 
     def summary(self, last_seconds: float = 5.0) -> dict:
         recorded = min(self.frames, self.record_size) > 0
-        return {
+        summary = {
             "client": self.name,
             "plant": self.plant.name,
             "sample_rate": self.sample_rate,
@@ -370,20 +426,81 @@ class PlantEmulator:
             "frames": self.frames,
             "xruns": self.xruns,
             "callback_max_ms": round(self.callback_max_s * 1e3, 4),
-            "attenuation_db": round(self.attenuation_db(last_seconds), 2) if recorded else None,
+            "attenuation_db": None,
             "attenuation_window_s": last_seconds,
         }
+        if not self.ear_names:
+            summary["attenuation_db"] = round(self.attenuation_db(last_seconds), 2) if recorded else None
+        else:
+            summary["ears"] = {name: {"attenuation_db": round(self.attenuation_db(last_seconds, name), 2)
+                                      if recorded else None} for name in self.ear_names}
+            if recorded:
+                # Over every ear: the energy of all error mics together.
+                records = [self.recorded(last_seconds, name) for name in self.ear_names]
+                disturbance = sum(float(np.sum(r["disturbance"] ** 2)) for r in records)
+                error = sum(float(np.sum(r["error"] ** 2)) for r in records)
+                summary["attenuation_db"] = round(10.0 * math.log10(max(disturbance, 1e-30) / max(error, 1e-30)), 2)
+        return summary
+
+
+@dataclasses.dataclass(eq=False)
+class _EarPorts:
+    """One ear's ports, its scene part, its speaker's paths and its ground truth."""
+
+    name: str | None
+    plant: Plant
+    has_feedback: bool
+    has_crosstalk: bool
+    disturbance_error: np.ndarray
+    disturbance_reference: np.ndarray
+    matrix: np.ndarray
+    window: int
+    ring_size: int
+    ring: np.ndarray
+    speaker_out: np.ndarray
+    error_block: np.ndarray
+    reference_block: np.ndarray
+    recorded_disturbance: np.ndarray | None = None
+    recorded_error: np.ndarray | None = None
+    recorded_speaker: np.ndarray | None = None
+    reference_port: object = None
+    error_port: object = None
+    speaker_port: object = None
 
 
 # -- command line ----------------------------------------------------------------------------
+
+def load_plant(name_or_path):
+    """A one-ear `Plant`, or an `EarsPlant` when the YAML has `ears:`. Only a plant with ears
+    imports `simulator.ears` (which loads numba, for the simulator's closed loop)."""
+    from simulator.plant import read_plant_spec
+
+    spec, _ = read_plant_spec(name_or_path)
+    if "ears" not in spec:
+        return Plant.load(name_or_path)
+    from simulator.ears import EarsPlant
+
+    return EarsPlant.load(name_or_path)
+
+
+def with_latency(plant, latency_samples: int):
+    """The plant with another digital loop delay (every ear's, for a plant with ears)."""
+    if not hasattr(plant, "ears"):
+        return dataclasses.replace(plant, latency_samples=latency_samples)
+    return dataclasses.replace(plant, latency_samples=latency_samples,
+                               ears={name: dataclasses.replace(ear, latency_samples=latency_samples)
+                                     for name, ear in plant.ears.items()})
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m simulator.jack_plant",
         description="Emulate a plant as a JACK client: ports reference_mic, error_mic (out) and speaker (in). "
                     "Runs until SIGTERM or Ctrl-C.")
-    parser.add_argument("--plant", default="headphone", help="built-in preset (headphone, duct) or plant YAML file")
-    parser.add_argument("--scene", help="WAV (or FLAC/OGG) file, looped; resampled to the plant rate "
+    parser.add_argument("--plant", default="headphone",
+                        help="built-in preset (headphone, duct, headphone-stereo: ports per ear) or plant YAML file")
+    parser.add_argument("--scene", help="WAV (or FLAC/OGG) file, read as mono, looped, reaching every ear; "
+                        "resampled to the plant rate "
                         "(default: silence, only the sensor noise, as for `anc-device identify`)")
     parser.add_argument("--name", default=DEFAULT_CLIENT_NAME, help="JACK client name, also the PortAudio device name")
     parser.add_argument("--server", help="JACK server name (default: $JACK_DEFAULT_SERVER or 'default')")
@@ -411,11 +528,11 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        plant = Plant.load(args.plant)
+        plant = load_plant(args.plant)
         if args.latency_samples is not None:
             if args.latency_samples < 1:
                 raise UserError(f"--latency-samples: expected a positive integer, got {args.latency_samples}")
-            plant = dataclasses.replace(plant, latency_samples=args.latency_samples)
+            plant = with_latency(plant, args.latency_samples)
         scene = None if args.scene is None else load_scene(args.scene, plant.sample_rate)
         emulator = PlantEmulator(plant, None if scene is None else scene.samples, name=args.name,
                                  servername=args.server, seed=args.seed, sensor_noise=not args.no_sensor_noise)

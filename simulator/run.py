@@ -184,21 +184,29 @@ class Measurements:
         return self.kept[name][self.window.start - self.kept_from:]
 
 
+def _ear_file(name: str, ear: str | None) -> str:
+    if ear is None:
+        return name
+    stem, suffix = name.rsplit(".", 1)
+    return f"{stem}.{ear}.{suffix}"
+
+
 class _Outputs:
     """WAVs and metrics.jsonl written as the run goes, under temporary names until `commit`."""
 
-    def __init__(self, out: Path, fs: int):
+    def __init__(self, out: Path, fs: int, ear: str | None = None):
+        """`ear`: one ear of several, whose files are named `error_off.EAR.wav`, `metrics.EAR.jsonl`..."""
         import soundfile
 
         self.out = out
         self.temporary: dict[Path, Path] = {}
         self.wavs = {}
         for name in WAV_OUTPUTS:
-            final = out / name
+            final = out / _ear_file(name, ear)
             temporary = self._temporary(final)
             self.wavs[name] = soundfile.SoundFile(str(temporary), "w", samplerate=fs, channels=1,
                                                   subtype="FLOAT", format="WAV")
-        metrics = out / "metrics.jsonl"
+        metrics = out / _ear_file("metrics.jsonl", ear)
         self.metrics = open(self._temporary(metrics), "w", encoding="utf-8")
 
     def _temporary(self, final: Path) -> Path:
@@ -541,15 +549,19 @@ def format_summary(summary: dict) -> str:
                      "controller.feedback_neutralization is off")
     lines.extend(session_summary_parts.safety_lines(summary["safety_events"]))
     lines.append(format_alarms(summary["alarms"], summary["modes"]))
-    if summary["classifier"] != "on":
-        lines.append(f"classes      classifier {summary['classifier']}")
-    elif summary["noise_classes"]:
-        timeline = session_summary_parts.class_intervals(summary["noise_classes"], summary["duration_s"])
-        lines.append(f"classes      dominant {summary['dominant_class']}; {timeline}")
-    elif summary["dominant_class"] is not None:
-        lines.append(f"classes      mostly {summary['dominant_class']} (mean confidence "
-                     f"{summary['dominant_class_confidence']:.2f} over {summary['detections']} windows), never confident "
-                     f"enough to switch presets")
-    else:
-        lines.append("classes      scene too short for a classification window")
+    lines.append(classes_line(summary))
     return "\n".join(lines)
+
+
+def classes_line(summary: dict) -> str:
+    """The `classes` line of a simulation summary (one ear or several)."""
+    if summary["classifier"] != "on":
+        return f"classes      classifier {summary['classifier']}"
+    if summary["noise_classes"]:
+        timeline = session_summary_parts.class_intervals(summary["noise_classes"], summary["duration_s"])
+        return f"classes      dominant {summary['dominant_class']}; {timeline}"
+    if summary["dominant_class"] is not None:
+        return (f"classes      mostly {summary['dominant_class']} (mean confidence "
+                f"{summary['dominant_class_confidence']:.2f} over {summary['detections']} windows), never confident "
+                f"enough to switch presets")
+    return "classes      scene too short for a classification window"

@@ -15,12 +15,23 @@ class Terminal(io.StringIO):
 def fake_supervisor():
     metrics = [SimpleNamespace(estimated_cancellation_db=18.24)]
     worker = SimpleNamespace(report=SimpleNamespace(metrics=metrics), current_class="traffic")
-    return SimpleNamespace(session=SimpleNamespace(worker=worker), engine=SimpleNamespace(mode="run"), xruns=3)
+    return SimpleNamespace(session=SimpleNamespace(worker=worker, workers=(worker,)), engine=SimpleNamespace(mode="run"),
+                           xruns=3)
 
 
 def test_status_line_names_estimate_class_mode_xruns_and_cpu():
     line = live_view.status_line(fake_supervisor(), 23.4)
     assert line == "anc-device: cancelling 18.2 dB (device estimate) | class traffic | mode run | xruns 3 | CPU 23%"
+
+
+def test_status_line_gives_each_ears_estimate():
+    supervisor = fake_supervisor()
+    left = supervisor.session.worker
+    left.ear = "left"
+    right = SimpleNamespace(report=SimpleNamespace(metrics=[]), current_class="traffic", ear="right")
+    supervisor.session.workers = (left, right)
+    line = live_view.status_line(supervisor, None)
+    assert line.startswith("anc-device: cancelling left 18.2 dB, right - (device estimate) | class traffic")
 
 
 def test_off_when_not_a_terminal_or_under_systemd(monkeypatch):

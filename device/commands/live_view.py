@@ -24,11 +24,17 @@ def wanted(stream=None) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
-def status_line(supervisor, cpu_percent: float | None) -> str:
-    worker = supervisor.session.worker
+def _latest_estimate(worker) -> str:
     metrics = worker.report.metrics[-1] if worker.report.metrics else None
     estimate = None if metrics is None else metrics.estimated_cancellation_db
-    attenuation = "-" if estimate is None else f"{estimate:.1f} dB"
+    return "-" if estimate is None else f"{estimate:.1f} dB"
+
+
+def status_line(supervisor, cpu_percent: float | None) -> str:
+    worker = supervisor.session.worker
+    workers = supervisor.session.workers
+    attenuation = _latest_estimate(worker) if len(workers) == 1 else \
+        ", ".join(f"{w.ear} {_latest_estimate(w)}" for w in workers)
     cpu = "-" if cpu_percent is None else f"{cpu_percent:.0f}%"
     return (f"anc-device: cancelling {attenuation} (device estimate) | class {worker.current_class or '-'} | "
             f"mode {supervisor.engine.mode} | xruns {supervisor.xruns} | CPU {cpu}")

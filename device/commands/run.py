@@ -5,6 +5,10 @@ secondary-path estimate for this very stream, the classifier, the spool), compil
 kernel, then starts the duplex stream muted; the engine measures the uncontrolled level and
 fades the anti-noise in. On SIGTERM/SIGINT it fades out, closes the stream, writes the
 session record and prints a summary (`--json`: one JSON object on stdout). Logs go to stderr.
+
+With several ears (`audio.ears`) every ear's estimate must be stored for this stream and
+channel map; each ear runs with its own controller length and feedback decision, all ears in
+one kernel call per block (`device.core.ears`), and the summary gives each ear's figures.
 """
 
 from __future__ import annotations
@@ -56,6 +60,21 @@ def open_spool(cfg):
         raise UserError(f"spool.path: cannot open {path}: {exc.strerror or exc}") from None
 
 
+def configured_for(cfg, estimates, ear: str | None = None):
+    """The configuration an ear runs with: identification decided both of these. A stored
+    feedback path means neutralization is on, and `controller.taps: auto` is the length it
+    recommended for this rig (this ear)."""
+    from device.core.dsp.identification import DEFAULT_TAP_BUDGET, resolved_controller_taps
+
+    if cfg.controller.feedback_neutralization and estimates.feedback_path is None:
+        whose = "the stored estimate" if ear is None or ear == "ear" else f"ear {ear}'s stored estimate"
+        raise UserError(f"controller.feedback_neutralization: {whose} has no feedback path (none was "
+                        "measured above the noise floor, or it predates this setting); run `anc-device identify` again")
+    return cfg.replace("controller", feedback_neutralization=estimates.feedback_path is not None,
+                       taps=resolved_controller_taps(cfg.controller, estimates.metadata.get(
+                           "recommended_controller_taps", DEFAULT_TAP_BUDGET)))
+
+
 def run(args) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format="anc-device: %(levelname)s %(message)s")
@@ -74,29 +93,28 @@ def run(args) -> int:
 
     sd = import_sounddevice()
     spec = resolve_stream(sd, cfg)
-    if len(spec.ears) > 1:
-        raise UserError(f"audio.ears: {len(spec.ears)} ears ({', '.join(spec.ear_names)}); `anc-device run` drives one "
-                        "ear on a rig so far (identify and latency measure every ear; the simulator runs them all, "
-                        "e.g. --plant headphone-stereo)")
-    estimates = load_estimates(cfg.runtime.state_dir, spec.identity, ear=spec.ear_names[0] if spec.ears else None)
-    if cfg.controller.feedback_neutralization and estimates.feedback_path is None:
-        raise UserError("controller.feedback_neutralization: the stored estimate has no feedback path (none was "
-                        "measured above the noise floor, or it predates this setting); run `anc-device identify` again")
-    # Identification decided both: a stored feedback path means neutralization is on, and
-    # `controller.taps: auto` is the length it recommended for this rig.
-    from device.core.dsp.identification import DEFAULT_TAP_BUDGET, resolved_controller_taps
-
-    cfg = cfg.replace("controller", feedback_neutralization=estimates.feedback_path is not None,
-                      taps=resolved_controller_taps(cfg.controller, estimates.metadata.get(
-                          "recommended_controller_taps", DEFAULT_TAP_BUDGET)))
+    names = spec.ear_names if len(spec.ears) > 1 else (spec.ear_names[0] if spec.ears else None,)
+    estimates = {name: load_estimates(cfg.runtime.state_dir, spec.identity, ear=name) for name in names}
+    ear_configs = {name: configured_for(cfg, estimate, name) for name, estimate in estimates.items()}
     spool = open_spool(cfg)
     try:
-        session = compose_session(cfg, estimates.secondary_path, estimates.feedback_path,
-                                  sample_rate=spec.sample_rate, block_size=spec.block_size, spool=spool)
+        if len(names) > 1:
+            from device.core.ears import compose_ears_session
+
+            session = compose_ears_session(ear_configs, [e.secondary_path for e in estimates.values()],
+                                           [e.feedback_path for e in estimates.values()],
+                                           sample_rate=spec.sample_rate, block_size=spec.block_size, spool=spool)
+        else:
+            cfg = ear_configs[names[0]]
+            estimate = estimates[names[0]]
+            session = compose_session(cfg, estimate.secondary_path, estimate.feedback_path,
+                                      sample_rate=spec.sample_rate, block_size=spec.block_size, spool=spool)
         stream = DuplexStream(sd, spec, session)
-        logging.getLogger(__name__).info(
-            "secondary path: %d taps, modelling error %s dB, identified %s",
-            estimates.secondary_path.size, estimates.metadata.get("quality_db"), estimates.metadata.get("created_at"))
+        for name, estimate in estimates.items():
+            logging.getLogger(__name__).info(
+                "secondary path%s: %d taps, modelling error %s dB, identified %s",
+                "" if len(names) == 1 else f" of ear {name}", estimate.secondary_path.size,
+                estimate.metadata.get("quality_db"), estimate.metadata.get("created_at"))
         supervisor = Supervisor(cfg, sd, session, stream, spool=spool)
         view = LiveView(supervisor) if live_view.wanted() and not args.no_live_view else None
         if view is not None:

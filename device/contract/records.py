@@ -45,6 +45,8 @@ class SessionRecord(_Envelope):
     total_samples: int
     avg_cancellation_db: float | None
     status: str
+    # A headphone's ears, each {avg_cancellation_db, watchdog_trips} by name; None for one ear.
+    ears: dict[str, dict[str, Any]] | None = None
     kind: str = field(default="session")
 
     def to_dict(self) -> dict[str, Any]:

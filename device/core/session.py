@@ -72,7 +72,44 @@ def compose_session(cfg: Config, secondary_path: np.ndarray, feedback_path: np.n
     return Session(cfg, engine, classifier=model, spool=spool, classifier_error=classifier_error)
 
 
-class Session:
+class WorkerThread:
+    """The worker on its own thread, for a session on a device: `start_worker` runs `poll` every
+    `period_s` and `on_poll` after each pass (the device's control channel); `worker_iterations`
+    counts passes, for the watchdog. `stop_worker` ends it."""
+
+    _thread: threading.Thread | None = None
+    worker_iterations = 0
+    _worker_failed = 0
+
+    def poll(self) -> int:
+        raise NotImplementedError
+
+    def start_worker(self, period_s: float = 0.02, on_poll: Callable[[], None] | None = None) -> None:
+        self._stop = threading.Event()
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.poll()
+                    if on_poll is not None:
+                        on_poll()
+                except Exception:  # keep the worker alive; the audio path does not depend on it
+                    if not self._worker_failed:
+                        log.exception("worker iteration failed (further failures are counted, not logged)")
+                    self._worker_failed += 1
+                self.worker_iterations += 1
+                self._stop.wait(period_s)
+
+        self._thread = threading.Thread(target=loop, name="anc-worker", daemon=True)
+        self._thread.start()
+
+    def stop_worker(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=5.0)
+
+
+class Session(WorkerThread):
     def __init__(
         self,
         cfg: Config,
@@ -91,10 +128,6 @@ class Session:
         self.worker = Worker(cfg, self.ring, engine, classifier=classifier, records=self.records, sink=spool)
         self.worker.report.classifier_error = classifier_error
         self.start_time = utc_now_iso()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self.worker_iterations = 0
-        self._worker_failed = 0
 
     def process_block(self, reference: np.ndarray, error: np.ndarray, out: np.ndarray, meta: np.ndarray) -> None:
         """Audio-callback safe: one nogil numba call and a few preallocated copies."""
@@ -109,28 +142,12 @@ class Session:
     def poll(self) -> int:
         return self.worker.poll()
 
-    def start_worker(self, period_s: float = 0.02, on_poll: Callable[[], None] | None = None) -> None:
-        """Run the worker on its own thread every `period_s`; `on_poll` runs after each pass
-        (the device's control channel). `worker_iterations` counts passes, for the watchdog."""
-        def loop() -> None:
-            while not self._stop.is_set():
-                try:
-                    self.worker.poll()
-                    if on_poll is not None:
-                        on_poll()
-                except Exception:  # keep the worker alive; the audio path does not depend on it
-                    if not self._worker_failed:
-                        log.exception("worker iteration failed (further failures are counted, not logged)")
-                    self._worker_failed += 1
-                self.worker_iterations += 1
-                self._stop.wait(period_s)
-
-        self._thread = threading.Thread(target=loop, name="anc-worker", daemon=True)
-        self._thread.start()
+    @property
+    def workers(self) -> tuple[Worker, ...]:
+        """Every ear's worker: this session's one (an `EarsSession` has one per ear)."""
+        return (self.worker,)
 
     def stop(self, status: str = "completed") -> dict:
         """Stop the worker thread (if any), drain, and return the session summary."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
+        self.stop_worker()
         return self.worker.finish(status=status, start_time=self.start_time)

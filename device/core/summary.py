@@ -52,13 +52,20 @@ def mean_cancellation_db(metrics: Iterable, after_s: float | None = None, last: 
 
 
 def session_parts(session) -> dict[str, Any]:
-    """The summary keys every backend shares, from a stopped `device.core.session.Session`."""
+    """The summary keys every backend shares, from a stopped `device.core.session.Session` (or an
+    `EarsSession`: every ear's safety events, each naming its ear, and records; the classifier is
+    the first ear's worker's, which hears the ears' mix)."""
     report = session.worker.report
+    workers = session.workers
+    events = safety_events(report)
+    if len(workers) > 1:
+        events = sorted(({**event, "ear": worker.ear} for worker in workers for event in safety_events(worker.report)),
+                        key=lambda event: event["time_s"])
     return {
-        "safety_events": safety_events(report),
+        "safety_events": events,
         "noise_classes": noise_classes(report),
         "classifier": classifier_status(report),
-        "records_written": report.records_written,
+        "records_written": sum(worker.report.records_written for worker in workers),
         "session_id": session.session_id,
     }
 

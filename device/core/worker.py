@@ -181,6 +181,11 @@ class Worker:
         self.callback_jitter = LatencyHistogram()
 
         self.classifier = classifier
+        # With several ears: which ear this worker watches (named in its metric records), and
+        # whether the classifier hears this ear's reference mic or is fed the ears' mix instead
+        # (`device.core.ears.EarsSession`).
+        self.ear: str | None = None
+        self.classifies_own_reference = True
         if classifier is not None:
             from device.core.classifier import ClassTracker, UnknownRule
             from device.core.features import SAMPLE_RATE, StreamDecimator
@@ -266,7 +271,8 @@ class Worker:
         if reference.any() or error.any():
             self.last_signal_sample = self.samples + error.size
         self.samples += error.size
-        if self.classifier is not None and self.samples - self.last_signal_sample < self.sample_rate:
+        if self.classifier is not None and self.classifies_own_reference \
+                and self.samples - self.last_signal_sample < self.sample_rate:
             self._classify(reference)
         if self.alarm_detector is not None:
             self._listen(reference)
@@ -476,6 +482,7 @@ class Worker:
                     "mode": metrics.mode,
                     "noise_type": metrics.noise_type,
                     "safety_events": [event.to_dict() for event in events],
+                    **({} if self.ear is None else {"ear": self.ear}),
                 },
             ))
         self._reset_interval()
@@ -539,6 +546,12 @@ class Worker:
     def _timestamp(self) -> str:
         return utc_iso(self.wall_clock())
 
+    def submit(self, record) -> None:
+        """A record made outside the worker (several ears' one session record), written to the
+        sink after the worker's own, with the same retry."""
+        self._pending.append(record)
+        self._flush()
+
     def _flush(self) -> None:
         if not self._pending:
             return
@@ -558,8 +571,15 @@ class Worker:
             return None
         return _db(self._session_disturbance / self._session_error)
 
-    def finish(self, status: str = "completed", start_time: str | None = None) -> dict:
-        """Drain what is left, close the partial interval, write the session record."""
+    @property
+    def session_energies(self) -> tuple[float, float]:
+        """(disturbance, error) energy over the session's anti-noise time, as the device
+        estimates them: what several ears' cancellation is combined from."""
+        return self._session_disturbance, self._session_error
+
+    def finish(self, status: str = "completed", start_time: str | None = None, write_record: bool = True) -> dict:
+        """Drain what is left, close the partial interval, write the session record (unless
+        `write_record` is false: several ears write one record for the headphone)."""
         self.poll()
         if self.alarm_detector is not None:
             open_event = self.alarm_detector.finish(self.samples / self.sample_rate)
@@ -579,9 +599,9 @@ class Worker:
             "avg_cancellation_db": None if self.session_cancellation_db is None else round(self.session_cancellation_db, 2),
             "status": status,
         }
-        if self.records is not None:
+        if self.records is not None and write_record:
             self._pending.append(self.records.session(**session))
-            self._flush()
+        self._flush()
         session["watchdog_trips"] = snapshot["watchdog_trips"]
         session["anc_mode"] = self.settings.mode
         session["modes"] = list(self.report.modes)

@@ -9,6 +9,11 @@ if it does not load, the running model stays and the error is reported. A new
 ``record.json`` (written by the agent only when recordings are enabled in its config) starts a
 short recording of the microphones (`device.core.recorder`), taken from the blocks the worker
 drains, into the recordings directory beside the spool.
+
+With several ears (`workers`, one per ear, the first one's classifier hearing the ears' mix) a
+desired setting is applied to every ear, a new model goes to the first ear's worker, a
+recording takes the first ear's microphones, and `reported.json` carries each ear's mode,
+cancellation estimate and watchdog trips under `ears`.
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ REPORT_INTERVAL_S = 10.0
 
 class RuntimeControl:
     def __init__(self, state_dir: str | Path, worker, health: Callable[[], dict[str, Any]] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, workers: tuple | None = None):
         self.state_dir = Path(state_dir)
         self.worker = worker
+        self.workers = tuple(workers) if workers else (worker,)
         self.health = health or (lambda: {})
         self.clock = clock
         self.desired = DesiredWatcher(self.state_dir)
@@ -81,7 +87,10 @@ class RuntimeControl:
         if settings is None:
             return
         try:
-            self.worker.apply_settings(settings)
+            # The first ear refuses a bad value before it changes anything, and every ear has
+            # the same settings, so no ear is left applied when another refuses.
+            for worker in self.workers:
+                worker.apply_settings(settings)
         except UserError as exc:  # the engine refused a value the validation let through: nothing applied
             self.desired_error = f"{self.desired.path}: {exc}"
             log.error("desired settings refused, nothing applied: %s", self.desired_error)
@@ -113,15 +122,24 @@ class RuntimeControl:
 
     def state(self) -> dict[str, Any]:
         worker, engine = self.worker, self.worker.engine
-        metrics = worker.report.metrics[-1] if worker.report.metrics else None
+        ears = {w.ear: _ear_state(w) for w in self.workers} if len(self.workers) > 1 else None
+        if ears is None:
+            one = _ear_state(worker)
+        else:
+            estimates = [ear["estimated_cancellation_db"] for ear in ears.values()
+                         if ear["estimated_cancellation_db"] is not None]
+            one = {"mode": "run" if any(ear["mode"] == "run" for ear in ears.values()) else engine.mode,
+                   # The mean of the ears' estimates, dB.
+                   "estimated_cancellation_db": round(sum(estimates) / len(estimates), 1) if estimates else None,
+                   "watchdog_trips": sum(ear["watchdog_trips"] for ear in ears.values())}
         return {
             **worker.settings.reported(),
-            "mode": engine.mode,
+            "mode": one["mode"],
             "speaker_mode": worker.speaker_mode,
             "noise_type": worker.current_class,
-            "estimated_cancellation_db": None if metrics is None or metrics.estimated_cancellation_db is None
-            else round(metrics.estimated_cancellation_db, 1),
-            "watchdog_trips": int(engine.snapshot()["watchdog_trips"]),
+            "estimated_cancellation_db": one["estimated_cancellation_db"],
+            "watchdog_trips": one["watchdog_trips"],
+            **({} if ears is None else {"ears": ears}),
             "model": None if worker.classifier is None else str(getattr(worker.classifier, "path", "")),
             "model_error": self.model_error,
             "desired_error": self.desired_error,
@@ -137,6 +155,7 @@ class RuntimeControl:
         significant = {k: state[k] for k in ("anc_enabled", "anc_intensity", "preset", "anc_mode", "speaker_mode",
                                             "mode", "noise_type",
                                             "model", "model_error", "desired_error")}
+        significant["ear_modes"] = {name: ear["mode"] for name, ear in (state.get("ears") or {}).items()}
         if not force and significant == self._last_report and now - self._last_report_time < REPORT_INTERVAL_S:
             return
         try:
@@ -151,3 +170,13 @@ class RuntimeControl:
         health = self.health
         self.health = lambda: {**health(), "status": status}
         self._report(force=True)
+
+
+def _ear_state(worker) -> dict[str, Any]:
+    metrics = worker.report.metrics[-1] if worker.report.metrics else None
+    return {
+        "mode": worker.engine.mode,
+        "estimated_cancellation_db": None if metrics is None or metrics.estimated_cancellation_db is None
+        else round(metrics.estimated_cancellation_db, 1),
+        "watchdog_trips": int(worker.engine.snapshot()["watchdog_trips"]),
+    }

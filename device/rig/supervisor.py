@@ -19,6 +19,11 @@ Threads, and why this shape bounds what can delay the audio callback:
 
 Every figure is measured and reported per metrics interval and on exit (p50/p99/p99.9/max
 of the callback duration and start jitter against the block period).
+
+The session is a `Session` (one ear) or an `EarsSession` (several ears in one stream, one
+kernel call per block for all of them): the callback figures are the whole callback's, and
+the summary gives each ear's cancellation estimate, watchdog trips and safety events under
+`ears`.
 """
 
 from __future__ import annotations
@@ -74,7 +79,8 @@ class Supervisor:
         self._xruns_before = 0
         self.unmuted_pending = True
         self._silence_reported_at = 0  # worker sample count at the last silence report
-        self.control = RuntimeControl(cfg.runtime.state_dir, session.worker, health=self.health)
+        self.control = RuntimeControl(cfg.runtime.state_dir, session.worker, health=self.health,
+                                      workers=session.workers)
 
     # -- shared read-outs ----------------------------------------------------------------------
     @property
@@ -227,17 +233,20 @@ class Supervisor:
                 self.stream.last_callback_error = None
             failure = None
             worker = self.session.worker
+            # Every microphone of every ear: one ear's mics may be silent on their own.
+            last_signal = max(w.last_signal_sample for w in self.session.workers)
             if self.stream.finished.is_set() or not self.stream.active:
                 failure = "the stream stopped (device gone or PortAudio error)"
             elif now - last_progress > STALL_S:
                 failure = f"no audio callback for {STALL_S:.0f} s"
-            elif worker.samples - max(worker.last_signal_sample, self._silence_reported_at) \
+            elif worker.samples - max(last_signal, self._silence_reported_at) \
                     > SILENCE_S * self.stream.spec.sample_rate:
                 # JACK keeps a stream running when the client it was connected to vanishes, and a
                 # dead USB card may deliver zeros: reopening re-finds and reconnects the device.
                 # The worker owns last_signal_sample; this thread only notes what it reported.
                 self._silence_reported_at = worker.samples
-                failure = f"both microphones digitally silent for {SILENCE_S:.0f} s (device disconnected?)"
+                failure = (f"{'every' if len(self.session.workers) > 1 else 'both'} microphones digitally silent "
+                           f"for {SILENCE_S:.0f} s (device disconnected?)")
             if failure is not None:
                 self._report_stream_error(failure)
                 streaming, retry_at = False, 0.0
@@ -302,6 +311,23 @@ class Supervisor:
         }
         p99 = summary["callback_p99_ms"]
         summary["callback_p99_of_period"] = None if p99 is None else round(p99 / period_ms, 4)
+        if "ears" in session:
+            summary["ears"] = {
+                name: {
+                    "estimated_cancellation_db": ear["avg_cancellation_db"],
+                    "estimated_cancellation_recent_db": session_summary_parts.mean_cancellation_db(
+                        worker.report.metrics, last=5),
+                    "watchdog_trips": int(ear["watchdog_trips"]),
+                    "diverged": ear["watchdog_trips"] > 0,
+                    "safety_events": session_summary_parts.safety_events(worker.report),
+                    "stopped_for_reidentification": any(event.kind == "stopped_reidentify"
+                                                        for event in worker.report.safety_events),
+                }
+                for (name, ear), worker in zip(session["ears"].items(), self.session.workers)}
+            recent = [ear["estimated_cancellation_recent_db"] for ear in summary["ears"].values()
+                      if ear["estimated_cancellation_recent_db"] is not None]
+            # Over several ears: the mean of the ears' figures (the session's is over every error mic).
+            summary["estimated_cancellation_recent_db"] = round(sum(recent) / len(recent), 2) if recent else None
         return summary
 
 
@@ -326,6 +352,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"cancellation {_value(summary['estimated_cancellation_recent_db'])} dB over the last intervals, "
         f"{_value(summary['estimated_cancellation_db'])} dB over the session (device estimates)   "
         f"watchdog trips {summary['watchdog_trips']}",
+        *[f"{name:<12} {_value(ear['estimated_cancellation_recent_db'])} dB over the last intervals, "
+          f"{_value(ear['estimated_cancellation_db'])} dB over the session; "
+          + (f"watchdog tripped {ear['watchdog_trips']}x"
+             + ("; anti-noise stopped: run `anc-device identify`" if ear["stopped_for_reidentification"] else "")
+             if ear["diverged"] else "no watchdog events") for name, ear in (summary.get("ears") or {}).items()],
         f"start        anti-noise on {summary['unmuted_after_s'] if summary['unmuted_after_s'] is not None else '-'} s "
         f"after process start   gc max {summary['gc_max_ms']} ms",
         f"memory       {_value(summary['rss_mb'])} MiB resident (peak {_value(summary['rss_peak_mb'])}): "

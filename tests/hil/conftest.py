@@ -157,15 +157,15 @@ def jack_server(jack_server_factory) -> JackServer:
 
 @pytest.fixture
 def emulator_factory():
-    """make(server, plant, scene=None, **kwargs) -> an activated PlantEmulator, closed at teardown."""
-    from simulator.jack_plant import PlantEmulator
-    from simulator.plant import Plant
+    """make(server, plant, scene=None, **kwargs) -> an activated PlantEmulator, closed at teardown.
+    `plant`: a Plant, an EarsPlant, or a preset name or YAML path of either."""
+    from simulator.jack_plant import PlantEmulator, load_plant
 
     emulators = []
 
     def make(server: JackServer, plant="headphone", scene=None, **kwargs) -> PlantEmulator:
-        if not isinstance(plant, Plant):
-            plant = Plant.load(plant)
+        if isinstance(plant, (str, Path)):
+            plant = load_plant(plant)
         emulator = PlantEmulator(plant, scene, servername=server.name, **kwargs)
         emulators.append(emulator)
         return emulator.activate()
@@ -233,9 +233,10 @@ def device_processes(hil_processes, tmp_path):
 
 
 def stream_probe_argv(device: str, block: int, frames: int, impulses=(), out: Path | None = None,
-                      rate: int = 48000) -> list[str]:
+                      rate: int = 48000, inputs: int = 2, outputs: int = 1, impulse_channel: int = 0) -> list[str]:
     argv = [PYTHON, str(STREAM_PROBE), "--device", device, "--block", str(block), "--frames", str(frames),
-            "--rate", str(rate)]
+            "--rate", str(rate), "--inputs", str(inputs), "--outputs", str(outputs),
+            "--impulse-channel", str(impulse_channel)]
     for k in impulses:
         argv += ["--impulse", str(k)]
     if out is not None:

@@ -30,7 +30,8 @@ def main() -> int:
     parser.add_argument("--impulse", type=int, action="append", default=[], help="stream frame of an impulse")
     parser.add_argument("--amplitude", type=float, default=0.5)
     parser.add_argument("--inputs", type=int, default=2, help="input channels opened (the first two are recorded)")
-    parser.add_argument("--outputs", type=int, default=1, help="output channels opened (impulses on channel 0)")
+    parser.add_argument("--outputs", type=int, default=1, help="output channels opened")
+    parser.add_argument("--impulse-channel", type=int, default=0, help="output channel the impulses are played on")
     parser.add_argument("--out", help="npz file for the recorded input (reference, error) and what was played")
     parser.add_argument("--list", action="store_true", help="print the devices PortAudio sees as JSON and exit")
     args = parser.parse_args()
@@ -46,7 +47,7 @@ def main() -> int:
         return 0
 
     frames = args.frames
-    recorded = np.zeros((frames, 2), dtype=np.float32)
+    recorded = np.zeros((frames, max(2, args.inputs)), dtype=np.float32)
     played = np.zeros(frames, dtype=np.float32)
     for k in args.impulse:
         played[k] = args.amplitude
@@ -61,8 +62,8 @@ def main() -> int:
         b = min(a + n, frames)
         outdata.fill(0.0)
         if b > a:
-            recorded[a:b] = indata[:b - a, :2]
-            outdata[:b - a, 0] = played[a:b]
+            recorded[a:b, :indata.shape[1]] = indata[:b - a]
+            outdata[:b - a, args.impulse_channel] = played[a:b]
         state["position"] = a + n
         state["callbacks"] += 1
 
@@ -78,7 +79,7 @@ def main() -> int:
     stream.stop()
     stream.close()
     if args.out:
-        np.savez(args.out, reference=recorded[:, 0], error=recorded[:, 1], played=played)
+        np.savez(args.out, reference=recorded[:, 0], error=recorded[:, 1], inputs=recorded, played=played)
     print(json.dumps({"event": "stopped", "frames": state["position"], "callbacks": state["callbacks"],
                       "status_flags": state["status_flags"], "odd_blocks": state["odd_blocks"]}), flush=True)
     return 0

@@ -188,3 +188,34 @@ def test_teardown_leaves_no_jack_client_behind(jack_server, emulator_factory, de
     # Nobody played anti-noise: the error is the disturbance.
     assert stopped["attenuation_db"] == pytest.approx(0.0, abs=1e-6)
     assert DEFAULT_CLIENT_NAME not in jack_server.client_names()
+
+
+def test_two_ear_emulator_routes_each_speaker_to_its_cup_and_round_the_head(jack_server, emulator_factory,
+                                                                           device_processes, tmp_path):
+    """headphone-stereo: a 4-in/2-out device, its ports numbered ear by ear. An impulse on one
+    speaker comes back on that ear's error mic through its own full secondary path and on the
+    other ear's error mic through its crosstalk path, nowhere else."""
+    from simulator.ears import EarsPlant
+
+    plant = EarsPlant.load("headphone-stereo")
+    emulator = emulator_factory(jack_server, plant, None, sensor_noise=False)
+    assert list(emulator.port_names) == ["left_reference_mic", "left_error_mic", "left_speaker",
+                                         "right_reference_mic", "right_error_mic", "right_speaker"]
+    impulses, frames = [4800, 9605], 14400
+    delay = np.zeros(plant.latency_samples)
+    for channel, (speaker, other) in enumerate((("left", "right"), ("right", "left"))):
+        out = tmp_path / f"{speaker}.npz"
+        run_probe_in_freewheel(emulator, device_processes, jack_server,
+                               stream_probe_argv(DEFAULT_CLIENT_NAME, 32, frames, impulses, out, inputs=4, outputs=2,
+                                                 impulse_channel=channel), frames)
+        inputs = np.load(out)["inputs"].astype(np.float64)
+        own = plant.ears[speaker].full_secondary_path()
+        leak = np.concatenate([delay, plant.crosstalk[speaker]])
+        own_error, other_error = inputs[:, 2 * channel + 1], inputs[:, 2 * (1 - channel) + 1]
+        for k in impulses:
+            np.testing.assert_allclose(own_error[k:k + own.size], AMPLITUDE * own, rtol=0, atol=FLOAT32_TOLERANCE)
+            np.testing.assert_allclose(other_error[k:k + leak.size], AMPLITUDE * leak, rtol=0, atol=FLOAT32_TOLERANCE)
+        assert not np.any(inputs[:, 0]) and not np.any(inputs[:, 2]), "no feedback path: the reference mics are silent"
+        print(f"impulse on the {speaker} speaker: its error mic peak {np.abs(own_error).max():.4f}, "
+              f"the {other} error mic {np.abs(other_error).max():.2e}")
+    emulator.check()
