@@ -196,12 +196,20 @@ def test_latency_measures_the_plant_loop_delay_and_causality(plant_name, jack_se
     scene = generate_scene("white", 4.0, plant.sample_rate, seed=5, level_dbfs=-45.0)
     emulator_factory(jack_server, plant, scene)
     config = write_config(tmp_path)
-    process = device_processes(anc_device("latency", "--config", str(config), "--json", "--ambient-s", "2"),
-                               jack_server, "latency")
-    status, out = process.finish(timeout_s=120)
-    assert status == 0, process.stderr()
-    result = json.loads(out.strip().splitlines()[-1])
-    print(f"{plant_name}: {json.dumps(result)}")
+    # The JACK dummy server on this VM xruns hundreds of times a second even when the machine is
+    # idle; a capture torn by them can leave the ambient fit too poor to name the lead, and the
+    # command then says so (`reference_lead_samples: null`, "not measurable") rather than guess.
+    # That refusal, and only that, gets another capture; a wrong figure fails at once.
+    for attempt in range(1, 4):
+        process = device_processes(anc_device("latency", "--config", str(config), "--json", "--ambient-s", "2"),
+                                   jack_server, f"latency-{attempt}")
+        status, out = process.finish(timeout_s=120)
+        assert status == 0, process.stderr()
+        result = json.loads(out.strip().splitlines()[-1])
+        print(f"{plant_name} (capture {attempt}): {json.dumps(result)}")
+        if result.get("reference_lead_samples") is not None:
+            break
+        assert "not measurable" in result["verdict"]
     for key in ("loop_delay_samples", "loop_delay_ms", "reference_lead_samples", "reference_lead_ms",
                 "broadband_possible", "verdict"):
         assert key in result, f"latency --json has no {key}"
