@@ -34,6 +34,50 @@ class FakeSoundDevice:
         return (0, "PortAudio V19 (fake)")
 
 
+class PortAudioError(Exception):
+    """Named as sounddevice's: what its import raises when Pa_Initialize fails."""
+
+
+def refusing_import(monkeypatch, refusals: int):
+    """Make `import sounddevice` fail the way a busy JACK server makes it fail, `refusals`
+    times, then succeed with a stand-in module. Returns the list of attempts."""
+    import builtins
+    import sys
+    import types
+
+    real_import = builtins.__import__
+    attempts = []
+
+    def fake_import(name, *args, **kwargs):
+        if name != "sounddevice":
+            return real_import(name, *args, **kwargs)
+        attempts.append(name)
+        if len(attempts) <= refusals:
+            raise PortAudioError("Error initializing PortAudio: Unanticipated host error [PaErrorCode -9999]")
+        return types.SimpleNamespace(name="stand-in")
+
+    monkeypatch.delitem(sys.modules, "sounddevice", raising=False)
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    return attempts
+
+
+def test_portaudio_that_refuses_one_initialization_is_tried_again(monkeypatch):
+    from device.rig import audio
+    monkeypatch.setattr(audio.time, "sleep", lambda s: None)
+    attempts = refusing_import(monkeypatch, refusals=2)
+    assert audio.import_sounddevice().name == "stand-in"
+    assert len(attempts) == 3
+
+
+def test_portaudio_that_keeps_refusing_is_one_clear_error(monkeypatch):
+    from device.rig import audio
+    monkeypatch.setattr(audio.time, "sleep", lambda s: None)
+    attempts = refusing_import(monkeypatch, refusals=100)
+    with pytest.raises(UserError, match=r"cannot initialize PortAudio after 5 tries: .*PaErrorCode -9999"):
+        audio.import_sounddevice()
+    assert len(attempts) == audio.PORTAUDIO_INIT_ATTEMPTS
+
+
 def device(name, inputs, outputs, hostapi=0):
     return {"name": name, "hostapi": hostapi, "max_input_channels": inputs, "max_output_channels": outputs,
             "default_samplerate": 48000.0, "default_low_input_latency": 0.005, "default_low_output_latency": 0.005}

@@ -41,13 +41,31 @@ class BlockProcessor(Protocol):
     def process_block(self, reference: np.ndarray, error: np.ndarray, out: np.ndarray, meta: np.ndarray) -> None: ...
 
 
-def import_sounddevice():
-    """The `sounddevice` module, or a UserError that says which system package is missing."""
-    try:
-        import sounddevice
-    except OSError as exc:  # the Python package is there but the PortAudio library is not
-        raise UserError(f"cannot load PortAudio ({exc}); install it with `sudo apt-get install libportaudio2`") from None
-    return sounddevice
+# Pa_Initialize opens a client on a running JACK server; a server busy with a graph change (a
+# client coming or going, just started) can refuse the activation once. A few tries a moment
+# apart ride that out; a server that keeps refusing is a real fault and is reported.
+PORTAUDIO_INIT_ATTEMPTS = 5
+PORTAUDIO_INIT_RETRY_S = 0.3
+
+
+def import_sounddevice(attempts: int = PORTAUDIO_INIT_ATTEMPTS):
+    """The `sounddevice` module, or a UserError that says which system package is missing or
+    why PortAudio would not initialize."""
+    for attempt in range(attempts):
+        try:
+            import sounddevice
+            return sounddevice
+        except OSError as exc:  # the Python package is there but the PortAudio library is not
+            raise UserError(f"cannot load PortAudio ({exc}); "
+                            "install it with `sudo apt-get install libportaudio2`") from None
+        except Exception as exc:  # sounddevice.PortAudioError from Pa_Initialize at import
+            if type(exc).__name__ != "PortAudioError":
+                raise
+            # A failed import leaves no module behind, so the next import initializes afresh.
+            if attempt + 1 == attempts:
+                raise UserError(f"cannot initialize PortAudio after {attempts} tries: {exc}") from None
+            time.sleep(PORTAUDIO_INIT_RETRY_S)
+    raise AssertionError("unreachable")
 
 
 def rescan_devices(sd) -> None:
@@ -55,7 +73,14 @@ def rescan_devices(sd) -> None:
     sounddevice has no public call for this; terminating and re-initializing the library is
     the documented way and is only done while no stream is open."""
     sd._terminate()
-    sd._initialize()
+    for attempt in range(PORTAUDIO_INIT_ATTEMPTS):
+        try:
+            sd._initialize()
+            return
+        except sd.PortAudioError as exc:  # see PORTAUDIO_INIT_ATTEMPTS
+            if attempt + 1 == PORTAUDIO_INIT_ATTEMPTS:
+                raise UserError(f"cannot initialize PortAudio again after {PORTAUDIO_INIT_ATTEMPTS} tries: {exc}") from None
+            time.sleep(PORTAUDIO_INIT_RETRY_S)
 
 
 # -- device selection --------------------------------------------------------------------------

@@ -36,7 +36,9 @@ def main() -> int:
     parser.add_argument("--list", action="store_true", help="print the devices PortAudio sees as JSON and exit")
     args = parser.parse_args()
 
-    import sounddevice as sd
+    # The runtime's import: it rides out a JACK server that refuses one activation.
+    from device.rig.audio import import_sounddevice
+    sd = import_sounddevice()
 
     if args.list:
         apis = sd.query_hostapis()
