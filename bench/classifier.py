@@ -1,8 +1,14 @@
 """Cost of the noise classifier per window: features, ONNX inference, both; model size; RSS.
 
 Prints JSON lines:
-  {"bench": "features", ...}   feature_vector on one window (median, p99, max in ms; wall and thread CPU time)
-  {"bench": "inference", ...}  one onnxruntime call on one feature vector
+  {"bench": "stages", ...}     process CPU time of each stage of one classification (median and mean in ms):
+                               the feature stages (`features.FeatureWorkspace.STAGES`: level and framing,
+                               FFT, power and mel bands, log-mel and DCT, the compiled summaries, the
+                               modulation features), the ONNX run alone, the `unknown` distance, the rest
+  {"bench": "features", ...}   feature_vector on one window (median, p99, max in ms; wall, thread and process
+                               CPU time)
+  {"bench": "inference", ...}  classify_features on one feature vector: the onnxruntime call, the `unknown`
+                               distance and the Detection
   {"bench": "classify", ...}   NoiseClassifier.classify: both plus the `unknown` rule, as the worker calls it every hop
   {"bench": "worker_hop", ...} what the worker does every hop: classify, then the window's level and peak
                                frequency for the noise-detection record (`features.power_and_peak`)
@@ -15,7 +21,10 @@ Prints JSON lines:
   {"bench": "targets", ...}    classify median < 2 ms and p99 < 5 ms here (wall), median < 2 ms in CPU time, and
                                the 1-minute load average at the end (wall figures mean little above about 1)
 
-    nice -n 0 python bench/classifier.py [--windows 2000] [--repeats 5] [--model models/noise_classifier.onnx]
+    nice -n 10 python bench/classifier.py [--windows 2000] [--repeats 5] [--model models/noise_classifier.onnx]
+
+The CPU times are `time.thread_time` (the calling thread) and `time.process_time` (the whole
+process: any thread a library runs for the call counts too).
 """
 
 from __future__ import annotations
@@ -57,23 +66,67 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _summary(ms: np.ndarray, cpu_ms: np.ndarray, process_ms: np.ndarray) -> dict:
+    return {"median_ms": round(float(np.median(ms)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4),
+            "max_ms": round(float(ms.max()), 4), "cpu_median_ms": round(float(np.median(cpu_ms)), 4),
+            "cpu_p99_ms": round(float(np.percentile(cpu_ms, 99)), 4),
+            "process_cpu_median_ms": round(float(np.median(process_ms)), 4),
+            "process_cpu_p99_ms": round(float(np.percentile(process_ms, 99)), 4), "n": int(ms.size)}
+
+
 def timings(fn, args_list, repeat_first: int = 20) -> dict:
     for a in args_list[:repeat_first]:
         fn(a)
     times = np.empty(len(args_list))
     cpu = np.empty(len(args_list))
+    process = np.empty(len(args_list))
     for i, a in enumerate(args_list):
-        start, cpu_start = time.perf_counter(), time.thread_time()
+        start, cpu_start, process_start = time.perf_counter(), time.thread_time(), time.process_time()
         fn(a)
         times[i] = time.perf_counter() - start
         cpu[i] = time.thread_time() - cpu_start
-    ms, cpu_ms = times * 1e3, cpu * 1e3
-    # Wall time includes the time the scheduler gave the core to other processes; the thread's CPU
-    # time does not (it still includes their cache and memory contention), so on a shared, loaded
-    # machine it is the nearer estimate of what the same call costs on an idle core.
-    return {"median_ms": round(float(np.median(ms)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4),
-            "max_ms": round(float(ms.max()), 4), "cpu_median_ms": round(float(np.median(cpu_ms)), 4),
-            "cpu_p99_ms": round(float(np.percentile(cpu_ms, 99)), 4), "n": len(args_list)}
+        process[i] = time.process_time() - process_start
+    # Wall time includes the time the scheduler gave the core to other processes; the CPU times do
+    # not (they still include their cache and memory contention), so on a shared, loaded machine
+    # they are the nearer estimate of what the same call costs on an idle core. The process's CPU
+    # time also counts any thread a library starts behind the caller's back (BLAS, onnxruntime).
+    return _summary(times * 1e3, cpu * 1e3, process * 1e3)
+
+
+def stage_timings(clf, windows: list[np.ndarray], rule) -> dict:
+    """CPU time (process) of each stage of one classification, every stage timed on every window
+    in the order the worker runs them: the feature stages (`FeatureWorkspace.STAGES`), the ONNX
+    run alone, the `unknown` distance (`OodStatistics.score`), and what is left of `classify`
+    (the level, the Detection and the rule)."""
+    from device.core.classifier import window_level_dbfs
+
+    workspace = features.FeatureWorkspace(windows[0].size)
+    vector = np.empty(features.N_FEATURES, dtype=np.float32)
+    names = list(workspace.STAGES) + ["onnx_run", "ood_score", "level_and_rule"]
+    run_onnx = clf._session.run
+    onnx_input = {clf._input_name: vector[None, :]}
+
+    def steps(window):
+        return [lambda: workspace.frames(window), workspace.fft, workspace.mel, workspace.log_mel_dct,
+                lambda: workspace.summaries(vector), lambda: workspace.modulation(vector),
+                lambda: run_onnx(["probabilities"], onnx_input),
+                lambda: clf.ood.score(vector) if clf.ood is not None else None,
+                lambda: clf.unknown_reason(clf.classify_features(vector, window_level_dbfs(window)), rule)]
+
+    for window in windows[:20]:
+        for step in steps(window):
+            step()
+    cpu = np.empty((len(windows), len(names)))
+    for i, window in enumerate(windows):
+        for j, step in enumerate(steps(window)):
+            start = time.process_time()
+            step()
+            cpu[i, j] = time.process_time() - start
+    cpu_ms = cpu * 1e3
+    # The last stage repeats the ONNX run and the distance inside classify_features: subtract them.
+    cpu_ms[:, -1] = np.maximum(cpu_ms[:, -1] - cpu_ms[:, -3] - cpu_ms[:, -2], 0.0)
+    return {name: {"cpu_median_ms": round(float(np.median(cpu_ms[:, j])), 4),
+                   "cpu_mean_ms": round(float(np.mean(cpu_ms[:, j])), 4)} for j, name in enumerate(names)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,16 +153,18 @@ def main(argv: list[str] | None = None) -> int:
     stream = rng.standard_normal(size + 64 * 256) * 0.1
     wins = [stream[(i % 64) * 256:(i % 64) * 256 + size] for i in range(args.windows)]
     vectors = [features.feature_vector(w) for w in wins[:64]]
-    host = {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()}
-
-    feat = timings(features.feature_vector, wins)
-    print(json.dumps({"bench": "features", "window_s": window_s, **feat, **host}))
-    infer = timings(clf.classify_features, [vectors[i % 64] for i in range(args.windows)])
-    print(json.dumps({"bench": "inference", "intra_op_threads": 1, **infer}))
     from device.contract.config import load_config
     from device.core.classifier import UnknownRule
 
     rule = UnknownRule.from_config(load_config().classifier)
+    host = {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()}
+
+    print(json.dumps({"bench": "stages", "windows": len(wins), "load_1min": round(os.getloadavg()[0], 2),
+                      **stage_timings(clf, wins, rule)}))
+    feat = timings(features.feature_vector, wins)
+    print(json.dumps({"bench": "features", "window_s": window_s, **feat, **host}))
+    infer = timings(clf.classify_features, [vectors[i % 64] for i in range(args.windows)])
+    print(json.dumps({"bench": "inference", "intra_op_threads": 1, **infer}))
     both = timings(lambda w: clf.classify(w, rule), wins)
     print(json.dumps({"bench": "classify", "window_s": window_s, **both}))
 
@@ -125,12 +180,15 @@ def main(argv: list[str] | None = None) -> int:
             run = timings(lambda w: clf.classify(w, rule), wins)
             runs.append({"median_ms": run["median_ms"], "p99_ms": run["p99_ms"],
                          "cpu_median_ms": run["cpu_median_ms"], "cpu_p99_ms": run["cpu_p99_ms"],
+                         "process_cpu_median_ms": run["process_cpu_median_ms"],
                          "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]})
         print(json.dumps({"bench": "repeats", "windows": args.windows, "runs": runs,
                           "median_of_medians_ms": round(float(np.median([r["median_ms"] for r in runs])), 4),
                           "median_of_p99_ms": round(float(np.median([r["p99_ms"] for r in runs])), 4),
                           "cpu_median_of_medians_ms": round(float(np.median([r["cpu_median_ms"] for r in runs])), 4),
-                          "cpu_median_of_p99_ms": round(float(np.median([r["cpu_p99_ms"] for r in runs])), 4)}))
+                          "cpu_median_of_p99_ms": round(float(np.median([r["cpu_p99_ms"] for r in runs])), 4),
+                          "process_cpu_median_of_medians_ms":
+                              round(float(np.median([r["process_cpu_median_ms"] for r in runs])), 4)}))
 
     dec = features.StreamDecimator(48000, features.SAMPLE_RATE)
     blocks = [rng.standard_normal(32) for _ in range(256)]

@@ -1,17 +1,35 @@
 """The classifier's feature vector as NumPy computed it before its per-frame summaries were
-compiled (device/core/dsp/window_summary.py): the oracle that the compiled one must equal to
-float rounding, since the shipped model was trained on these values. The spectra (power,
-mel, log-mel, DCT) are the module's own; only the summaries are restated here."""
+compiled (device/core/dsp/window_summary.py) and before its spectra ran over reused buffers
+(`features.FeatureWorkspace`): the oracle that the device's must equal to float rounding, since
+the shipped model was trained on these values. The spectra (frames, power, dense mel product,
+log-mel, DCT) are restated here as the NumPy expressions they were; only the filterbank and DCT
+matrices, checked against librosa, are the module's."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from device.core.features import (AMIN, HOP_LENGTH, MIN_SAMPLES, N_DELTA, N_FEATURES, N_MFCC,
-                                  ONSET_THRESHOLD_DB, SAMPLE_RATE, SILENCE_RMS, TARGET_RMS_DBFS,
-                                  _band_matrix, _check_rate, _dct_matrix, _flatness_bins, _log_mel,
-                                  _modulation_bins, mel_filterbank, MOD_ACOUSTIC_BANDS_HZ,
-                                  MOD_BANDS_HZ, MOD_NFFT, power_spectrogram)
+from device.core.features import (AMIN, HOP_LENGTH, MIN_SAMPLES, N_DELTA, N_FEATURES, N_FFT, N_MFCC,
+                                  ONSET_THRESHOLD_DB, SAMPLE_RATE, SILENCE_RMS, TARGET_RMS_DBFS, TOP_DB,
+                                  WIN_LENGTH, _band_matrix, _check_rate, _dct_matrix, _flatness_bins,
+                                  _modulation_bins, hann_periodic, mel_filterbank, MOD_ACOUSTIC_BANDS_HZ,
+                                  MOD_BANDS_HZ, MOD_NFFT)
+
+
+def power_spectrogram(audio: np.ndarray) -> np.ndarray:
+    """(n_frames, N_FFT // 2 + 1) power spectra of Hann-windowed frames, no padding."""
+    audio = np.ascontiguousarray(audio, dtype=np.float64)
+    n_frames = 1 + (audio.size - WIN_LENGTH) // HOP_LENGTH
+    frames = np.lib.stride_tricks.as_strided(
+        audio, shape=(n_frames, WIN_LENGTH), strides=(audio.strides[0] * HOP_LENGTH, audio.strides[0]),
+        writeable=False)
+    spectrum = np.fft.rfft(frames * hann_periodic(WIN_LENGTH), n=N_FFT, axis=1)
+    return spectrum.real ** 2 + spectrum.imag ** 2
+
+
+def _log_mel(power: np.ndarray, mel_power: np.ndarray) -> np.ndarray:
+    log_mel = 10.0 * np.log10(np.maximum(mel_power, AMIN))
+    return np.maximum(log_mel, log_mel.max() - TOP_DB)
 
 
 def _percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:

@@ -132,6 +132,53 @@ def test_feature_vector_equals_the_numpy_it_replaced():
                                    err_msg=name)
 
 
+def test_reused_buffers_change_no_value():
+    """Windows of different kinds and lengths through the same thread's buffers, interleaved and
+    repeated, give exactly the vectors of a fresh buffer set each; `out` receives the vector."""
+    windows = list(_windows_of_every_kind().values())
+    fresh = []
+    for window in windows:
+        clean = np.empty(F.N_FEATURES, dtype=np.float32)
+        F.FeatureWorkspace(window.size).compute(np.ascontiguousarray(window, dtype=np.float64), clean)
+        fresh.append(clean)
+    for _ in range(2):
+        for window, expected in zip(windows, fresh):
+            out = np.full(F.N_FEATURES, np.nan, dtype=np.float32)
+            assert F.feature_vector(window, out=out) is out
+            np.testing.assert_array_equal(out, expected)
+    # A strided (non-contiguous) window is the same window.
+    doubled = np.repeat(windows[0], 2)[::2]
+    np.testing.assert_array_equal(F.feature_vector(doubled), fresh[0])
+
+
+def test_feature_vector_in_threads_equals_serial():
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(13)
+    windows = [rng.standard_normal(2 * SR) * rng.uniform(0.01, 0.5) for _ in range(12)]
+    serial = [F.feature_vector(w) for w in windows]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        threaded = list(pool.map(F.feature_vector, windows * 3))
+    for k, vector in enumerate(threaded):
+        np.testing.assert_array_equal(vector, serial[k % len(windows)])
+
+
+def test_feature_vector_allocates_nothing_window_sized():
+    """After the first window of a length, the spectra reuse their buffers: what a window
+    allocates is small temporaries, not the ~1.5 MB of frames and spectra it once did."""
+    window = np.random.default_rng(14).standard_normal(2 * SR) * 0.1
+    out = np.empty(F.N_FEATURES, dtype=np.float32)
+    F.feature_vector(window, out=out)
+    tracemalloc.start()
+    try:
+        for _ in range(5):
+            F.feature_vector(window, out=out)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024
+
+
 def test_feature_vector_edge_cases():
     assert np.all(np.isfinite(F.feature_vector(np.zeros(SR))))
     assert np.all(np.isfinite(F.feature_vector(np.full(SR, np.nan))))

@@ -87,8 +87,10 @@ class OodStatistics:
 
 
 def window_level_dbfs(audio: np.ndarray) -> float:
-    x = np.asarray(audio, dtype=np.float64)
-    return 10.0 * float(np.log10(max(float(np.mean(x * x)), 1e-20)))
+    x = np.asarray(audio, dtype=np.float64).reshape(-1)
+    # A dot product rather than mean(x * x): no window-sized temporary, the same value to rounding.
+    mean_square = float(np.dot(x, x)) / x.size if x.size else 0.0
+    return 10.0 * float(np.log10(max(mean_square, 1e-20)))
 
 
 class NoiseClassifier:
@@ -116,7 +118,8 @@ class NoiseClassifier:
     def classify_features(self, vector: np.ndarray, level_dbfs: float | None = None,
                           rule: UnknownRule | None = None) -> Detection:
         """The class of one feature vector; with a `rule`, `unknown` when the window is unlike every class."""
-        self._input[0] = vector
+        if not np.may_share_memory(vector, self._input):  # `classify` computed it in place
+            self._input[0] = vector
         probs = self._session.run(self._outputs, {self._input_name: self._input})[0][0]
         k = int(np.argmax(probs))
         score = self.ood.score(vector) if self.ood is not None else None
@@ -144,8 +147,9 @@ class NoiseClassifier:
 
     def classify(self, audio_16k: np.ndarray, rule: UnknownRule | None = None) -> Detection:
         """Classify one window of mono 16 kHz audio (the device uses `window_s` of the reference mic)."""
-        return self.classify_features(features.feature_vector(audio_16k, features.SAMPLE_RATE),
-                                      window_level_dbfs(audio_16k), rule)
+        # The features go straight into the ONNX input row (no copy, no allocation per window).
+        vector = features.feature_vector(audio_16k, features.SAMPLE_RATE, out=self._input[0])
+        return self.classify_features(vector, window_level_dbfs(audio_16k), rule)
 
 
 class ClassTracker:

@@ -2,10 +2,12 @@
 
 `models/train.py` computes its training vectors with `feature_vector`, and the device's
 worker calls the same function on the last window of the reference microphone, so training
-and serving cannot drift apart. NumPy, with the window's sixty small per-frame reductions
-compiled (`device.core.dsp.window_summary`); no librosa or scipy.signal at run time (the test
-suite compares `mfcc` with librosa's to a stated tolerance, and `feature_vector` with the
-NumPy it replaced, `tests/feature_reference.py`).
+and serving cannot drift apart. One `np.fft.rfft` of all frames, the log and the DCT in NumPy;
+the framing, the mel bands (over each band's non-zero bins) and the window's sixty small
+per-frame reductions compiled (`device.core.dsp.window_summary`); every intermediate array in
+buffers kept per thread and window length (`FeatureWorkspace`), so a window allocates nothing
+large. No librosa or scipy.signal at run time (the test suite compares `mfcc` with librosa's to a
+stated tolerance, and `feature_vector` with the NumPy it replaced, `tests/feature_reference.py`).
 
 Frame analysis (all at ``SAMPLE_RATE`` = 16 kHz; the 48 kHz stream is decimated first with
 `StreamDecimator`):
@@ -65,13 +67,14 @@ noise-detection record. `StreamDecimator` turns the 48 kHz microphone stream int
 
 from __future__ import annotations
 
+import threading
 from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
 
 from device.contract.model_card import FEATURE_VERSION, N_FEATURES
-from device.core.dsp.window_summary import comodulation, frame_summaries
+from device.core.dsp.window_summary import comodulation, frame_summaries, power_and_mel, windowed_frames
 
 SAMPLE_RATE = 16000
 N_FFT = 512
@@ -207,22 +210,39 @@ def kaiser_lowpass(numtaps: int, cutoff: float, beta: float) -> np.ndarray:
     return h / h.sum()
 
 
-def welch_psd(x: np.ndarray, sample_rate: float, nperseg: int) -> tuple[np.ndarray, np.ndarray]:
+def welch_psd(x: np.ndarray, sample_rate: float, nperseg: int,
+              buffers: "_WelchBuffers | None" = None) -> tuple[np.ndarray, np.ndarray]:
     """scipy.signal.welch(x, fs, window="hann", nperseg=nperseg, detrend="constant"): mean of
-    the one-sided power spectral densities of half-overlapping Hann-windowed segments."""
+    the one-sided power spectral densities of half-overlapping Hann-windowed segments.
+
+    With `buffers` (of this segment count and length) the segments and their spectra are
+    computed in them, the same values without window-sized temporaries."""
     step = nperseg - nperseg // 2
     count = 1 + (x.size - nperseg) // step
     segments = np.lib.stride_tricks.sliding_window_view(x, nperseg)[::step][:count]
     window = _window(nperseg)
-    # In place where the arithmetic allows: the same values with two temporaries fewer.
-    centred = segments - segments.mean(axis=1, keepdims=True)
+    if buffers is None:
+        buffers = _WelchBuffers(count, nperseg)
+    centred, spectra, power, squares = buffers.centred, buffers.spectra, buffers.power, buffers.squares
+    np.subtract(segments, segments.mean(axis=1, keepdims=True), out=centred)
     centred *= window
-    spectra = np.fft.rfft(centred, axis=1)
-    power = spectra.real ** 2
-    power += spectra.imag ** 2
+    np.fft.rfft(centred, axis=1, out=spectra)
+    np.multiply(spectra.real, spectra.real, out=power)
+    np.multiply(spectra.imag, spectra.imag, out=squares)
+    power += squares
     psd = power.mean(axis=0) / (sample_rate * _window_energy(nperseg))
     psd[1:-1 if nperseg % 2 == 0 else None] *= 2.0
     return np.fft.rfftfreq(nperseg, 1.0 / sample_rate), psd
+
+
+class _WelchBuffers:
+    """The segments and spectra of one `welch_psd` shape."""
+
+    def __init__(self, count: int, nperseg: int):
+        self.centred = np.empty((count, nperseg))
+        self.spectra = np.empty((count, nperseg // 2 + 1), dtype=np.complex128)
+        self.power = np.empty((count, nperseg // 2 + 1))
+        self.squares = np.empty((count, nperseg // 2 + 1))
 
 
 @lru_cache(maxsize=8)
@@ -302,30 +322,146 @@ def _check_rate(sample_rate: int) -> None:
         raise ValueError(f"features are defined at {SAMPLE_RATE} Hz, got {sample_rate} Hz: decimate/resample first")
 
 
-def feature_vector(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """The (N_FEATURES,) float32 summary of one window of mono 16 kHz audio (see the module doc)."""
+def feature_vector(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, out: np.ndarray | None = None) -> np.ndarray:
+    """The (N_FEATURES,) float32 summary of one window of mono 16 kHz audio (see the module doc).
+
+    Written into `out` (float32, N_FEATURES values) when given, else into a new array. The
+    intermediate spectra live in a buffer set of this thread kept for the window's length
+    (`FeatureWorkspace`), so a stream of equal windows allocates nothing large."""
     _check_rate(sample_rate)
-    x = np.asarray(audio, dtype=np.float64).reshape(-1)
+    x = np.ascontiguousarray(np.asarray(audio, dtype=np.float64).reshape(-1))
     if x.size < MIN_SAMPLES:
         raise ValueError(f"a window needs at least {MIN_SAMPLES} samples at {SAMPLE_RATE} Hz, got {x.size}")
-    if not np.all(np.isfinite(x)):
-        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    rms = float(np.sqrt(np.mean(x * x)))
-    if rms > SILENCE_RMS:
-        x = x * (10.0 ** (TARGET_RMS_DBFS / 20.0) / rms)
-    power = power_spectrogram(x)
-    mel_power = power @ mel_filterbank().T
-    log_mel = _log_mel(power, mel_power)
-    coeffs = log_mel @ _dct_matrix()
-    out = np.empty(N_FEATURES, dtype=np.float32)
-    tail = 2 * N_MFCC + N_DELTA
-    # The MFCC statistics, flatness, level and flux, then (after the modulation features) the
-    # onsets and tonality: sixty small reductions over frames, compiled into one pass.
-    bins = _flatness_bins()
-    frame_summaries(power, log_mel, coeffs, bins.start, bins.stop, AMIN, N_DELTA, HOP_LENGTH, SAMPLE_RATE,
-                    ONSET_THRESHOLD_DB, out[:tail + 7], out[tail + 7 + N_MODULATION + 1:])
-    _modulation_features(mel_power, out[tail + 7:tail + 7 + N_MODULATION + 1])
+    if out is None:
+        out = np.empty(N_FEATURES, dtype=np.float32)
+    _workspace(x.size).compute(x, out)
     return out
+
+
+class FeatureWorkspace:
+    """The buffers of `feature_vector` for windows of one length, allocated once.
+
+    Per window: the frames are scaled, cut and windowed into one array by a compiled loop, one
+    `np.fft.rfft` transforms all of them into a preallocated spectrum, a compiled loop takes the
+    power and the mel bands over each band's non-zero bins (`_mel_bands`), the log and the DCT
+    run in place, then the compiled summaries. The values are those of the NumPy expressions in
+    `power_spectrogram`, `_log_mel` and `mfcc` up to the order of additions in the mel bands
+    (tests/test_features.py compares the vector with the NumPy it replaced). Not thread-safe:
+    `feature_vector` keeps one per thread."""
+
+    def __init__(self, n_samples: int):
+        if n_samples < MIN_SAMPLES:
+            raise ValueError(f"a window needs at least {MIN_SAMPLES} samples at {SAMPLE_RATE} Hz, got {n_samples}")
+        self.n_samples = int(n_samples)
+        n_frames = 1 + (self.n_samples - WIN_LENGTH) // HOP_LENGTH
+        n_bins = N_FFT // 2 + 1
+        self.n_frames = n_frames
+        self._squares = np.empty(self.n_samples)
+        self._clean = np.empty(self.n_samples)
+        self._frames = np.empty((n_frames, N_FFT))
+        self._spectrum = np.empty((n_frames, n_bins), dtype=np.complex128)
+        self._power = np.empty((n_frames, n_bins))
+        self._mel_power = np.empty((n_frames, N_MELS))
+        self._log_mel = np.empty((n_frames, N_MELS))
+        self._coeffs = np.empty((n_frames, N_MFCC))
+        self._band_first, self._band_weights, self._band_width = _mel_bands()
+        self._dct = _dct_matrix()
+        self._window = _window()
+        bins = _flatness_bins()
+        self._flatness_lo, self._flatness_hi = bins.start, bins.stop
+
+    # The stages of `compute`, in order (bench/classifier.py times each).
+    STAGES = ("frames", "fft", "mel", "log_mel_dct", "summaries", "modulation")
+
+    def compute(self, x: np.ndarray, out: np.ndarray) -> None:
+        """The feature vector of `x` (float64, `n_samples` values) into `out` (float32, N_FEATURES)."""
+        if x.size != self.n_samples or out.shape != (N_FEATURES,) or out.dtype != np.float32:
+            raise ValueError(f"expected {self.n_samples} samples and a float32 ({N_FEATURES},) output")
+        self.frames(x)
+        self.fft()
+        self.mel()
+        self.log_mel_dct()
+        self.summaries(out)
+        self.modulation(out)
+
+    def frames(self, x: np.ndarray) -> None:
+        """Scale the window to TARGET_RMS_DBFS (NaN and infinities as 0) and cut it into windowed frames."""
+        squares = self._squares
+        np.multiply(x, x, out=squares)
+        mean_square = float(squares.mean())
+        if not np.isfinite(mean_square) and not np.all(np.isfinite(x)):
+            np.copyto(self._clean, x)
+            x = self._clean
+            np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            np.multiply(x, x, out=squares)
+            mean_square = float(squares.mean())
+        rms = float(np.sqrt(mean_square))
+        scale = 10.0 ** (TARGET_RMS_DBFS / 20.0) / rms if rms > SILENCE_RMS else 1.0
+        windowed_frames(x, scale, self._window, HOP_LENGTH, self._frames)
+
+    def fft(self) -> None:
+        np.fft.rfft(self._frames, n=N_FFT, axis=1, out=self._spectrum)
+
+    def mel(self) -> None:
+        power_and_mel(self._spectrum, self._band_first, self._band_weights, self._band_width,
+                      self._power, self._mel_power)
+
+    def log_mel_dct(self) -> None:
+        """10*log10(max(S, amin)) floored at the window's maximum - TOP_DB (as `_log_mel`), then the DCT."""
+        log_mel = self._log_mel
+        np.maximum(self._mel_power, AMIN, out=log_mel)
+        np.log10(log_mel, out=log_mel)
+        log_mel *= 10.0
+        np.maximum(log_mel, log_mel.max() - TOP_DB, out=log_mel)
+        np.matmul(log_mel, self._dct, out=self._coeffs)
+
+    def summaries(self, out: np.ndarray) -> None:
+        """The MFCC statistics, flatness, level and flux, and (after the modulation features) the
+        onsets and tonality: sixty small reductions over frames, compiled into one pass."""
+        tail = 2 * N_MFCC + N_DELTA
+        frame_summaries(self._power, self._log_mel, self._coeffs, self._flatness_lo, self._flatness_hi, AMIN,
+                        N_DELTA, HOP_LENGTH, SAMPLE_RATE, ONSET_THRESHOLD_DB, out[:tail + 7],
+                        out[tail + 7 + N_MODULATION + 1:])
+
+    def modulation(self, out: np.ndarray) -> None:
+        tail = 2 * N_MFCC + N_DELTA
+        _modulation_features(self._mel_power, out[tail + 7:tail + 7 + N_MODULATION + 1])
+
+
+_workspaces = threading.local()
+_WORKSPACES_KEPT = 4  # window lengths whose buffers a thread keeps (the device uses one)
+
+
+def _workspace(n_samples: int) -> FeatureWorkspace:
+    kept = getattr(_workspaces, "by_length", None)
+    if kept is None:
+        kept = _workspaces.by_length = {}
+    workspace = kept.pop(n_samples, None)
+    if workspace is None:
+        workspace = FeatureWorkspace(n_samples)
+        while len(kept) >= _WORKSPACES_KEPT:
+            kept.pop(next(iter(kept)))
+    kept[n_samples] = workspace  # most recently used last
+    return workspace
+
+
+@lru_cache(maxsize=4)
+def _mel_bands() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The mel filterbank as (first bin, weights, width) per band: each band's non-zero span."""
+    weights = mel_filterbank()
+    n_bands = weights.shape[0]
+    first = np.zeros(n_bands, dtype=np.int64)
+    width = np.zeros(n_bands, dtype=np.int64)
+    for m in range(n_bands):
+        nonzero = np.flatnonzero(weights[m])
+        if nonzero.size:
+            first[m], width[m] = nonzero[0], nonzero[-1] - nonzero[0] + 1
+    span = np.zeros((n_bands, max(1, int(width.max()))))
+    for m in range(n_bands):
+        span[m, :width[m]] = weights[m, first[m]:first[m] + width[m]]
+    for array in (first, width, span):
+        array.setflags(write=False)
+    return first, span, width
 
 
 N_MODULATION = len(MOD_ACOUSTIC_BANDS_HZ) * len(MOD_BANDS_HZ)
@@ -373,12 +509,15 @@ def power_and_peak(audio: np.ndarray, sample_rate: int) -> tuple[float, float]:
     x = np.asarray(audio, dtype=np.float64).reshape(-1)
     if x.size == 0:
         return -200.0, 0.0
-    mean_square = float(np.mean(x * x))
+    nperseg = min(x.size, max(256, int(2 ** round(np.log2(sample_rate / 16)))))
+    # The worker asks this of every window, all of one length: its buffers are kept (per thread).
+    buffers = _peak_buffers(x.size, nperseg)
+    np.multiply(x, x, out=buffers.samples)
+    mean_square = float(buffers.samples.mean())
     power_db = 10.0 * np.log10(max(mean_square, 1e-20))
     if mean_square <= 1e-20 or x.size < 4:
         return power_db, 0.0
-    nperseg = min(x.size, max(256, int(2 ** round(np.log2(sample_rate / 16)))))
-    freqs, psd = welch_psd(x, sample_rate, nperseg)
+    freqs, psd = welch_psd(x, sample_rate, nperseg, buffers.welch)
     psd[0] = 0.0
     k = int(np.argmax(psd))
     peak = float(freqs[k])
@@ -388,6 +527,20 @@ def power_and_peak(audio: np.ndarray, sample_rate: int) -> tuple[float, float]:
         if denom < 0:
             peak += float(0.5 * (a - c) / denom) * float(freqs[1] - freqs[0])
     return power_db, peak
+
+
+class _PeakBuffers:
+    def __init__(self, n_samples: int, nperseg: int):
+        self.samples = np.empty(n_samples)
+        step = nperseg - nperseg // 2
+        self.welch = _WelchBuffers(1 + (n_samples - nperseg) // step, nperseg) if n_samples >= 4 else None
+
+
+def _peak_buffers(n_samples: int, nperseg: int) -> _PeakBuffers:
+    kept = getattr(_workspaces, "peak", None)
+    if kept is None or kept[0] != (n_samples, nperseg):
+        kept = _workspaces.peak = ((n_samples, nperseg), _PeakBuffers(n_samples, nperseg))
+    return kept[1]
 
 
 class StreamDecimator:

@@ -1,6 +1,11 @@
-"""Compiled per-frame summaries of the classifier's feature vector (`features.feature_vector`).
+"""Compiled loops of the classifier's feature vector (`features.feature_vector`).
 
-After the spectrogram, the mel filterbank and the DCT (a few large NumPy calls), the feature
+`windowed_frames` cuts the level-normalised window into Hann-windowed frames and
+`power_and_mel` turns their spectra into power and mel bands, both into buffers the caller
+keeps (`features.FeatureWorkspace`); a triangular mel band touches a few of the 257 bins, so
+summing only those is a sixtieth of the dense product's work.
+
+After the spectra (the FFT, the log and the DCT stay NumPy), the feature
 vector is about sixty small reductions over frames (means, standard deviations, percentiles,
 per-frame maxima): in NumPy each cost more in call overhead than in arithmetic, together more
 than the spectra. Here they are one pass of plain loops. Every value is the same formula as
@@ -186,3 +191,35 @@ def comodulation(envelope):
             correlation = covariance[a, b] / math.sqrt(covariance[a, a]) / math.sqrt(covariance[b, b])
             total += min(1.0, max(-1.0, correlation))
     return (total - n_bands) / (n_bands * (n_bands - 1))
+
+
+@nb.njit(cache=True, nogil=True)
+def windowed_frames(x, scale, window, hop_length, frames):
+    """frames[f, k] = (x[f * hop_length + k] * scale) * window[k]: the scaled window's
+    overlapping frames, each multiplied by the analysis window, in the order of operations of
+    ``(x * scale)`` followed by ``frames * window`` (so the values are those NumPy gives)."""
+    n_frames, length = frames.shape
+    for f in range(n_frames):
+        start = f * hop_length
+        for k in range(length):
+            frames[f, k] = (x[start + k] * scale) * window[k]
+
+
+@nb.njit(cache=True, nogil=True)
+def power_and_mel(spectrum, band_first, band_weights, band_width, power, mel_power):
+    """power = |spectrum|^2 (frames, bins), and mel_power = power @ filterbank.T computed over
+    each band's non-zero bins only: band m covers bins band_first[m] .. + band_width[m], with
+    the weights band_weights[m, :band_width[m]] (a triangular filter touches a few bins of 257,
+    so this is about a sixtieth of the dense product's work)."""
+    n_frames, n_bins = power.shape
+    n_bands = band_first.size
+    for f in range(n_frames):
+        for k in range(n_bins):
+            value = spectrum[f, k]
+            power[f, k] = value.real * value.real + value.imag * value.imag
+        for m in range(n_bands):
+            first = band_first[m]
+            total = 0.0
+            for j in range(band_width[m]):
+                total += power[f, first + j] * band_weights[m, j]
+            mel_power[f, m] = total
