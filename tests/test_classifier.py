@@ -195,6 +195,43 @@ def test_shipped_model_is_accepted_and_small(shipped):
     assert shipped.ood is not None
 
 
+def test_shipped_card_carries_the_ablation_of_the_docs():
+    """The card's feature ablation is the table measured in docs/classifier.md ("Ablation"), with
+    its command and date, and its groups are the ones models/ablation.py leaves out."""
+    from models.train import FEATURE_GROUPS
+
+    card = json.loads(SHIPPED.with_suffix(".json").read_text())
+    ablation = card["feature_ablation"]
+    assert "models.ablation" in ablation["command"] and ablation["date"].startswith("2026-")
+    assert ablation["groups"] == {g: list(names) for g, names in FEATURE_GROUPS.items()}
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "classifier.md").read_text()
+    section = doc[doc.index("### Ablation"):doc.index("## Unknown")]
+    table = [line for line in section.splitlines() if line.startswith(("| every", "| without"))]
+    assert len(table) == len(ablation["variants"]) == len(FEATURE_GROUPS) + 1
+    for line, row in zip(table, ablation["variants"]):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert row["left_out"] == ([] if cells[0].startswith("every") else [cells[0].split()[1]])
+        figures = [row["real_windows"], row["real_balanced"]] + [row["per_class"][c]
+                                                                 for c in ("traffic", "office", "construction", "cafe")]
+        assert figures == [float(c) for c in cells[1:]]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a.pop("command"), "no 'command'"),
+    (lambda a: a.update(date=""), "no 'date'"),
+    (lambda a: a["variants"][1].update(left_out=["no_such_group"]), "leaves out"),
+    (lambda a: a["variants"][0]["per_class"].update(cafe=1.5), "not an accuracy"),
+    (lambda a: a["variants"][0]["per_class"].pop("white"), "per_class"),
+    (lambda a: a["groups"].update(tonality=["no_such_feature"]), "group 'tonality'"),
+])
+def test_malformed_ablation_in_the_card_is_refused(tmp_path, change, message):
+    path = _copy(SHIPPED, tmp_path)
+    ablation = json.loads(path.with_suffix(".json").read_text())["feature_ablation"]
+    change(ablation)
+    _edit_card(path, feature_ablation=ablation)
+    _refused(path, message)
+
+
 def test_default_thresholds_are_the_ones_training_chose_on_its_inner_split(cfg):
     # The thresholds are chosen by models/train.py on the inner split (never on the held-out
     # recordings) and copied into the configuration; a retrained model must bring them along.

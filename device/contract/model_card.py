@@ -62,7 +62,54 @@ def load_card(model_path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ModelError(f"{path}: classes {', '.join(unknown)} have no controller preset "
                          f"(known: {', '.join(NOISE_CLASSES)})")
+    if "feature_ablation" in card:
+        check_feature_ablation(card["feature_ablation"], card, path)
     return card
+
+
+ABLATION_KEY = "feature_ablation"
+
+
+def check_feature_ablation(entry: Any, card: dict[str, Any], path: Path | str) -> None:
+    """The card's ``feature_ablation`` entry (`models/ablation.py`'s figures): the command that
+    made them and its date, the feature groups (names of this card's features), and one row per
+    variant with the groups it left out and accuracies in [0, 1] for the card's classes."""
+    where = f"{path}: model card's '{ABLATION_KEY}'"
+    if not isinstance(entry, dict):
+        raise ModelError(f"{where} must be an object")
+    for key in ("command", "date", "protocol", "metric"):
+        if not isinstance(entry.get(key), str) or not entry[key].strip():
+            raise ModelError(f"{where} has no '{key}' text")
+    groups = entry.get("groups")
+    if not isinstance(groups, dict) or not groups:
+        raise ModelError(f"{where} has no 'groups' object")
+    spec = card.get("features")
+    names = set(spec.get("names", [])) if isinstance(spec, dict) else set()
+    for group, members in groups.items():
+        if not isinstance(members, list) or not members or (names and not set(members) <= names):
+            raise ModelError(f"{where}: group '{group}' must list features of this card, got {members!r}")
+    variants = entry.get("variants")
+    if not isinstance(variants, list) or not variants:
+        raise ModelError(f"{where} has no 'variants' list")
+    for i, row in enumerate(variants):
+        if not isinstance(row, dict) or not isinstance(row.get("variant"), str):
+            raise ModelError(f"{where}: variant {i} has no 'variant' name")
+        left_out = row.get("left_out")
+        if not isinstance(left_out, list) or not all(isinstance(g, str) and g in groups for g in left_out):
+            raise ModelError(f"{where}: variant '{row['variant']}' leaves out {left_out!r}, not groups of "
+                             f"{', '.join(groups)}")
+        per_class = row.get("per_class")
+        if not isinstance(per_class, dict) or set(per_class) != set(card["classes"]):
+            raise ModelError(f"{where}: variant '{row['variant']}' needs 'per_class' for the classes "
+                             f"{', '.join(card['classes'])}")
+        for key, value in [("real_windows", row.get("real_windows")), ("real_balanced", row.get("real_balanced")),
+                           *per_class.items()]:
+            if not _is_fraction(value):
+                raise ModelError(f"{where}: variant '{row['variant']}' {key} = {value!r}, not an accuracy in [0, 1]")
+
+
+def _is_fraction(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= float(value) <= 1.0
 
 
 def check_card_fits(card: dict[str, Any], model_sha256: str, shown_as: str) -> None:
