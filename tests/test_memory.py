@@ -107,7 +107,8 @@ def test_composing_a_session_compiles_the_worker_loops_before_the_stream_opens()
         compose_session(cfg, secondary, None, sample_rate=48000, block_size=32, classifier=(None, None))
         # What the worker calls from Python (the helpers they call are compiled into them).
         loops = [streaming.polyphase_outputs, streaming.speaker_at_error, window_summary.frame_summaries,
-                 window_summary.comodulation, window_summary.windowed_frames, window_summary.power_and_mel]
+                 window_summary.modulation_summary, window_summary.windowed_frames,
+                 window_summary.power_and_mel]
         print(sorted(loop.__name__ for loop in loops if not loop.signatures))
     """)
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=600)

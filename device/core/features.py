@@ -74,7 +74,7 @@ from functools import lru_cache
 import numpy as np
 
 from device.contract.model_card import FEATURE_VERSION, N_FEATURES
-from device.core.dsp.window_summary import comodulation, frame_summaries, power_and_mel, windowed_frames
+from device.core.dsp.window_summary import frame_summaries, modulation_summary, power_and_mel, windowed_frames
 
 SAMPLE_RATE = 16000
 N_FFT = 512
@@ -344,8 +344,9 @@ class FeatureWorkspace:
     Per window: the frames are scaled, cut and windowed into one array by a compiled loop, one
     `np.fft.rfft` transforms all of them into a preallocated spectrum, a compiled loop takes the
     power and the mel bands over each band's non-zero bins (`_mel_bands`), the log and the DCT
-    run in place, then the compiled summaries. The values are those of the NumPy expressions in
-    `power_spectrogram`, `_log_mel` and `mfcc` up to the order of additions in the mel bands
+    run in place, then the compiled summaries and modulation features. The values are those of
+    the NumPy expressions in `power_spectrogram`, `_log_mel` and `mfcc` up to the order of
+    additions in the mel bands, and of the modulation FFT up to that of its direct DFT
     (tests/test_features.py compares the vector with the NumPy it replaced). Not thread-safe:
     `feature_vector` keeps one per thread."""
 
@@ -364,6 +365,7 @@ class FeatureWorkspace:
         self._mel_power = np.empty((n_frames, N_MELS))
         self._log_mel = np.empty((n_frames, N_MELS))
         self._coeffs = np.empty((n_frames, N_MFCC))
+        self._envelope = np.empty((n_frames, len(MOD_ACOUSTIC_BANDS_HZ)))
         self._band_first, self._band_weights, self._band_width = _mel_bands()
         self._dct = _dct_matrix()
         self._window = _window()
@@ -425,7 +427,9 @@ class FeatureWorkspace:
 
     def modulation(self, out: np.ndarray) -> None:
         tail = 2 * N_MFCC + N_DELTA
-        _modulation_features(self._mel_power, out[tail + 7:tail + 7 + N_MODULATION + 1])
+        first, count, cos_table, sin_table, bin_lo, bin_hi = _modulation_tables()
+        modulation_summary(self._mel_power, first, count, AMIN, cos_table, sin_table, bin_lo, bin_hi,
+                           self._envelope, out[tail + 7:tail + 7 + N_MODULATION + 1])
 
 
 _workspaces = threading.local()
@@ -467,6 +471,26 @@ def _mel_bands() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 N_MODULATION = len(MOD_ACOUSTIC_BANDS_HZ) * len(MOD_BANDS_HZ)
 
 
+@lru_cache(maxsize=1)
+def _modulation_tables() -> tuple[np.ndarray, ...]:
+    """`_band_matrix` as (first mel band, count) per acoustic band, and the cos/sin rows of the
+    envelope's MOD_NFFT-point DFT for the bins `_modulation_bins` uses (as index bounds)."""
+    members = _band_matrix()
+    first = np.array([int(np.flatnonzero(members[:, b])[0]) for b in range(members.shape[1])])
+    count = members.sum(axis=0).astype(np.int64)
+    if not all(np.array_equal(np.flatnonzero(members[:, b]), np.arange(first[b], first[b] + count[b]))
+               for b in range(members.shape[1])):
+        raise ImportError("an acoustic band is not a contiguous run of mel bands")
+    bins = _modulation_bins()
+    bin_lo = np.array([b.start for b in bins], dtype=np.int64)
+    bin_hi = np.array([b.stop for b in bins], dtype=np.int64)
+    angle = 2.0 * np.pi * np.outer(np.arange(int(bin_hi.max())), np.arange(MOD_NFFT)) / MOD_NFFT
+    tables = (first.astype(np.int64), count, np.cos(angle), np.sin(angle), bin_lo, bin_hi)
+    for table in tables:
+        table.setflags(write=False)
+    return tables
+
+
 def warm_up() -> None:
     """Compile the worker's feature and streaming-filter loops (or load them from numba's cache)
     now, before the stream opens. The runtime hands numba's start-up-only pages back just before
@@ -476,25 +500,6 @@ def warm_up() -> None:
 
     warm_up_streaming()
     feature_vector(1e-3 * np.sin(np.arange(MIN_SAMPLES) * 0.3))
-
-
-def _modulation_features(mel_power: np.ndarray, out: np.ndarray) -> None:
-    """Features of what the sound does over time, not of the microphone: every one is a
-    difference of dB values within a band or a frame, so gain and a fixed EQ cancel out.
-    The modulation spectrum and comodulation here; onsets and tonality in `frame_summaries`."""
-    # Modulation spectrum of each band's dB envelope (mean removed): how deep it swells at
-    # each modulation rate, in dB re 1 dB^2.
-    envelope = 10.0 * np.log10(mel_power @ _band_matrix() + AMIN)
-    envelope = envelope - envelope.mean(axis=0)
-    n_frames = min(envelope.shape[0], MOD_NFFT)
-    spectrum = np.fft.rfft(envelope[:n_frames], n=MOD_NFFT, axis=0)
-    mod_power = (spectrum.real ** 2 + spectrum.imag ** 2) / n_frames
-    # (modulation band, acoustic band), written acoustic band first.
-    depth = np.stack([mod_power[bins].mean(axis=0) for bins in _modulation_bins()])
-    out[:N_MODULATION] = (10.0 * np.log10(depth + 1e-6)).T.reshape(-1)
-    # Comodulation: mean correlation between the band envelopes (one source swelling or
-    # striking across the spectrum vs. many independent talkers).
-    out[N_MODULATION] = comodulation(envelope)
 
 
 def power_and_peak(audio: np.ndarray, sample_rate: int) -> tuple[float, float]:
