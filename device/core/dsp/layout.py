@@ -40,7 +40,11 @@ P_BIN_FLOOR = 29         # partitioned update: floor of the per-bin power, as a 
 P_OUTPUT_SCALE = 30      # 0..1: no-harm scale of the anti-noise (the worker's, ramped like the user gain; adaptation ignores it)
 P_DELAY_TOLERANCE = 31   # partitioned update: samples the estimate's delay may be off; bins whose phase that could turn
                          # more than 60 degrees are not updated (0 = update every bin)
-N_PARAMS = 32
+P_WHITEN_LOADING = 32    # time-domain update: > 0 prewhitens the update (order-2 prediction-error filter on the filtered
+                         # reference and the modified error), the filter's diagonal loading as a fraction of the power;
+                         # 0 = the plain update
+P_WHITEN_COEF = 33       # one-pole smoothing coefficient of the filtered reference's autocorrelation (prewhitening)
+N_PARAMS = 34
 
 # status: scalar state, written by the kernel
 S_MODE = 0               # MODE_* below
@@ -78,7 +82,14 @@ S_UPDATE_FILL = 31       # partitioned update: modified errors collected of the 
 S_UPDATE_BLOCKS = 32     # partitioned update: block updates so far (bias correction of the bin power)
 S_SLOW_DISTURBANCE = 33  # slowly smoothed power of d_hat = e - s_hat * y_played (sustained-rise watchdog)
 S_OUTPUT_GAIN = 34       # current no-harm output gain (ramps towards P_OUTPUT_SCALE)
-N_STATUS = 35
+S_WHITEN_R0 = 35         # prewhitening: smoothed autocorrelation of the filtered reference at lags 0, 1, 2
+S_WHITEN_R1 = 36
+S_WHITEN_R2 = 37
+S_WHITEN_A1 = 38         # prewhitening: the prediction-error filter 1 + a1 z^-1 + a2 z^-2 in force (set once a block)
+S_WHITEN_A2 = 39
+S_WHITEN_E1 = 40         # prewhitening: the last two modified errors
+S_WHITEN_E2 = 41
+N_STATUS = 42
 
 # cursors: positions in the double-length circular buffers
 C_REFERENCE = 0
