@@ -40,7 +40,7 @@ DEFAULT_CONFIG = default_file("default.yaml")
 NOISE_CLASSES = ("white", "pink", "traffic", "office", "construction", "cafe")
 # What the speaker plays: nothing, anti-noise, or the room (the outer mic, equalized).
 ANC_MODES = ("off", "anc", "hear-through")
-CONTROLLER_ALGORITHMS = ("partitioned", "time", "whitened")
+CONTROLLER_ALGORITHMS = ("partitioned", "time")
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ SCHEMA: dict[str, Any] = {
         "update_block": Key("int", "samples, a power of two", 8, 1024),
         "bin_floor_db": Key("float", "dB under the mean bin power", -120.0, 0.0),
         "delay_tolerance_samples": Key("float", "samples", 0.0, 64.0),
-        "whitening_floor_db": Key("float", "dB under the filtered-reference power", -60.0, -3.0),
+        "variable_step": Key("bool"),
     },
     "safety": {
         "output_ceiling_dbfs": Key("float", "dBFS", -60.0, 0.0),

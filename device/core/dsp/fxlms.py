@@ -27,6 +27,9 @@ Per sample n:
                   coloured noise (rumble, traffic, pink) where the total-power normalization is
                   held back by the spread of the filtered reference's spectrum; the time-domain
                   update converges few strong tones faster (docs/cancellation.md, "Algorithm").
+     With `controller.variable_step` (time-domain update only) the step of each block is the
+     configured one times the consistency of the last blocks' gradients (`_variable_step`):
+     full while they agree (converging, tracking), down to 1/10 once they are noise.
   5. output y_raw(n) = w . r, then user gain (enabled * intensity, ramped), safety gain
      (fades, watchdog) and a peak limiter with instant attack and smooth release: the
      speaker signal never exceeds the ceiling and is never hard-clipped.
@@ -95,9 +98,10 @@ from device.core.dsp.layout import (
     P_TRIP_RATE,
     P_UPDATE_BLOCK,
     P_USER_RATE,
-    P_WHITEN_COEF,
-    P_WHITEN_LOADING,
     P_USER_TARGET,
+    P_VSS_COEF,
+    P_VSS_CONSISTENCY,
+    P_VSS_MIN,
     S_BASELINE_COUNT,
     S_BASELINE_ERROR,
     S_BASELINE_REFERENCE,
@@ -130,14 +134,13 @@ from device.core.dsp.layout import (
     S_UPDATE_BLOCKS,
     S_UPDATE_FILL,
     S_USER_GAIN,
+    S_VSS_BLOCKS,
+    S_VSS_CONSISTENCY,
+    S_VSS_FACTOR,
+    S_VSS_RAW,
+    S_VSS_STEP,
+    S_VSS_TRIPS,
     S_WEIGHT_NORM,
-    S_WHITEN_A1,
-    S_WHITEN_A2,
-    S_WHITEN_E1,
-    S_WHITEN_E2,
-    S_WHITEN_R0,
-    S_WHITEN_R1,
-    S_WHITEN_R2,
     S_XF_POWER,
 )
 
@@ -177,23 +180,48 @@ def _dot(a, b, offset, start, count):
     return acc
 
 
-@nb.njit(cache=True)
-def prediction_error_filter(r0, r1, r2, loading):
-    """(a1, a2) of the order-2 prediction-error filter 1 + a1 z^-1 + a2 z^-2 of a signal with
-    autocorrelation r0, r1, r2 (Levinson), r0 loaded by `loading` x r0: the loading bounds how
-    deep the filter may notch (about 1 / loading), so a signal of a few strong tones is not
-    whitened into its noise floor."""
-    loaded = r0 * (1.0 + loading)
-    if not loaded > 0.0:
-        return 0.0, 0.0
-    k1 = -r1 / loaded
-    residual = loaded * (1.0 - k1 * k1)
-    if not residual > 0.0:
-        return 0.0, 0.0
-    k2 = -(r2 + k1 * r1) / residual
-    if not abs(k2) < 1.0:
-        return 0.0, 0.0
-    return k1 * (1.0 + k2), k2
+@nb.njit(cache=True, fastmath=FASTMATH)
+def _variable_step(weights, block_start, smoothed, params, status, running):
+    """The step for this block, from the consistency of the last blocks' gradients.
+
+    The weights' change over a block, divided by the step it adapted with, is the block's
+    summed normalized gradient g. Far from the optimum successive g agree and their smoothed
+    mean has the norm of g; at the optimum g is the residual's noise and its mean shrinks.
+    consistency = |mean g|^2 / mean |g|^2 (bias-corrected), and the step is the configured one
+    times consistency / P_VSS_CONSISTENCY, within [P_VSS_MIN, 1]. On narrowband noise the
+    plain update's misadjustment grows with the band's correlation time (successive
+    gradients of the residual are alike), so a step that converges tones fast leaves a
+    rumble several dB short; this lowers it only where the gradient has become noise."""
+    taps = weights.shape[0]
+    coef = params[P_VSS_COEF]
+    used = status[S_VSS_STEP]
+    factor = status[S_VSS_FACTOR]
+    if status[S_VSS_TRIPS] != status[S_TRIPS] or not running:
+        smoothed[:] = 0.0
+        status[S_VSS_RAW] = 0.0
+        status[S_VSS_BLOCKS] = 0.0
+        factor = 1.0
+    elif used > 0.0:
+        raw = 0.0
+        consistent = 0.0
+        for k in range(taps):
+            gradient = (block_start[k] - weights[k]) / used
+            smoothed[k] += coef * (gradient - smoothed[k])
+            raw += gradient * gradient
+            consistent += smoothed[k] * smoothed[k]
+        status[S_VSS_RAW] += coef * (raw - status[S_VSS_RAW])
+        status[S_VSS_BLOCKS] += 1.0
+        bias = 1.0 - (1.0 - coef) ** status[S_VSS_BLOCKS]
+        if status[S_VSS_RAW] > 0.0 and bias > 0.0:
+            consistency = consistent / (bias * status[S_VSS_RAW])
+            status[S_VSS_CONSISTENCY] = consistency
+            factor = min(1.0, max(params[P_VSS_MIN], consistency / params[P_VSS_CONSISTENCY]))
+    if not factor > 0.0:
+        factor = 1.0
+    status[S_VSS_FACTOR] = factor
+    status[S_VSS_TRIPS] = status[S_TRIPS]
+    block_start[:] = weights
+    return max(params[P_STEP] * status[S_STEP] * factor, min(params[P_MIN_STEP], params[P_STEP]))
 
 
 @nb.njit(cache=True)
@@ -242,9 +270,9 @@ def process_block(
     double-length histories. params/status/cursors/events: see layout.
     hear_through (K <= max(N, L), may be empty): the hear-through equalizer over the reference.
     update_state, twiddles: the partitioned update's work arrays (`device.core.dsp.partitioned`;
-    empty for the time-domain update); with `params[P_WHITEN_LOADING]` > 0 and the time-domain
-    update, update_state is the prewhitened filtered reference's history (the size of
-    filtered_buffer) and twiddles is empty. With `params[P_UPDATE_BLOCK]` = B > 0 the filtered
+    empty for the time-domain update); with the time-domain update and `params[P_VSS_COEF]` > 0,
+    update_state holds the variable step's two vectors (2 N: the weights at the block's start,
+    the smoothed gradient) and twiddles is empty. With `params[P_UPDATE_BLOCK]` = B > 0 the filtered
     history must hold `history_length(N, B)` samples.
     """
     taps = weights.shape[0]
@@ -314,22 +342,10 @@ def process_block(
     update_blocks = status[S_UPDATE_BLOCKS]
     output_target = params[P_OUTPUT_SCALE]
     output_gain = status[S_OUTPUT_GAIN]
-    whiten_loading = params[P_WHITEN_LOADING]
-    whitening = update_block == 0 and whiten_loading > 0.0 and update_state.shape[0] >= 2 * filtered_half
-    whiten_coef = params[P_WHITEN_COEF]
-    whiten_r0 = status[S_WHITEN_R0]
-    whiten_r1 = status[S_WHITEN_R1]
-    whiten_r2 = status[S_WHITEN_R2]
-    whiten_e1 = status[S_WHITEN_E1]
-    whiten_e2 = status[S_WHITEN_E2]
-    white_power = 0.0
-    if whitening:
-        # The prediction-error filter follows the filtered reference's spectrum once a block.
-        whiten_a1, whiten_a2 = prediction_error_filter(whiten_r0, whiten_r1, whiten_r2, whiten_loading)
-        white_power = _dot(update_state, update_state, position_filtered, position_filtered, taps)
-    else:
-        whiten_a1 = 0.0
-        whiten_a2 = 0.0
+    variable_step = update_block == 0 and params[P_VSS_COEF] > 0.0 and update_state.shape[0] >= 2 * taps
+    if variable_step:
+        step = _variable_step(weights, update_state[:taps], update_state[taps:2 * taps], params, status, mode == MODE_RUN)
+    adapted = False
 
     # Recompute the filtered-reference power once a block so the running sum cannot drift.
     power = _dot(filtered_buffer, filtered_buffer, position_filtered, position_filtered, taps)
@@ -366,19 +382,6 @@ def process_block(
         power += filtered * filtered - oldest * oldest
         if power < 0.0:
             power = 0.0
-        if whitening:
-            previous1 = filtered_buffer[position_filtered + 1]
-            previous2 = filtered_buffer[position_filtered + 2]
-            whiten_r0 += whiten_coef * (filtered * filtered - whiten_r0)
-            whiten_r1 += whiten_coef * (filtered * previous1 - whiten_r1)
-            whiten_r2 += whiten_coef * (filtered * previous2 - whiten_r2)
-            white = filtered + whiten_a1 * previous1 + whiten_a2 * previous2
-            update_state[position_filtered] = white
-            update_state[position_filtered + filtered_half] = white
-            oldest = update_state[position_filtered + taps]
-            white_power += white * white - oldest * oldest
-            if white_power < 0.0:
-                white_power = 0.0
 
         total_gain = user_gain * safety_gain
         y_raw = 0.0
@@ -407,21 +410,9 @@ def process_block(
             else:
                 current_dot = _dot(weights, filtered_buffer, position_filtered, 0, taps)
             modified_error = disturbance + current_dot
+            adapted = True
+            g = step * modified_error / (regularization + power)
             filtered_window = filtered_buffer[position_filtered:position_filtered + taps]
-            if whitening:
-                # Prewhitened update: the same prediction-error filter on the regressor and on
-                # the error leaves the optimum's equations (w commutes with it) but gives every
-                # band of a coloured reference the same pace, and makes the gradient's noise
-                # white: on narrowband noise the plain update's successive gradients are alike
-                # over the band's correlation time and its misadjustment grows with it.
-                white_error = modified_error + whiten_a1 * whiten_e1 + whiten_a2 * whiten_e2
-                whiten_e2 = whiten_e1
-                whiten_e1 = modified_error
-                g = step * white_error / (regularization + white_power)
-                update_window = update_state[position_filtered:position_filtered + taps]
-            else:
-                g = step * modified_error / (regularization + power)
-                update_window = filtered_window
             reference_window = reference_buffer[position_reference:position_reference + taps]
             # shifted[k] = x'(n - k + 1) for k >= 1: next sample's filtered-reference window,
             # all but its newest sample, which is not known yet. Its dot with the updated
@@ -430,7 +421,7 @@ def process_block(
             shifted = filtered_buffer[base:base + taps]
             next_dot = 0.0
             for k in range(taps):
-                updated = leak * weights[k] - g * update_window[k]
+                updated = leak * weights[k] - g * filtered_window[k]
                 weights[k] = updated
                 y_raw += updated * reference_window[k]
                 next_dot += updated * shifted[k]
@@ -441,8 +432,6 @@ def process_block(
             have_next_dot = False
             # A paused update drops its partial block: its errors and the history must line up.
             update_fill = 0
-            whiten_e1 = 0.0
-            whiten_e2 = 0.0
 
         y_hear = hear_through_output(hear_through, reference_buffer, position_reference) if hearing else 0.0
 
@@ -559,9 +548,6 @@ def process_block(
             _clear_history(weights, filtered_buffer, output_buffer, status)
             power = 0.0
             have_next_dot = False
-            if whitening:
-                update_state[:2 * filtered_half] = 0.0
-                white_power = 0.0
             status[S_TRIPS] += 1.0
             error_power = status[S_RATIO] * reference_power
             slow_error = slow_disturbance
@@ -574,6 +560,8 @@ def process_block(
                 step = max(params[P_STEP] * status[S_STEP], min(params[P_MIN_STEP], params[P_STEP]))
                 mode = MODE_RUN
 
+    if variable_step:
+        status[S_VSS_STEP] = step if adapted else 0.0
     # Block-level checks: weights blowing up or turned non-finite.
     norm_squared = 0.0
     for k in range(taps):
@@ -586,8 +574,6 @@ def process_block(
     if not math.isfinite(norm):
         _clear_history(weights, filtered_buffer, output_buffer, status)
         power = 0.0
-        if whitening:
-            update_state[:2 * filtered_half] = 0.0
         safety_gain = 0.0
         status[S_STEP] = status[S_STEP] * params[P_BACKOFF]
         status[S_TRIPS] += 1.0
@@ -610,8 +596,6 @@ def process_block(
         slow_reference = 0.0
     if slow_disturbance < DENORMAL_FLOOR:
         slow_disturbance = 0.0
-    if abs(whiten_r0) < DENORMAL_FLOOR:
-        whiten_r0 = whiten_r1 = whiten_r2 = 0.0
 
     cursors[C_REFERENCE] = position_reference
     cursors[C_FILTERED] = position_filtered
@@ -635,13 +619,6 @@ def process_block(
     status[S_UPDATE_FILL] = update_fill
     status[S_UPDATE_BLOCKS] = update_blocks
     status[S_OUTPUT_GAIN] = output_gain
-    status[S_WHITEN_R0] = whiten_r0
-    status[S_WHITEN_R1] = whiten_r1
-    status[S_WHITEN_R2] = whiten_r2
-    status[S_WHITEN_A1] = whiten_a1
-    status[S_WHITEN_A2] = whiten_a2
-    status[S_WHITEN_E1] = whiten_e1
-    status[S_WHITEN_E2] = whiten_e2
     if abs(hp_y1) < DENORMAL_FLOOR:
         hp_y1 = 0.0
     if abs(hp_y2) < DENORMAL_FLOOR:
