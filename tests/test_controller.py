@@ -281,3 +281,22 @@ def test_the_variable_step_keeps_the_full_step_while_the_gradients_agree_and_low
             # Independent blocks leave a smoothed mean of |mean g|^2 / mean |g|^2 = coef / (2 - coef).
             assert factors[-1] < 0.25, factors[-5:]
             assert step < 0.25 * params[L.P_STEP]
+
+
+def test_the_variable_step_runs_for_ears_of_different_lengths(cfg, headphone):
+    """Two ears of different controller lengths stack their variable-step state and adapt in
+    one call; a white reference with an unrelated error leaves the step below the configured one."""
+    from device.core.ears import EarsEngine
+
+    path = headphone.full_secondary_path()[:256]
+    variable = cfg.replace("controller", variable_step=True).replace("safety", baseline_ms=5.0, fade_ms=5.0)
+    engines = [AncEngine.from_config(variable.replace("controller", taps=taps), path) for taps in (256, 384)]
+    ears = EarsEngine(["left", "right"], engines)
+    rng = np.random.default_rng(6)
+    block = ears.block_size
+    outs = np.zeros((2, block))
+    for _ in range(int(1.0 * 48000) // block):
+        ears.process(rng.standard_normal((2, block)) * 0.1, rng.standard_normal((2, block)) * 0.1, outs)
+    for engine in engines:
+        assert engine.mode == "run" and np.all(np.isfinite(engine.weights)) and np.any(engine.weights)
+        assert engine.status[L.S_VSS_FACTOR] < 1.0

@@ -22,6 +22,7 @@ from device.core.dsp.partitioned import history_length, make_twiddles, state_siz
 from device.contract.errors import UserError
 
 EVENT_CAPACITY = 256
+VARIABLE_STEP_TAPS = 4096  # the longest controller.taps the configuration accepts
 
 
 @dataclass(frozen=True)
@@ -171,9 +172,10 @@ class AncEngine:
         self.weights = np.zeros(taps)
         self.reference_buffer = np.zeros(2 * max(taps, path_taps))
         self.filtered_buffer = np.zeros(2 * history_length(taps, settings.update_block))
-        # The variable step keeps the weights at the block's start and the smoothed gradient after it.
+        # The variable step keeps the weights at the block's start and the smoothed gradient after
+        # it, sized for the longest controller so that ears of different lengths stack (EarsEngine).
         self.update_state = np.zeros(state_size(settings.update_block) if settings.update_block > 0 else
-                                     2 * taps if settings.variable_step else 0)
+                                     2 * max(taps, VARIABLE_STEP_TAPS) if settings.variable_step else 0)
         self.twiddles = make_twiddles(2 * settings.update_block) if settings.update_block > 0 else np.zeros(0)
         self.output_buffer = np.zeros(2 * max(self.feedback_path.size, path_taps))
         self.params = np.zeros(L.N_PARAMS)
