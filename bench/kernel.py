@@ -1,6 +1,7 @@
 """Throughput of the FxLMS kernel: numba versus the NumPy reference and a plain C FxLMS.
 
-Both weight updates (`controller.algorithm`: time, partitioned) at each length. Prints one
+Both weight updates (`controller.algorithm`: time, partitioned; `--variable-step` turns
+`controller.variable_step` on for every run) at each length. Prints one
 JSON line per implementation: impl, algorithm, dtype, taps, secondary_path_taps,
 block_size, samples_per_s, real_time_factor (at 48 kHz), per-block call overhead. The C line
 (`bench/fxlms_plain.c`, the textbook algorithm over the whole signal in one call, built with
@@ -15,7 +16,7 @@ Then one and two ears in one `EarsEngine` (`numba-ears`: one call per block for 
 the `--ears-taps` lengths: `block_us` is the whole call, for both ears together.
 
     python bench/kernel.py [--seconds 10] [--taps 256 512 1024 2048] [--path-taps 128] [--block 32]
-                           [--algorithms time partitioned]
+                           [--algorithms time partitioned] [--variable-step]
                            [--ears-taps 256 1024]
 """
 
@@ -56,8 +57,12 @@ def best_of_three(engine, reference: np.ndarray, error: np.ndarray, out: np.ndar
     return best
 
 
+VARIABLE_STEP = False
+
+
 def make_engine(taps: int, path_taps: int, block: int, algorithm: str) -> AncEngine:
-    cfg = load_config().replace("controller", taps=taps, secondary_path_taps=path_taps, algorithm=algorithm)
+    cfg = load_config().replace("controller", taps=taps, secondary_path_taps=path_taps, algorithm=algorithm,
+                                variable_step=VARIABLE_STEP)
     rng = np.random.default_rng(0)
     path = rng.standard_normal(path_taps) * np.exp(-np.arange(path_taps) / 20.0) * 0.3
     path[:8] = 0.0
@@ -87,6 +92,7 @@ def bench_numba(seconds: float, taps: int, path_taps: int, block: int, dtype, al
     return {
         "impl": "numba",
         "algorithm": algorithm,
+        "variable_step": VARIABLE_STEP,
         "dtype": np.dtype(dtype).name,
         "taps": taps,
         "secondary_path_taps": path_taps,
@@ -214,9 +220,12 @@ def main() -> None:
     parser.add_argument("--path-taps", type=int, default=128)
     parser.add_argument("--block", type=int, default=32)
     parser.add_argument("--algorithms", nargs="+", choices=("time", "partitioned"), default=["time", "partitioned"])
+    parser.add_argument("--variable-step", action="store_true", help="controller.variable_step: true for the numba runs")
     parser.add_argument("--ears-taps", type=int, nargs="*", default=[256, 1024],
                         help="controller lengths of the one- and two-ear EarsEngine runs (none: skip them)")
     args = parser.parse_args()
+    global VARIABLE_STEP
+    VARIABLE_STEP = args.variable_step
     print(json.dumps({"machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version()}))
     for taps in args.taps:
         for algorithm in args.algorithms:
@@ -226,8 +235,9 @@ def main() -> None:
                 if plain_c is not None:
                     result["share_of_c"] = round(result["samples_per_s"] / plain_c["samples_per_s"], 3)
                 print(json.dumps(result), flush=True)
-            print(json.dumps(bench_reference(min(args.seconds, 0.2), taps, args.path_taps, args.block, algorithm)),
-                  flush=True)
+            if not VARIABLE_STEP:  # the NumPy reference has no variable step
+                print(json.dumps(bench_reference(min(args.seconds, 0.2), taps, args.path_taps, args.block, algorithm)),
+                      flush=True)
             if plain_c is not None:
                 print(json.dumps(plain_c), flush=True)
     for taps in args.ears_taps:

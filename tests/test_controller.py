@@ -203,3 +203,100 @@ def test_step_guard_settles_on_a_long_hum_run_on_the_duct(tmp_path):
     settled = cancellation[5:]
     assert np.all(settled[np.isfinite(settled)] > 0.0), cancellation
     assert sim.summary["attenuation_db"] > 20.0
+
+
+@pytest.mark.parametrize("plant_name, gain, delay", [
+    ("duct", 1.3, 2), ("duct", 0.7, -2), ("headphone", 0.7, -2),
+    pytest.param("headphone", 1.3, 2, marks=pytest.mark.xfail(
+        strict=True, reason="the estimate 30% low and 2 samples early: the second from 4 to 5 s 0.22 dB louder than off "
+                            "(docs/cancellation.md, the variable step: why it is not the default)"))])
+def test_the_variable_step_with_a_wrong_model_is_never_louder(cfg, tmp_path, plant_name, gain, delay):
+    """The wrong-model property with `controller.variable_step` on white noise. It holds on the
+    duct, and on the headphone with the estimate 30% high and 2 samples late; with it 30% low
+    and 2 samples early the headphone is louder than off by 0.22 dB from 4 to 5 s: the
+    lower step leaves less misadjustment, the no-harm output scale climbs (nothing to gain on
+    the headphone's white noise) and with it the loop gain of the bins the delay error turned
+    past 90 degrees, which the fixed step's scale of 0.14-0.44 held stable."""
+    _never_louder_with_a_wrong_model(tmp_path, plant_name, "white", gain, delay, variable_step=True)
+
+
+def _band_noise_run(tmp_path, **controller):
+    """Closed loop on the duct: noise band-limited to 30-300 Hz (a fan's rumble)."""
+    import scipy.signal
+    from device.contract.config import load_config
+    from simulator.run import simulate
+    from simulator.scenes import write_scene
+
+    rng = np.random.default_rng(11)
+    sos = scipy.signal.butter(4, [30.0, 300.0], btype="bandpass", fs=48000, output="sos")
+    x = scipy.signal.sosfilt(sos, rng.standard_normal(8 * 48000))
+    scene = tmp_path / "rumble.wav"
+    write_scene(scene, 0.1 * x / np.sqrt(np.mean(x * x)), 48000)
+    plain_cfg = load_config().replace("classifier", enabled=False).replace("controller", taps=256, **controller)
+    return simulate(scene, plain_cfg, "duct", keep_signals=True)
+
+
+def test_the_variable_step_cancels_band_limited_noise_the_fixed_step_leaves(tmp_path):
+    """On a 30-300 Hz rumble the fixed step's misadjustment holds the duct several dB short of
+    its optimum (successive gradients of a narrowband residual agree over its correlation
+    time, so the excess error grows with it); the variable step sees the gradient turn to
+    noise and lowers the step, and the steady state moves towards the optimum."""
+    from device.core.dsp.layout import S_VSS_FACTOR
+
+    fixed = _band_noise_run(tmp_path)
+    variable = _band_noise_run(tmp_path, variable_step=True)
+    assert variable.summary["watchdog_trips"] == 0
+    assert variable.summary["attenuation_db"] > fixed.summary["attenuation_db"] + 1.5, (
+        variable.summary["attenuation_db"], fixed.summary["attenuation_db"])
+    assert variable.session.engine.status[S_VSS_FACTOR] < 0.5
+
+
+def test_the_variable_step_keeps_the_full_step_while_the_gradients_agree_and_lowers_it_on_noise(cfg, headphone):
+    """Blocks whose weight changes point the same way (far from the optimum, or tracking a
+    drifting tone) keep the configured step; blocks whose changes are independent noise (at
+    the optimum) bring it down, within a few smoothing time constants."""
+    from device.core.dsp.fxlms import _variable_step
+
+    engine = AncEngine.from_config(cfg.replace("controller", taps=256, variable_step=True), headphone.full_secondary_path()[:256])
+    params, taps = engine.params, 256
+    rng = np.random.default_rng(8)
+    direction = rng.standard_normal(taps)
+    blocks = int(1.0 * 48000 / engine.block_size)
+    for kind in ("agree", "noise"):
+        status = np.zeros(L.N_STATUS)
+        status[L.S_STEP] = 1.0
+        weights = np.zeros(taps)
+        block_start = np.zeros(taps)
+        smoothed = np.zeros(taps)
+        factors = []
+        for _ in range(blocks):
+            step = _variable_step(weights, block_start, smoothed, params, status, True)
+            status[L.S_VSS_STEP] = step
+            change = direction + 0.3 * rng.standard_normal(taps) if kind == "agree" else rng.standard_normal(taps)
+            weights = weights + step * 1e-3 * change
+            factors.append(status[L.S_VSS_FACTOR])
+        if kind == "agree":
+            assert min(factors) == 1.0, kind
+        else:
+            # Independent blocks leave a smoothed mean of |mean g|^2 / mean |g|^2 = coef / (2 - coef).
+            assert factors[-1] < 0.25, factors[-5:]
+            assert step < 0.25 * params[L.P_STEP]
+
+
+def test_the_variable_step_runs_for_ears_of_different_lengths(cfg, headphone):
+    """Two ears of different controller lengths stack their variable-step state and adapt in
+    one call; a white reference with an unrelated error leaves the step below the configured one."""
+    from device.core.ears import EarsEngine
+
+    path = headphone.full_secondary_path()[:256]
+    variable = cfg.replace("controller", variable_step=True).replace("safety", baseline_ms=5.0, fade_ms=5.0)
+    engines = [AncEngine.from_config(variable.replace("controller", taps=taps), path) for taps in (256, 384)]
+    ears = EarsEngine(["left", "right"], engines)
+    rng = np.random.default_rng(6)
+    block = ears.block_size
+    outs = np.zeros((2, block))
+    for _ in range(int(1.0 * 48000) // block):
+        ears.process(rng.standard_normal((2, block)) * 0.1, rng.standard_normal((2, block)) * 0.1, outs)
+    for engine in engines:
+        assert engine.mode == "run" and np.all(np.isfinite(engine.weights)) and np.any(engine.weights)
+        assert engine.status[L.S_VSS_FACTOR] < 1.0

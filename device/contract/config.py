@@ -91,6 +91,7 @@ SCHEMA: dict[str, Any] = {
         "update_block": Key("int", "samples, a power of two", 8, 1024),
         "bin_floor_db": Key("float", "dB under the mean bin power", -120.0, 0.0),
         "delay_tolerance_samples": Key("float", "samples", 0.0, 64.0),
+        "variable_step": Key("bool"),
     },
     "safety": {
         "output_ceiling_dbfs": Key("float", "dBFS", -60.0, 0.0),

@@ -22,6 +22,7 @@ from device.core.dsp.partitioned import history_length, make_twiddles, state_siz
 from device.contract.errors import UserError
 
 EVENT_CAPACITY = 256
+VARIABLE_STEP_TAPS = 4096  # the longest controller.taps the configuration accepts
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,10 @@ class ControllerSettings:
     update_block: int = 0             # samples per partitioned update; 0 = time-domain update every sample
     bin_floor_db: float = -30.0
     delay_tolerance_samples: float = 0.0  # partitioned update: trusted band (device.core.dsp.partitioned)
+    variable_step: bool = False       # time-domain update: the step follows the gradient's consistency
+    variable_step_time_constant_ms: float = 200.0
+    variable_step_consistency: float = 0.01
+    variable_step_min: float = 0.1
 
     @classmethod
     def from_config(cls, cfg: Config, sample_rate: int | None = None, block_size: int | None = None,
@@ -98,6 +103,7 @@ class ControllerSettings:
             update_block=cfg.controller.update_block if cfg.controller.algorithm == "partitioned" else 0,
             bin_floor_db=cfg.controller.bin_floor_db,
             delay_tolerance_samples=cfg.controller.delay_tolerance_samples,
+            variable_step=cfg.controller.variable_step,
         )
 
 
@@ -166,7 +172,10 @@ class AncEngine:
         self.weights = np.zeros(taps)
         self.reference_buffer = np.zeros(2 * max(taps, path_taps))
         self.filtered_buffer = np.zeros(2 * history_length(taps, settings.update_block))
-        self.update_state = np.zeros(state_size(settings.update_block))
+        # The variable step keeps the weights at the block's start and the smoothed gradient after
+        # it, sized for the longest controller so that ears of different lengths stack (EarsEngine).
+        self.update_state = np.zeros(state_size(settings.update_block) if settings.update_block > 0 else
+                                     2 * max(taps, VARIABLE_STEP_TAPS) if settings.variable_step else 0)
         self.twiddles = make_twiddles(2 * settings.update_block) if settings.update_block > 0 else np.zeros(0)
         self.output_buffer = np.zeros(2 * max(self.feedback_path.size, path_taps))
         self.params = np.zeros(L.N_PARAMS)
@@ -235,6 +244,10 @@ class AncEngine:
         p[L.P_UPDATE_BLOCK] = s.update_block
         p[L.P_BIN_FLOOR] = 10.0 ** (s.bin_floor_db / 10.0)
         p[L.P_DELAY_TOLERANCE] = s.delay_tolerance_samples
+        p[L.P_VSS_COEF] = (1.0 - math.exp(-s.block_size / _samples(s.variable_step_time_constant_ms, fs))
+                           if s.variable_step and s.update_block == 0 else 0.0)
+        p[L.P_VSS_CONSISTENCY] = s.variable_step_consistency
+        p[L.P_VSS_MIN] = s.variable_step_min
 
     def reset(self) -> None:
         """Back to the start: weights zero, muted, measuring the baseline again."""

@@ -27,6 +27,9 @@ Per sample n:
                   coloured noise (rumble, traffic, pink) where the total-power normalization is
                   held back by the spread of the filtered reference's spectrum; the time-domain
                   update converges few strong tones faster (docs/cancellation.md, "Algorithm").
+     With `controller.variable_step` (time-domain update only) the step of each block is the
+     configured one times the consistency of the last blocks' gradients (`_variable_step`):
+     full while they agree (converging, tracking), down to 1/10 once they are noise.
   5. output y_raw(n) = w . r, then user gain (enabled * intensity, ramped), safety gain
      (fades, watchdog) and a peak limiter with instant attack and smooth release: the
      speaker signal never exceeds the ceiling and is never hard-clipped.
@@ -96,6 +99,9 @@ from device.core.dsp.layout import (
     P_UPDATE_BLOCK,
     P_USER_RATE,
     P_USER_TARGET,
+    P_VSS_COEF,
+    P_VSS_CONSISTENCY,
+    P_VSS_MIN,
     S_BASELINE_COUNT,
     S_BASELINE_ERROR,
     S_BASELINE_REFERENCE,
@@ -128,6 +134,12 @@ from device.core.dsp.layout import (
     S_UPDATE_BLOCKS,
     S_UPDATE_FILL,
     S_USER_GAIN,
+    S_VSS_BLOCKS,
+    S_VSS_CONSISTENCY,
+    S_VSS_FACTOR,
+    S_VSS_RAW,
+    S_VSS_STEP,
+    S_VSS_TRIPS,
     S_WEIGHT_NORM,
     S_XF_POWER,
 )
@@ -166,6 +178,50 @@ def _dot(a, b, offset, start, count):
     for k in range(count):
         acc += x[k] * y[k]
     return acc
+
+
+@nb.njit(cache=True, fastmath=FASTMATH)
+def _variable_step(weights, block_start, smoothed, params, status, running):
+    """The step for this block, from the consistency of the last blocks' gradients.
+
+    The weights' change over a block, divided by the step it adapted with, is the block's
+    summed normalized gradient g. Far from the optimum successive g agree and their smoothed
+    mean has the norm of g; at the optimum g is the residual's noise and its mean shrinks.
+    consistency = |mean g|^2 / mean |g|^2 (bias-corrected), and the step is the configured one
+    times consistency / P_VSS_CONSISTENCY, within [P_VSS_MIN, 1]. On narrowband noise the
+    plain update's misadjustment grows with the band's correlation time (successive
+    gradients of the residual are alike), so a step that converges tones fast leaves a
+    rumble several dB short; this lowers it only where the gradient has become noise."""
+    taps = weights.shape[0]
+    coef = params[P_VSS_COEF]
+    used = status[S_VSS_STEP]
+    factor = status[S_VSS_FACTOR]
+    if status[S_VSS_TRIPS] != status[S_TRIPS] or not running:
+        smoothed[:] = 0.0
+        status[S_VSS_RAW] = 0.0
+        status[S_VSS_BLOCKS] = 0.0
+        factor = 1.0
+    elif used > 0.0:
+        raw = 0.0
+        consistent = 0.0
+        for k in range(taps):
+            gradient = (block_start[k] - weights[k]) / used
+            smoothed[k] += coef * (gradient - smoothed[k])
+            raw += gradient * gradient
+            consistent += smoothed[k] * smoothed[k]
+        status[S_VSS_RAW] += coef * (raw - status[S_VSS_RAW])
+        status[S_VSS_BLOCKS] += 1.0
+        bias = 1.0 - (1.0 - coef) ** status[S_VSS_BLOCKS]
+        if status[S_VSS_RAW] > 0.0 and bias > 0.0:
+            consistency = consistent / (bias * status[S_VSS_RAW])
+            status[S_VSS_CONSISTENCY] = consistency
+            factor = min(1.0, max(params[P_VSS_MIN], consistency / params[P_VSS_CONSISTENCY]))
+    if not factor > 0.0:
+        factor = 1.0
+    status[S_VSS_FACTOR] = factor
+    status[S_VSS_TRIPS] = status[S_TRIPS]
+    block_start[:] = weights
+    return max(params[P_STEP] * status[S_STEP] * factor, min(params[P_MIN_STEP], params[P_STEP]))
 
 
 @nb.njit(cache=True)
@@ -214,7 +270,9 @@ def process_block(
     double-length histories. params/status/cursors/events: see layout.
     hear_through (K <= max(N, L), may be empty): the hear-through equalizer over the reference.
     update_state, twiddles: the partitioned update's work arrays (`device.core.dsp.partitioned`;
-    empty for the time-domain update). With `params[P_UPDATE_BLOCK]` = B > 0 the filtered
+    empty for the time-domain update); with the time-domain update and `params[P_VSS_COEF]` > 0,
+    update_state holds the variable step's two vectors (2 N: the weights at the block's start,
+    the smoothed gradient) and twiddles is empty. With `params[P_UPDATE_BLOCK]` = B > 0 the filtered
     history must hold `history_length(N, B)` samples.
     """
     taps = weights.shape[0]
@@ -284,6 +342,10 @@ def process_block(
     update_blocks = status[S_UPDATE_BLOCKS]
     output_target = params[P_OUTPUT_SCALE]
     output_gain = status[S_OUTPUT_GAIN]
+    variable_step = update_block == 0 and params[P_VSS_COEF] > 0.0 and update_state.shape[0] >= 2 * taps
+    if variable_step:
+        step = _variable_step(weights, update_state[:taps], update_state[taps:2 * taps], params, status, mode == MODE_RUN)
+    adapted = False
 
     # Recompute the filtered-reference power once a block so the running sum cannot drift.
     power = _dot(filtered_buffer, filtered_buffer, position_filtered, position_filtered, taps)
@@ -348,6 +410,7 @@ def process_block(
             else:
                 current_dot = _dot(weights, filtered_buffer, position_filtered, 0, taps)
             modified_error = disturbance + current_dot
+            adapted = True
             g = step * modified_error / (regularization + power)
             filtered_window = filtered_buffer[position_filtered:position_filtered + taps]
             reference_window = reference_buffer[position_reference:position_reference + taps]
@@ -497,6 +560,8 @@ def process_block(
                 step = max(params[P_STEP] * status[S_STEP], min(params[P_MIN_STEP], params[P_STEP]))
                 mode = MODE_RUN
 
+    if variable_step:
+        status[S_VSS_STEP] = step if adapted else 0.0
     # Block-level checks: weights blowing up or turned non-finite.
     norm_squared = 0.0
     for k in range(taps):

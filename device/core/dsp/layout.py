@@ -40,7 +40,10 @@ P_BIN_FLOOR = 29         # partitioned update: floor of the per-bin power, as a 
 P_OUTPUT_SCALE = 30      # 0..1: no-harm scale of the anti-noise (the worker's, ramped like the user gain; adaptation ignores it)
 P_DELAY_TOLERANCE = 31   # partitioned update: samples the estimate's delay may be off; bins whose phase that could turn
                          # more than 60 degrees are not updated (0 = update every bin)
-N_PARAMS = 32
+P_VSS_COEF = 32          # time-domain update, variable step: per-block smoothing coefficient of the gradient (0 = fixed step)
+P_VSS_CONSISTENCY = 33   # variable step: the gradient consistency at and above which the full step is used
+P_VSS_MIN = 34           # variable step: the smallest fraction of the step it may choose
+N_PARAMS = 35
 
 # status: scalar state, written by the kernel
 S_MODE = 0               # MODE_* below
@@ -78,7 +81,13 @@ S_UPDATE_FILL = 31       # partitioned update: modified errors collected of the 
 S_UPDATE_BLOCKS = 32     # partitioned update: block updates so far (bias correction of the bin power)
 S_SLOW_DISTURBANCE = 33  # slowly smoothed power of d_hat = e - s_hat * y_played (sustained-rise watchdog)
 S_OUTPUT_GAIN = 34       # current no-harm output gain (ramps towards P_OUTPUT_SCALE)
-N_STATUS = 35
+S_VSS_FACTOR = 35        # variable step: the fraction of the step in force
+S_VSS_RAW = 36           # variable step: smoothed squared norm of the blocks' normalized gradients
+S_VSS_BLOCKS = 37        # variable step: blocks smoothed so far (bias correction)
+S_VSS_TRIPS = 38         # variable step: watchdog trips when the block started (a reset voids the block's gradient)
+S_VSS_STEP = 39          # variable step: the step the last block adapted with (0: it did not adapt)
+S_VSS_CONSISTENCY = 40   # variable step: |smoothed gradient|^2 / smoothed |gradient|^2, 1 = every block agrees
+N_STATUS = 41
 
 # cursors: positions in the double-length circular buffers
 C_REFERENCE = 0
