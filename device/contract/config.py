@@ -91,6 +91,11 @@ SCHEMA: dict[str, Any] = {
         "update_block": Key("int", "samples, a power of two", 8, 1024),
         "bin_floor_db": Key("float", "dB under the mean bin power", -120.0, 0.0),
         "delay_tolerance_samples": Key("float", "samples", 0.0, 64.0),
+        "reidentify": Key("bool"),
+        "reidentify_min_interval_s": Key("float", "s", 1.0, 86400.0),
+        "reidentify_probe_s": Key("float", "s", 0.1, 10.0),
+        "reidentify_probe_level_dbfs": Key("float", "dBFS", -80.0, -6.0),
+        "reidentify_change_db": Key("float", "dB", -40.0, 10.0),
     },
     "safety": {
         "output_ceiling_dbfs": Key("float", "dBFS", -60.0, 0.0),
