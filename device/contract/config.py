@@ -96,6 +96,7 @@ SCHEMA: dict[str, Any] = {
         "reidentify_probe_s": Key("float", "s", 0.1, 10.0),
         "reidentify_probe_level_dbfs": Key("float", "dBFS", -80.0, -6.0),
         "reidentify_change_db": Key("float", "dB", -40.0, 10.0),
+        "reidentify_mismatch_db": Key("float", "dB, 0 = off", 0.0, 40.0),
     },
     "safety": {
         "output_ceiling_dbfs": Key("float", "dBFS", -60.0, 0.0),

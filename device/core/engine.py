@@ -202,6 +202,7 @@ class AncEngine:
                       if probe_samples > 0 else np.zeros(0))
         self.secondary_candidate = np.zeros(path_taps)
         self.hear_candidate = np.zeros(self.hear_through.size)
+        self.weights_candidate = np.zeros(taps)
         self._extra_events: list[SafetyEvent] = []
         self._stopping = False
         self.bind_kernel_state()
@@ -283,7 +284,7 @@ class AncEngine:
         engine's state, for `process` and for a simulator that calls the kernel from numba.
         Called again by an owner that moves the arrays (`EarsEngine` stacks every ear's)."""
         self.kernel_state = (self.tracking, self.probe, self.secondary_candidate, self.hear_candidate,
-                             self.weights, self.secondary_path, self.feedback_path, self.reference_buffer,
+                             self.weights_candidate, self.weights, self.secondary_path, self.feedback_path, self.reference_buffer,
                              self.filtered_buffer, self.output_buffer, self.params, self.status, self.cursors,
                              self.events, self.hear_through, self.update_state, self.twiddles)
 
@@ -380,11 +381,17 @@ class AncEngine:
         """Fade the anti-noise out and play the probe once (from the next block on)."""
         self.tracking[T.T_COMMAND] = T.CMD_PROBE
 
-    def resume(self, estimate: np.ndarray | None, weight_scale: float, step_factor: float) -> None:
-        """After a probe: swap in `estimate` (None: keep the one in use), scale the weights
-        (0 = start from zero), restart from the baseline with the kernel's step factor
-        `step_factor`, and fade in. The arrays are prepared here, off the callback, and the
-        command word is written last; the callback takes it at the start of its next block."""
+    def resume(self, estimate: np.ndarray | None, weight_scale: float, step_factor: float,
+               weights: np.ndarray | None = None) -> None:
+        """After a probe: swap in `estimate` (None: keep the one in use) and, with it, start
+        from `weights` when given; scale the weights (0 = start from zero), restart from the
+        baseline with the kernel's step factor `step_factor`, and fade in. The arrays are
+        prepared here, off the callback, and the command word is written last; the callback
+        takes it at the start of its next block."""
+        self.tracking[T.T_NEW_WEIGHTS] = 0.0
+        if estimate is not None and weights is not None:
+            np.copyto(self.weights_candidate, weights)
+            self.tracking[T.T_NEW_WEIGHTS] = 1.0
         if estimate is not None:
             estimate = np.asarray(estimate, dtype=np.float64)
             if estimate.shape != self.secondary_candidate.shape or not np.all(np.isfinite(estimate)):

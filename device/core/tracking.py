@@ -23,6 +23,7 @@ to the kernel's step back-off; a give-up sooner waits for the interval and is th
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import Callable
 
 import numpy as np
@@ -41,9 +42,12 @@ TRIGGERS = (L.EVENT_ERROR_RISE, L.EVENT_SUSTAINED_RISE, L.EVENT_WEIGHT_NORM, L.E
 # A check the engine has not started within this much audio is cancelled: its blocks are run
 # by another kernel that plays no probe (several ears' `process_ears`).
 START_TIMEOUT_S = 0.5
-# A change that is a gain alone (within this misalignment after the gain) keeps the weights,
-# scaled by 1 / gain, when that keeps their norm under half the watchdog's limit.
-GAIN_ONLY_DB = -15.0
+# The model-consistency detector (see `_mismatch`): judged against the median of the last
+# MISMATCH_HISTORY_S of audio, leaving out the last MISMATCH_HOLD_S, and it must last that long.
+MISMATCH_HISTORY_S = 4.0
+MISMATCH_HOLD_S = 0.5
+SNAPSHOT_S = 0.5
+CONSISTENT_DB = 1.0      # the detector's level within this of its median: the model explains the error mic
 
 
 class PathTracker:
@@ -66,6 +70,13 @@ class PathTracker:
         self.requested_at = 0
         self.last_check: int | None = None
         self.deferred = False          # gave up within the interval: check once it has passed
+        self.mismatch_db = cfg.controller.reidentify_mismatch_db
+        self._consistency: deque = deque()   # (sample, dB) of d_hat's level against the model-free one
+        self._mismatch_since: int | None = None
+        # The weights as they were while the model still explained the error mic (refreshed
+        # every SNAPSHOT_S then): what a new estimate's controller starts from.
+        self._good_weights = np.zeros(engine.weights.size)
+        self._good_at: int | None = None
         self._events_seen = 0
         self._dropped_at_start = 0
         self.checks: list[dict] = []   # every check's figures, as reported in its event
@@ -97,7 +108,7 @@ class PathTracker:
         """`now`: samples the worker has seen (its audio clock)."""
         if not self.enabled:
             return
-        triggered = self._new_triggers()
+        triggered = self._new_triggers() or self._mismatch(now)
         if self.checking:
             self._continue(now)
             return
@@ -124,6 +135,54 @@ class PathTracker:
                 found = "trip"
         self._events_seen = written
         return found
+
+    def _mismatch(self, now: int) -> str | None:
+        """'mismatch' when the device's model no longer explains its error mic.
+
+        d_hat = e - s_hat * y, the error the kernel thinks it would have with control off, is
+        d + (s - s_hat) * y: with the model right it is the disturbance d, whose level follows
+        the reference's through the uncontrolled ratio the kernel measured at start; with the
+        path changed it also carries (s - s_hat) * y, which grows with the anti-noise. So the
+        kernel's slow d_hat power over ratio x its slow reference power, in dB, wanders with
+        the noise's spectrum by a few dB (measured: within 2 dB over 16 s of construction noise
+        on the headphone), and jumps when the path changes under a working controller (the same
+        run after its path changed: +4.7 dB within a second, +11 dB two seconds later, while the
+        watchdog tripped only at +6 s). It is read from the kernel's status, not computed: a few
+        float reads per poll. `controller.reidentify_mismatch_db` over the recent median for
+        MISMATCH_HOLD_S fires; 0 turns it off."""
+        if self.mismatch_db <= 0.0:
+            return None
+        status = self.engine.status
+        ratio, reference = status[L.S_RATIO], status[L.S_SLOW_REFERENCE]
+        running = (self.engine.mode == "run" and status[L.S_SAFETY_GAIN] >= 1.0 and status[L.S_HEAR_GAIN] <= 0.0
+                   and ratio > 0.0 and reference > 0.0 and status[L.S_SLOW_DISTURBANCE] > 0.0)
+        if not running:
+            self._consistency.clear()
+            self._mismatch_since = None
+            return None
+        level = 10.0 * np.log10(status[L.S_SLOW_DISTURBANCE] / (ratio * reference))
+        history = self._consistency
+        history.append((now, level))
+        while history and history[0][0] < now - MISMATCH_HISTORY_S * self.sample_rate:
+            history.popleft()
+        hold = MISMATCH_HOLD_S * self.sample_rate
+        past = [value for sample, value in history if sample < now - hold]
+        if not history or history[0][0] > now - 0.75 * MISMATCH_HISTORY_S * self.sample_rate or not past:
+            return None   # not enough of a history to judge against
+        median = float(np.median(past))
+        if abs(level - median) < CONSISTENT_DB and (self._good_at is None or now - self._good_at >= SNAPSHOT_S
+                                                    * self.sample_rate) and self._mismatch_since is None:
+            np.copyto(self._good_weights, self.engine.weights)
+            self._good_at = now
+        if level > median + self.mismatch_db:
+            if self._mismatch_since is None:
+                self._mismatch_since = now
+            if now - self._mismatch_since >= hold:
+                self._mismatch_since = None
+                return "mismatch"
+        else:
+            self._mismatch_since = None
+        return None
 
     def _start(self, now: int) -> None:
         self.checking = True
@@ -163,27 +222,29 @@ class PathTracker:
         if not np.all(np.isfinite(measured)) or not change_db > self.change_db:
             self._finish(None, change_db, expected_db, "unchanged: estimate kept")
             return
-        gain, after_gain_db = T.gain_between(engine.secondary_path, measured)
-        scale = 0.0
-        norm = float(engine.status[L.S_WEIGHT_NORM])
-        if after_gain_db < GAIN_ONLY_DB and abs(gain) > 1e-3 and norm / abs(gain) < 0.5 * self.max_weight_norm:
-            scale = 1.0 / gain
-        self._finish(measured, change_db, expected_db, "changed: new estimate in use", scale)
+        # The controller starts from what it had learnt, carried over to the new path (the same
+        # anti-noise at the error mic), unless that asks for more than half the weights' limit.
+        learnt = self._good_weights if self._good_at is not None else engine.weights.copy()
+        weights = T.carried_weights(learnt, engine.secondary_path, measured)
+        scale = 1.0 if float(np.linalg.norm(weights)) < 0.5 * self.max_weight_norm else 0.0
+        self._finish(measured, change_db, expected_db, "changed: new estimate in use", scale, weights)
 
     def _finish(self, measured: np.ndarray | None, change_db: float | None, expected_db: float | None,
-                outcome: str, scale: float = 1.0) -> None:
+                outcome: str, scale: float = 1.0, weights: np.ndarray | None = None) -> None:
         engine = self.engine
         # The kernel's step: full again with a new estimate (the back-off was the old estimate's
         # doing) and after a give-up (else it would stay off); as it was otherwise.
         step = 1.0 if measured is not None or self._gave_up else float(engine.status[L.S_STEP])
-        engine.resume(measured, scale if measured is not None else 1.0, step)
+        engine.resume(measured, scale if measured is not None else 1.0, step, weights)
+        self._good_at = None
+        self._consistency.clear()
         details = {
             "change_db": None if change_db is None else round(change_db, 2),
             "threshold_db": self.change_db,
             "estimate_error_db": None if expected_db is None else round(expected_db, 2),
             "probe_s": round(engine.probe.size / self.sample_rate, 3),
             "replaced": measured is not None,
-            "weight_scale": round(scale, 4) if measured is not None else None,
+            "weights": None if measured is None else ("carried over" if scale else "from zero"),
             "outcome": outcome,
         }
         self.checks.append(details)

@@ -52,7 +52,8 @@ T_PROBE_START = 2    # sample index (the kernel's S_SAMPLES) of the probe's firs
 T_PROBE_PLAYED = 3   # probe samples played so far
 T_WEIGHT_SCALE = 4   # factor on the weights at a resume (0 = start from zero)
 T_STEP = 5           # the kernel's step factor (status[S_STEP]) at a resume
-N_TRACKING = 6
+T_NEW_WEIGHTS = 6    # 1 = a resume with a new estimate starts from the prepared weights (then scaled)
+N_TRACKING = 7
 
 CMD_NONE = 0.0
 CMD_PROBE = 1.0      # fade out, then play the probe once
@@ -67,6 +68,7 @@ STATE_PLAYED = 3.0   # the probe has been played; the kernel stays silent until 
 
 def new_tracking() -> np.ndarray:
     tracking = np.zeros(N_TRACKING)
+    tracking[T_NEW_WEIGHTS] = 0.0
     tracking[T_PROBE_START] = -1.0
     tracking[T_WEIGHT_SCALE] = 1.0
     tracking[T_STEP] = 1.0
@@ -74,12 +76,14 @@ def new_tracking() -> np.ndarray:
 
 
 @nb.njit(cache=True)
-def _resume(tracking, swap, candidate, hear_candidate, weights, secondary_path, filtered_buffer, output_buffer,
-            params, status, hear_through, update_state):
+def _resume(tracking, swap, candidate, hear_candidate, weights_candidate, weights, secondary_path, filtered_buffer,
+            output_buffer, params, status, hear_through, update_state):
     if swap and candidate.shape[0] == secondary_path.shape[0]:
         secondary_path[:] = candidate
         if hear_candidate.shape[0] == hear_through.shape[0]:
             hear_through[:] = hear_candidate
+        if tracking[T_NEW_WEIGHTS] > 0.5 and weights_candidate.shape[0] == weights.shape[0]:
+            weights[:] = weights_candidate
     scale = tracking[T_WEIGHT_SCALE]
     for k in range(weights.shape[0]):
         weights[k] *= scale
@@ -106,12 +110,13 @@ def _resume(tracking, swap, candidate, hear_candidate, weights, secondary_path, 
 
 
 @nb.njit(cache=True, nogil=True)
-def engine_block(reference, error, out, tracking, probe, candidate, hear_candidate, weights, secondary_path,
+def engine_block(reference, error, out, tracking, probe, candidate, hear_candidate, weights_candidate, weights,
+                 secondary_path,
                  feedback_path, reference_buffer, filtered_buffer, output_buffer, params, status, cursors, events,
                  hear_through, update_state, twiddles):
     """One block: the owner's command (taken at the block's start), the controller
     (`process_block`), then the probe added to the speaker block while one plays. No
-    allocation; the arrays after `hear_candidate` are `process_block`'s."""
+    allocation; the arrays after `weights_candidate` are `process_block`'s."""
     command = tracking[T_COMMAND]
     if command == CMD_PROBE and status[S_MODE] == MODE_TRIP:
         pass   # the watchdog's own reset first (it counts the trip), then the probe
@@ -121,8 +126,8 @@ def engine_block(reference, error, out, tracking, probe, candidate, hear_candida
             params[P_STOP] = 1.0
             tracking[T_STATE] = STATE_FADING
         elif command == CMD_RESUME_NEW or command == CMD_RESUME_OLD:
-            _resume(tracking, command == CMD_RESUME_NEW, candidate, hear_candidate, weights, secondary_path,
-                    filtered_buffer, output_buffer, params, status, hear_through, update_state)
+            _resume(tracking, command == CMD_RESUME_NEW, candidate, hear_candidate, weights_candidate, weights,
+                    secondary_path, filtered_buffer, output_buffer, params, status, hear_through, update_state)
     process_block(reference, error, out, weights, secondary_path, feedback_path, reference_buffer, filtered_buffer,
                   output_buffer, params, status, cursors, events, hear_through, update_state, twiddles)
     state = tracking[T_STATE]
@@ -156,16 +161,20 @@ def path_change_db(in_use: np.ndarray, measured: np.ndarray) -> float:
     return 10.0 * math.log10(max(difference, 1e-300) / max(float(np.dot(measured, measured)), 1e-300))
 
 
-def gain_between(in_use: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
-    """(g, dB): the least-squares gain with measured ~ g * in_use, and the misalignment left
-    after it (`path_change_db` of g * in_use). A change that is a gain alone (a polarity
-    swap, a speaker driven louder) keeps the controller's shape: its weights scale by 1/g."""
-    power = float(np.dot(in_use, in_use))
-    if power <= 0.0:
-        return 0.0, 0.0
-    size = min(in_use.size, measured.size)
-    gain = float(np.dot(in_use[:size], measured[:size])) / power
-    return gain, path_change_db(gain * in_use, measured)
+def carried_weights(weights: np.ndarray, in_use: np.ndarray, measured: np.ndarray, floor_db: float = -30.0) -> np.ndarray:
+    """The controller for the new path that makes the same anti-noise at the error mic as
+    `weights` made through the old: W_new = W S_old / S_new, in the frequency domain with S_new
+    floored at `floor_db` under its peak (where the speaker hardly reaches nothing is asked of
+    it), causal part kept, as long as `weights`. A moved cup or speaker changes the delay,
+    the gain and the resonance; what the controller learnt of the noise (its -P) stays."""
+    taps = weights.size
+    size = 1 << int(math.ceil(math.log2(2 * (taps + max(in_use.size, measured.size)))))
+    w = np.fft.rfft(weights, size)
+    old = np.fft.rfft(in_use, size)
+    new = np.fft.rfft(measured, size)
+    floor = (10.0 ** (floor_db / 20.0) * np.max(np.abs(new))) ** 2
+    carried = np.fft.irfft(w * old * np.conj(new) / (np.abs(new) ** 2 + floor), size)
+    return np.ascontiguousarray(carried[:taps])
 
 
 AMBIENT_TAPS = 512       # reference-to-error filter that takes the ambient noise out of the recording
