@@ -158,7 +158,8 @@ class AncEngine:
         secondary_path: np.ndarray,
         feedback_path: np.ndarray | None = None,
     ):
-        secondary_path = np.ascontiguousarray(secondary_path, dtype=np.float64)
+        # The engine's own copy: a re-identification writes a new estimate into it.
+        secondary_path = np.array(secondary_path, dtype=np.float64, copy=True, order="C")
         if secondary_path.ndim != 1 or secondary_path.size < 2:
             raise UserError(f"secondary path estimate: expected a 1-D filter of at least 2 taps, got shape {secondary_path.shape}")
         if not np.all(np.isfinite(secondary_path)) or not np.any(secondary_path):
