@@ -22,9 +22,11 @@ Path-change rows (`*>changed`) switch the real secondary path at CHANGE_AT_S; be
 start (`*=changed`).
 
     python bench/cancellation.py [--quick] [--jobs 2] [--seconds 16] [--json] [--config FILE] [--only PLANT/SCENE ...]
+                                 [--changed]
 
 `--config` merges a partial YAML over the defaults for every pair (e.g. `controller:
-{algorithm: time}` to measure the other weight update); `--only` runs the named pairs.
+{algorithm: time}` to measure the other weight update); `--only` runs the named pairs;
+`--changed` only the path-change rows and the new-path-from-the-start rows beside them.
 
 Deterministic: the plants, scenes and simulator take fixed seeds; only the wall time varies.
 """
@@ -257,6 +259,8 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per pair instead of the table")
     parser.add_argument("--config", help="partial config YAML merged over the defaults for every pair")
     parser.add_argument("--only", nargs="+", metavar="PLANT/SCENE", help="run only these pairs")
+    parser.add_argument("--changed", action="store_true",
+                        help="run only the path-change rows (PLANT>changed) and their references (PLANT=changed)")
     args = parser.parse_args()
     if not 9.0 <= args.seconds <= 120.0:
         parser.error(f"--seconds: expected 9 to 120, got {args.seconds}")
@@ -268,7 +272,8 @@ def main() -> int:
         scenes = write_scenes(directory, args.seconds, scene_names)
         plants = write_plants(directory, args.quick)
         jobs = [(plant, ref, scene, str(path), args.config) for plant, ref in plants.items()
-                for scene, path in scenes.items() if not args.only or f"{plant}/{scene}" in args.only]
+                for scene, path in scenes.items() if (not args.only or f"{plant}/{scene}" in args.only)
+                and (not args.changed or "changed" in plant)]
         started = time.perf_counter()
         rows = []
 

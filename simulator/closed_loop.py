@@ -19,7 +19,7 @@ from llvmlite import ir
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from device.core.dsp.fxlms import process_block
+from device.core.dsp.tracking import engine_block
 from simulator.plant import PathChange, Plant
 
 CLOCK_MONOTONIC = 1       # Linux's clock id, the clock of time.perf_counter
@@ -204,7 +204,7 @@ class EngineClosedLoop(ClosedLoop):
     time, the plant's speaker paths in the same compiled loop, and no Python per block.
 
     `kernel_state` is the engine's `AncEngine.kernel_state`: the numba loop calls the device's
-    `process_block` on it, block by block, exactly as `engine.process` does. After each call,
+    `engine_block` on it, block by block, exactly as `engine.process` does. After each call,
     `on_blocks(reference, error, output, meta)` gets the blocks just run (the session's ring and
     worker). Calls end at multiples of `blocks_per_call` blocks from the start of the run (and
     at chunk ends and path changes, which split a call), so a worker polled there sees the same
@@ -294,7 +294,7 @@ def _closed_loop_blocks(first, stop, block_size, latency, reference_free, error_
         started = _monotonic_ns()
         meta[row, 0] = (started - clock_zero_ns) * 1e-9
         meta[row, 1] = previous_duration
-        process_block(ref_block, err_block, out_block, *kernel_state)
+        engine_block(ref_block, err_block, out_block, *kernel_state)
         elapsed = _monotonic_ns() - started
         previous_duration = elapsed * 1e-9
         kernel_ns += elapsed

@@ -402,6 +402,8 @@ def _run(scene: SceneStream, plant: Plant, cfg: Config, session: Session, rig: R
         "real_time_factor": round(duration_s / max(loop.wall_time_s, 1e-9), 1),
         "engine_real_time_factor": round(duration_s / max(loop.engine_time_s, 1e-9), 1),
         "safety_events": shared["safety_events"],
+        # Secondary-path checks made on the fly (controller.reidentify), also among the events.
+        "path_checks": session_summary_parts.path_checks(shared["safety_events"]),
         "watchdog_trips": session_summary["watchdog_trips"],
         "diverged": session_summary["watchdog_trips"] > 0,
         "output_peak_dbfs": round(20 * np.log10(max(measured.peak, 1e-12)), 2),

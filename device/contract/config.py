@@ -92,6 +92,12 @@ SCHEMA: dict[str, Any] = {
         "bin_floor_db": Key("float", "dB under the mean bin power", -120.0, 0.0),
         "delay_tolerance_samples": Key("float", "samples", 0.0, 64.0),
         "variable_step": Key("bool"),
+        "reidentify": Key("bool"),
+        "reidentify_min_interval_s": Key("float", "s", 1.0, 86400.0),
+        "reidentify_probe_s": Key("float", "s", 0.1, 10.0),
+        "reidentify_probe_level_dbfs": Key("float", "dBFS", -80.0, -6.0),
+        "reidentify_change_db": Key("float", "dB", -40.0, 10.0),
+        "reidentify_mismatch_db": Key("float", "dB, 0 = off", 0.0, 40.0),
     },
     "safety": {
         "output_ceiling_dbfs": Key("float", "dBFS", -60.0, 0.0),

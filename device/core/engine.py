@@ -15,8 +15,8 @@ import numpy as np
 
 from device.contract.config import ANC_MODES, Config
 from device.core.dsp import layout as L
-from device.core.dsp.fxlms import process_block
-from device.core.dsp.identification import controller_tap_budget, recommended_controller_taps
+from device.core.dsp import tracking as T
+from device.core.dsp.identification import controller_tap_budget, make_probe, recommended_controller_taps
 from device.core.dsp.hear_through import design_equalizer
 from device.core.dsp.partitioned import history_length, make_twiddles, state_size
 from device.contract.errors import UserError
@@ -63,6 +63,12 @@ class ControllerSettings:
     variable_step_time_constant_ms: float = 200.0
     variable_step_consistency: float = 0.01
     variable_step_min: float = 0.1
+    # On-the-fly re-identification (device.core.dsp.tracking): the probe the callback plays,
+    # preallocated here; 0 s = no probe, the engine cannot re-identify.
+    reidentify_probe_s: float = 0.0
+    reidentify_probe_level_dbfs: float = -30.0
+    probe_fade_ms: float = 20.0
+    probe_seed: int = 1
 
     @classmethod
     def from_config(cls, cfg: Config, sample_rate: int | None = None, block_size: int | None = None,
@@ -104,6 +110,10 @@ class ControllerSettings:
             bin_floor_db=cfg.controller.bin_floor_db,
             delay_tolerance_samples=cfg.controller.delay_tolerance_samples,
             variable_step=cfg.controller.variable_step,
+            reidentify_probe_s=cfg.controller.reidentify_probe_s if cfg.controller.reidentify else 0.0,
+            reidentify_probe_level_dbfs=cfg.controller.reidentify_probe_level_dbfs,
+            probe_fade_ms=cfg.identification.fade_ms,
+            probe_seed=cfg.identification.seed,
         )
 
 
@@ -114,6 +124,7 @@ class SafetyEvent:
     kind: str
     value: float
     step_size: float          # step size in force when the event happened
+    details: dict | None = None   # what an event from the worker side adds (a re-identification's figures)
 
     def to_dict(self) -> dict:
         return {
@@ -121,6 +132,7 @@ class SafetyEvent:
             "kind": self.kind,
             "value": round(self.value, 3),
             "step_size": self.step_size,
+            **(self.details or {}),
         }
 
 
@@ -152,7 +164,8 @@ class AncEngine:
         secondary_path: np.ndarray,
         feedback_path: np.ndarray | None = None,
     ):
-        secondary_path = np.ascontiguousarray(secondary_path, dtype=np.float64)
+        # The engine's own copy: a re-identification writes a new estimate into it.
+        secondary_path = np.array(secondary_path, dtype=np.float64, copy=True, order="C")
         if secondary_path.ndim != 1 or secondary_path.size < 2:
             raise UserError(f"secondary path estimate: expected a 1-D filter of at least 2 taps, got shape {secondary_path.shape}")
         if not np.all(np.isfinite(secondary_path)) or not np.any(secondary_path):
@@ -190,6 +203,18 @@ class AncEngine:
         hear_taps = min(settings.hear_through_taps, self.reference_buffer.size // 2)
         self.hear_through = np.ascontiguousarray(
             design_equalizer(secondary_path, hear_taps, settings.hear_through_gain_db, settings.sample_rate))
+        # Re-identification on the fly: the command word, the probe and the arrays a new
+        # estimate is prepared in off the callback (`device.core.dsp.tracking`).
+        self.tracking = T.new_tracking()
+        probe_samples = int(round(settings.reidentify_probe_s * settings.sample_rate))
+        self.probe = (make_probe(probe_samples, settings.reidentify_probe_level_dbfs,
+                                 int(settings.probe_fade_ms * 1e-3 * settings.sample_rate), settings.probe_seed + 1)
+                      if probe_samples > 0 else np.zeros(0))
+        self.secondary_candidate = np.zeros(path_taps)
+        self.hear_candidate = np.zeros(self.hear_through.size)
+        self.weights_candidate = np.zeros(taps)
+        self._extra_events: list[SafetyEvent] = []
+        self._stopping = False
         self.bind_kernel_state()
         self.base_step_size = settings.step_size
         self.step_factor = 1.0
@@ -263,28 +288,33 @@ class AncEngine:
         self.status[L.S_OUTPUT_GAIN] = self.params[L.P_OUTPUT_SCALE]
         self.params[L.P_STOP] = 0.0
         self._events_read = 0
+        self.tracking[...] = T.new_tracking()
+        self._extra_events = []
+        self._stopping = False
 
     def bind_kernel_state(self) -> None:
-        """What `process_block` takes after the three blocks, in its order: the one list of the
-        kernel's state, for `process` and for a simulator that calls the kernel from numba.
+        """What `engine_block` (`device.core.dsp.tracking`) takes after the three blocks, in its
+        order: the re-identification's arrays, then `process_block`'s. The one list of the
+        engine's state, for `process` and for a simulator that calls the kernel from numba.
         Called again by an owner that moves the arrays (`EarsEngine` stacks every ear's)."""
-        self.kernel_state = (self.weights, self.secondary_path, self.feedback_path, self.reference_buffer,
+        self.kernel_state = (self.tracking, self.probe, self.secondary_candidate, self.hear_candidate,
+                             self.weights_candidate, self.weights, self.secondary_path, self.feedback_path, self.reference_buffer,
                              self.filtered_buffer, self.output_buffer, self.params, self.status, self.cursors,
                              self.events, self.hear_through, self.update_state, self.twiddles)
 
     # -- the real-time call --------------------------------------------------------------
     def process(self, reference: np.ndarray, error: np.ndarray, out: np.ndarray) -> None:
         """One block: contiguous 1-D float32/float64 arrays of equal length; `out` is written."""
-        process_block(reference, error, out, *self.kernel_state)
+        T.engine_block(reference, error, out, *self.kernel_state)
 
     def warm_up(self) -> None:
         """Compile (or load from the numba cache) the kernel for float32 and float64 blocks,
         then restore the initial state, so the first real callback runs at full speed."""
-        saved = [a.copy() for a in (self.weights, self.status, self.cursors)]
+        saved = [a.copy() for a in (self.weights, self.status, self.cursors, self.tracking)]
         for dtype in (np.float32, np.float64):
             block = np.zeros(self.block_size, dtype=dtype)
             self.process(block, block.copy(), np.zeros(self.block_size, dtype=dtype))
-        self.weights[...], self.status[...], self.cursors[...] = saved
+        self.weights[...], self.status[...], self.cursors[...], self.tracking[...] = saved
         for array in (self.reference_buffer, self.filtered_buffer, self.output_buffer, self.update_state):
             array[...] = 0.0
 
@@ -344,7 +374,57 @@ class AncEngine:
 
     def fade_out(self) -> None:
         """Fade to silence over `fade_ms`; `is_silent` turns True when done."""
+        self._stopping = True
         self.params[L.P_STOP] = 1.0
+
+    # -- re-identification (the worker's `PathTracker` drives these) ---------------------
+    @property
+    def can_reidentify(self) -> bool:
+        return self.probe.size > 0 and not self._stopping
+
+    @property
+    def probe_state(self) -> float:
+        return float(self.tracking[T.T_STATE])
+
+    @property
+    def probe_start_sample(self) -> int | None:
+        start = self.tracking[T.T_PROBE_START]
+        return None if start < 0 else int(start)
+
+    def request_probe(self) -> None:
+        """Fade the anti-noise out and play the probe once (from the next block on)."""
+        self.tracking[T.T_COMMAND] = T.CMD_PROBE
+
+    def resume(self, estimate: np.ndarray | None, weight_scale: float, step_factor: float,
+               weights: np.ndarray | None = None) -> None:
+        """After a probe: swap in `estimate` (None: keep the one in use) and, with it, start
+        from `weights` when given; scale the weights (0 = start from zero), restart from the
+        baseline with the kernel's step factor `step_factor`, and fade in. The arrays are
+        prepared here, off the callback, and the command word is written last; the callback
+        takes it at the start of its next block."""
+        self.tracking[T.T_NEW_WEIGHTS] = 0.0
+        if estimate is not None and weights is not None:
+            np.copyto(self.weights_candidate, weights)
+            self.tracking[T.T_NEW_WEIGHTS] = 1.0
+        if estimate is not None:
+            estimate = np.asarray(estimate, dtype=np.float64)
+            if estimate.shape != self.secondary_candidate.shape or not np.all(np.isfinite(estimate)):
+                raise ValueError(f"new secondary-path estimate: expected {self.secondary_candidate.size} finite taps")
+            np.copyto(self.secondary_candidate, estimate)
+            np.copyto(self.hear_candidate, design_equalizer(estimate, self.hear_candidate.size,
+                                                            self.settings.hear_through_gain_db, self.sample_rate))
+        self.tracking[T.T_WEIGHT_SCALE] = weight_scale
+        self.tracking[T.T_STEP] = step_factor
+        if self._stopping:
+            return   # the session is ending: it stays faded out
+        self.tracking[T.T_COMMAND] = T.CMD_RESUME_NEW if estimate is not None else T.CMD_RESUME_OLD
+
+    def add_event(self, kind: str, value: float, details: dict | None = None) -> SafetyEvent:
+        """An event of the worker's (a re-identification) among the kernel's, at the current sample."""
+        sample = int(self.status[L.S_SAMPLES])
+        event = SafetyEvent(sample, sample / self.sample_rate, kind, float(value), self.step_size, details)
+        self._extra_events.append(event)
+        return event
 
     # -- read-outs (from the worker, never the callback) ---------------------------------
     @property
@@ -410,4 +490,7 @@ class AncEngine:
                 step_size=float(step),
             ))
         self._events_read = written
+        if self._extra_events:
+            drained = sorted(drained + self._extra_events, key=lambda event: event.sample_index)
+            self._extra_events = []
         return drained

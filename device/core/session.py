@@ -21,6 +21,7 @@ from device.core.features import warm_up as warm_up_features
 from device.contract.errors import UserError
 from device.contract.files import utc_now_iso
 from device.core.ringbuffer import BlockRing
+from device.core.tracking import PathTracker
 from device.core.worker import Worker, new_session_id
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,12 @@ class Session(WorkerThread):
         self.records = record_factory(cfg, self.session_id) if spool is not None else None
         self.worker = Worker(cfg, self.ring, engine, classifier=classifier, records=self.records, sink=spool)
         self.worker.report.classifier_error = classifier_error
+        # Re-identification on the fly (`controller.reidentify`): fed the worker's chunks, run
+        # after each of its polls, on the worker's thread.
+        self.tracker = PathTracker(cfg, engine, dropped=lambda: self.ring.dropped)
+        if self.tracker.enabled:
+            self.worker.chunk_observers.append(self.tracker.observe)
+            self.tracker.listeners.append(self.worker.use_secondary_path)
         self.start_time = utc_now_iso()
 
     def process_block(self, reference: np.ndarray, error: np.ndarray, out: np.ndarray, meta: np.ndarray) -> None:
@@ -140,7 +147,9 @@ class Session(WorkerThread):
         self.ring.push_blocks(reference, error, output, meta)
 
     def poll(self) -> int:
-        return self.worker.poll()
+        blocks = self.worker.poll()
+        self.tracker.update(self.worker.samples)
+        return blocks
 
     @property
     def workers(self) -> tuple[Worker, ...]:

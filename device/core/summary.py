@@ -94,16 +94,33 @@ def class_intervals(classes: list[dict[str, Any]], end_s: float) -> str:
     return ", ".join(parts) or "-"
 
 
+REIDENTIFIED = "secondary_path_reidentified"   # device.core.tracking's event
+
+
+def path_checks(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The secondary-path checks made on the fly (`controller.reidentify`), from the events."""
+    return [event for event in events if event["kind"] == REIDENTIFIED]
+
+
 def safety_lines(events: list[dict[str, Any]], limit: int = 10) -> list[str]:
-    """The `safety` lines of a summary: none, or each watchdog event with its time and value."""
-    if not events:
-        return ["safety       no watchdog events"]
-    lines = [f"safety       {len(events)} watchdog events:"]
-    for event in events[:limit]:
-        lines.append(f"             {event['time_s']:.3f} s  {event['kind']} ({event['value']:.1f}), "
-                     f"step size was {event['step_size']:.4g}")
-    if len(events) > limit:
-        lines.append(f"             ... and {len(events) - limit} more (summary.json lists them all)")
-    if any(event["kind"] == "stopped_reidentify" for event in events):
-        lines.append("             anti-noise stopped: the secondary path no longer matches; run `anc-device identify`")
+    """The `safety` lines of a summary: none, or each watchdog event with its time and value,
+    then a line per secondary-path check."""
+    checks = path_checks(events)
+    watchdog = [event for event in events if event["kind"] != REIDENTIFIED]
+    if not watchdog:
+        lines = ["safety       no watchdog events"]
+    else:
+        lines = [f"safety       {len(watchdog)} watchdog events:"]
+        for event in watchdog[:limit]:
+            lines.append(f"             {event['time_s']:.3f} s  {event['kind']} ({event['value']:.1f}), "
+                         f"step size was {event['step_size']:.4g}")
+        if len(watchdog) > limit:
+            lines.append(f"             ... and {len(watchdog) - limit} more (summary.json lists them all)")
+    for check in checks[:limit]:
+        change = "n/a" if check.get("change_db") is None else f"{check['change_db']:+.1f} dB"
+        lines.append(f"path         {check['time_s']:.3f} s  secondary path re-identified ({check.get('probe_s', 0):.1f} s "
+                     f"probe, change {change}, threshold {check.get('threshold_db', 0):.1f} dB): {check.get('outcome', '')}")
+    if events and events[-1]["kind"] == "stopped_reidentify":
+        lines.append("             anti-noise stopped: the secondary path no longer matches; run `anc-device identify`"
+                     + (" (or wait for the next check)" if checks else ""))
     return lines

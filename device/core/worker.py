@@ -144,6 +144,9 @@ class Worker:
         self.samples = 0
         self.last_signal_sample = 0  # microphones never give exact zeros; a disconnected device does
         self.interval_samples = max(self.block_size, int(cfg.runtime.metrics_interval_s * self.sample_rate))
+        # Called with each chunk taken from the ring, (first sample index, reference, error,
+        # output), before it is measured: the secondary-path tracker records its probe there.
+        self.chunk_observers: list[Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]] = []
         self._secondary = engine.secondary_path.copy()
         self._secondary_reversed = np.ascontiguousarray(self._secondary[::-1])
         # The estimate's filter input: the last secondary.size - 1 samples played, then the chunk.
@@ -220,6 +223,8 @@ class Worker:
         if available == 0:
             return 0
         reference, error, output, meta = self.ring.take(available)
+        for observer in self.chunk_observers:
+            observer(self.samples, reference, error, output)
         position = 0
         # Cut the chunk at metrics-interval boundaries so each interval is exact.
         while position < error.size:
@@ -316,6 +321,19 @@ class Worker:
         self.speaker_mode = mode
         self.engine.set_mode(mode)
         self.report.modes.append({"t_s": round(self.samples / self.sample_rate, 3), "mode": mode})
+
+    def use_secondary_path(self, estimate: np.ndarray) -> None:
+        """A new secondary-path estimate (as long as the old: re-identified on the fly) for the
+        cancellation estimate; the no-harm guards start over, their history was the old path's."""
+        np.copyto(self._secondary, estimate)
+        np.copyto(self._secondary_reversed, self._secondary[::-1])
+        self._guard_error = self._guard_disturbance = 0.0
+        self._guard_samples = 0
+        self._guard_good_s = self._guard_calm_s = 0.0
+        self._guard_ceiling = 1.0
+        self._scale_cross = self._scale_power = 0.0
+        self.engine.set_step_factor(1.0)
+        self.engine.set_output_scale(1.0)
 
     def _speaker_buffer(self, size: int) -> np.ndarray:
         if self._speaker.size < size:

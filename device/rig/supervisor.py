@@ -81,6 +81,24 @@ class Supervisor:
         self._silence_reported_at = 0  # worker sample count at the last silence report
         self.control = RuntimeControl(cfg.runtime.state_dir, session.worker, health=self.health,
                                       workers=session.workers)
+        tracker = getattr(session, "tracker", None)
+        if tracker is not None and tracker.enabled:
+            tracker.listeners.append(self._store_reidentified)
+
+    def _store_reidentified(self, estimate) -> None:
+        """A secondary-path estimate re-identified on the fly replaces the stored one, so the
+        next `run` starts with it (on the worker thread, never the callback: two small files
+        written atomically, as `identify` writes them). The stored metadata is kept, marked."""
+        from device.contract.files import utc_now_iso
+        from device.rig.estimates import load_estimates, save_estimates
+
+        identity = self.stream.spec.identity
+        current = load_estimates(self.cfg.runtime.state_dir, identity)
+        details = {key: value for key, value in current.metadata.items() if key not in ("identity", "created_at")}
+        details["reidentified"] = {"at": utc_now_iso(), "replaces_estimate_of": current.metadata.get("created_at"),
+                                   "reidentifications": int(details.get("reidentified", {}).get("reidentifications", 0)) + 1}
+        path = save_estimates(self.cfg.runtime.state_dir, estimate, current.feedback_path, identity, details)
+        log.info("re-identified secondary path stored in %s", path)
 
     # -- shared read-outs ----------------------------------------------------------------------
     @property
@@ -301,6 +319,7 @@ class Supervisor:
             "estimated_cancellation_recent_db": session_summary_parts.mean_cancellation_db(worker.report.metrics, last=5),
             "watchdog_trips": session["watchdog_trips"],
             "safety_events": shared["safety_events"],
+            "path_checks": session_summary_parts.path_checks(shared["safety_events"]),
             "noise_classes": shared["noise_classes"],
             "classifier": shared["classifier"],
             "records_written": shared["records_written"],
@@ -357,6 +376,7 @@ def format_summary(summary: dict[str, Any]) -> str:
           + (f"watchdog tripped {ear['watchdog_trips']}x"
              + ("; anti-noise stopped: run `anc-device identify`" if ear["stopped_for_reidentification"] else "")
              if ear["diverged"] else "no watchdog events") for name, ear in (summary.get("ears") or {}).items()],
+        *[line for line in session_summary_parts.safety_lines(summary["path_checks"]) if line.startswith("path")],
         f"start        anti-noise on {summary['unmuted_after_s'] if summary['unmuted_after_s'] is not None else '-'} s "
         f"after process start   gc max {summary['gc_max_ms']} ms",
         f"memory       {_value(summary['rss_mb'])} MiB resident (peak {_value(summary['rss_peak_mb'])}): "
