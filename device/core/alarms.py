@@ -82,6 +82,15 @@ SUSTAINED_LOUDER_DB = 3.0   # dB a sustained tone must stand above the strongest
 SUSTAINED_LOOKBACK = 12     # frames (192 ms) before a sustained window in which its tone must be mostly absent
 # A sustained siren tone: a hi-lo's tones and a wail's bottom sit at 440-1050 Hz.
 SUSTAINED_SIREN_HZ = (400.0, 1100.0)
+# The horn's harmonic comb: candidate fundamentals every 2 Hz over HORN_F0_HZ (a 6th partial
+# 6 * 2 Hz off still falls within the +-1 bin read), and the partials 1..6 read at each (all
+# under 3.9 kHz, inside the search band).
+HORN_COMB_F0 = np.arange(HORN_F0_HZ[0], HORN_F0_HZ[1] + 1.0, 2.0)
+HORN_COMB_PARTIALS = np.arange(1, 7)
+HORN_COMB_BINS = np.rint(HORN_COMB_F0[:, None] * HORN_COMB_PARTIALS[None, :] / BIN_HZ).astype(int)
+# Half-way between the partials: where an engine or saw whose fundamental is lower has its own.
+HORN_COMB_BETWEEN = np.rint(HORN_COMB_F0[:, None] * (HORN_COMB_PARTIALS[None, :5] + 0.5) / BIN_HZ).astype(int)
+HORN_WHITENED_CEILING_DB = 30.0  # one loud partial must not make a comb of the rest
 KINDS = ("siren", "smoke_alarm", "low_frequency_alarm", "reversing_beeper", "car_horn")
 
 
@@ -96,6 +105,7 @@ class AlarmEvent:
     frequency_hz: float = 0.0
     pulses: int = 1
     _frequencies: list = field(default_factory=list, repr=False)
+    _comb_index: int | None = field(default=None, repr=False)  # the horn comb's fundamental, when found by it
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "start_s": round(self.start_s, 3), "detected_s": round(self.detected_s, 3),
@@ -118,6 +128,9 @@ class DetectorSettings:
     sustained_rise_db: float = 8.0
     sustained_before_db: float = 8.5
     sustained_horn_prominence_db: float = 12.0
+    horn_comb_db: float = 9.0
+    horn_rise_db: float = 8.0
+    horn_before_db: float = 6.0
 
     @classmethod
     def from_config(cls, section) -> "DetectorSettings":
@@ -127,7 +140,9 @@ class DetectorSettings:
                    swept_siren_rise_db=section.swept_siren_rise_db, sustained_ms=section.sustained_ms,
                    sustained_prominence_db=section.sustained_prominence_db,
                    sustained_rise_db=section.sustained_rise_db, sustained_before_db=section.sustained_before_db,
-                   sustained_horn_prominence_db=section.sustained_horn_prominence_db)
+                   sustained_horn_prominence_db=section.sustained_horn_prominence_db,
+                   horn_comb_db=section.horn_comb_db, horn_rise_db=section.horn_rise_db,
+                   horn_before_db=section.horn_before_db)
 
 
 @dataclass
@@ -139,6 +154,9 @@ class _Frame:
     level: float
     spectrum_db: np.ndarray
     floor_db: np.ndarray
+    comb_db: np.ndarray | None = None      # per HORN_COMB_F0: mean whitened level of partials 1..6
+    between_db: np.ndarray | None = None   # per HORN_COMB_F0: the same half-way between them
+    comb_power: np.ndarray | None = None   # per HORN_COMB_F0 and partial 1..6: its power (linear)
 
 
 def _peak(power_db: np.ndarray, low: int, high: int) -> tuple[int, float]:
@@ -229,6 +247,7 @@ class AlarmDetector:
         self._scale = 2.0 / self._window.sum()
         self._low = int(SEARCH_HZ[0] / BIN_HZ)
         self._high = int(SEARCH_HZ[1] / BIN_HZ)
+        self._comb_end = int(HORN_COMB_BINS.max()) + 3
         self._track: list[_Frame] = []
         self._frames_needed = max(2, int(round(settings.min_duration_ms / (1e3 * HOP / SAMPLE_RATE))))
         self._sustained_frames = max(self._frames_needed, int(round(settings.sustained_ms / (1e3 * HOP / SAMPLE_RATE))))
@@ -250,7 +269,27 @@ class AlarmDetector:
         power_db = 10.0 * np.log10(spectrum.real ** 2 + spectrum.imag ** 2 + 1e-20)
         k, frequency = _peak(power_db, self._low, self._high)
         floor = _local_floor(power_db, k)
-        return _Frame(self.frames, time_s, frequency, float(power_db[k] - floor), float(power_db[k]), power_db, None)
+        result = _Frame(self.frames, time_s, frequency, float(power_db[k] - floor), float(power_db[k]), power_db, None)
+        self._comb(result)
+        return result
+
+    def _comb(self, frame: _Frame) -> None:
+        """The horn's evidence, which does not rest on the strongest peak (twin horns a third
+        apart trade it between their partials): per candidate fundamental, how far its partials
+        1..6 stand above the spectrum around each (the median of the 25 bins centred on it,
+        clipped to 0..30 dB), the same half-way between them, and each partial's power."""
+        power_db = frame.spectrum_db
+        end = self._comb_end
+        windows = np.lib.stride_tricks.sliding_window_view(power_db[:end + FLOOR_HALF_WIDTH + 1], 2 * FLOOR_HALF_WIDTH + 1)
+        floor = np.full(end, np.inf)
+        floor[FLOOR_HALF_WIDTH:end] = np.median(windows[:end - FLOOR_HALF_WIDTH], axis=1)
+        floor[:FLOOR_HALF_WIDTH] = floor[FLOOR_HALF_WIDTH]
+        whitened = np.clip(power_db[:end] - floor, 0.0, HORN_WHITENED_CEILING_DB)
+        whitened3 = np.maximum(np.maximum(whitened[:-2], whitened[1:-1]), whitened[2:])   # +-1 bin, index k-1
+        power3 = np.maximum(np.maximum(power_db[:end - 2], power_db[1:end - 1]), power_db[2:end])
+        frame.comb_db = whitened3[HORN_COMB_BINS - 1].mean(axis=1)
+        frame.between_db = whitened3[HORN_COMB_BETWEEN - 1].mean(axis=1)
+        frame.comb_power = 10.0 ** (power3[HORN_COMB_BINS - 1] / 10.0)
 
     def _tonal(self, frame: _Frame) -> bool:
         return frame.prominence >= self.settings.prominence_db and frame.level >= self.settings.min_level_dbfs
@@ -356,6 +395,8 @@ class AlarmDetector:
             kind = self._kind(self._track[-self._frames_needed:]) if len(self._track) >= self._frames_needed else None
             if kind is None and len(self._track) >= self._sustained_frames:
                 kind = self._sustained_kind(self._track[-self._sustained_frames:], onset=False)
+            if active._comb_index is not None and self._horn_holds(active._comb_index):
+                tonal, kind = True, "car_horn"
             if tonal and kind is not None:
                 if not self._pulse_on and time_s - self._last_tonal_s > 0.2:
                     active.pulses += 1
@@ -377,20 +418,69 @@ class AlarmDetector:
             if kind is None or not self._sudden_onset(kind, track):
                 track = self._track[-self._sustained_frames:]
                 kind = self._sustained_kind(track) if len(track) == self._sustained_frames else None
-                if kind is None:
-                    return None
-            # The onset is the start of the first frame of the track.
-            start = max(0.0, track[0].time_s - FRAME / SAMPLE_RATE)
-            event = AlarmEvent(kind=kind, start_s=start, detected_s=time_s,
-                               level_dbfs=max(f.level for f in track),
-                               frequency_hz=float(np.median([f.frequency for f in track])))
-            event._frequencies.extend(f.frequency for f in track)
-            self._last_tonal_s = time_s
-            self._pulse_on = True
-            self._update_confidence(event)
-            self.active = event
-            return event
-        return None
+        else:
+            kind = None
+        comb_index = None
+        if kind is None:
+            track = list(self._history)[-self._frames_needed:]
+            comb_index = self._horn(track)
+            if comb_index is None:
+                return None
+            kind = "car_horn"
+        # The onset is the start of the first frame of the track.
+        start = max(0.0, track[0].time_s - FRAME / SAMPLE_RATE)
+        event = AlarmEvent(kind=kind, start_s=start, detected_s=time_s,
+                           level_dbfs=max(f.level for f in track),
+                           frequency_hz=float(np.median([f.frequency for f in track])))
+        event._frequencies.extend(f.frequency for f in track)
+        if comb_index is not None:
+            event._comb_index = comb_index
+            event.frequency_hz = float(HORN_COMB_F0[comb_index])
+        self._last_tonal_s = time_s
+        self._pulse_on = True
+        self._update_confidence(event)
+        self.active = event
+        return event
+
+    def _horn(self, window: list[_Frame]) -> int | None:
+        """A car horn by its harmonic comb rather than its strongest peak: the candidate
+        fundamental (HORN_COMB_F0) whose partials 1..6 stand, averaged over the window, at least
+        `alarms.horn_comb_db` above the spectrum around them, with no comb half-way between them
+        (an engine or a saw on a lower fundamental), whose partials rose, on average in dB,
+        `alarms.horn_rise_db` over what the same bins held 50-130 ms before the window (a horn
+        starts abruptly; a machine's partials were there), and whose comb was absent before (its
+        median over the 192 ms before the window under `alarms.horn_before_db`: a brake squeal
+        wandering about 620 Hz held one there). The window's mean over frames is
+        what makes twin horns one decision: each horn's comb holds, whichever partial is the
+        strongest in a frame. The comb's index, or None."""
+        if len(window) < self._frames_needed or window[-1].index - window[0].index != len(window) - 1:
+            return None
+        comb = np.mean([f.comb_db for f in window], axis=0)
+        best = int(np.argmax(comb))
+        if comb[best] < self.settings.horn_comb_db:
+            return None
+        if float(np.mean([f.between_db[best] for f in window])) >= 0.5 * comb[best]:
+            return None
+        first = window[0].index
+        before = [f.comb_power[best] for f in self._history
+                  if first - ONSET_LOOKBACK[1] <= f.index <= first - ONSET_LOOKBACK[0]]
+        earlier = [f.comb_db[best] for f in self._history if first - SUSTAINED_LOOKBACK <= f.index < first]
+        if len(before) < 3 or len(earlier) < SUSTAINED_LOOKBACK:
+            return None
+        if float(np.median(earlier)) >= self.settings.horn_before_db:
+            return None  # the comb was there before: a squeal's or an engine's partials, not a new horn
+        now = np.mean([f.comb_power[best] for f in window], axis=0)
+        if 10.0 * np.log10(float(now.max())) < self.settings.min_level_dbfs:
+            return None
+        # Each partial's own rise, averaged in dB: the noise's loudest bins (traffic below 1 kHz)
+        # must not hide the rise of the partials above them.
+        rise = float(np.mean(10.0 * np.log10(now / np.mean(before, axis=0))))
+        return best if rise >= self.settings.horn_rise_db else None
+
+    def _horn_holds(self, index: int) -> bool:
+        """The horn found by its comb still sounds: its comb holds over the last three frames."""
+        recent = list(self._history)[-3:]
+        return float(np.mean([f.comb_db[index] for f in recent])) >= self.settings.horn_comb_db
 
     def _sudden_onset(self, kind: str, track: list[_Frame]) -> bool:
         """A warning sound starts abruptly: just before the window its frequency (or its own track)
