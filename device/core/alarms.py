@@ -78,6 +78,13 @@ ONSET_LOOKBACK = (3, 8)
 # peak that outshone it for a frame).
 SUSTAINED_LINE_TOLERANCE = 0.02
 SUSTAINED_OUTLIERS = 2
+# A fixed-pitch kind (smoke alarm, beeper, horn, 520 Hz alarm) read by the sustained-tone
+# decision drifts less than this over its window: a device holds its pitch; a chainsaw's
+# overtone (1.6 kHz rising 3% in 220 ms while the saw revs) does not.
+SUSTAINED_STEADY_DRIFT = 0.015
+# A warning tone holds its level while it sounds; a struck resonance (cutlery, a glass) decays
+# from its strike: the window's last frames may not lie this far below its loudest.
+DECAY_DB = 10.0
 SUSTAINED_LOUDER_DB = 3.0   # dB a sustained tone must stand above the strongest peaks just before it
 SUSTAINED_LOOKBACK = 12     # frames (192 ms) before a sustained window in which its tone must be mostly absent
 # A sustained siren tone: a hi-lo's tones and a wail's bottom sit at 440-1050 Hz.
@@ -199,6 +206,13 @@ def _is_steady(track: list[_Frame], outliers: int = 0) -> bool:
     frequencies = np.maximum(np.array([f.frequency for f in track]), BIN_HZ)
     median = float(np.median(frequencies))
     return bool(np.count_nonzero(np.abs(frequencies - median) > STEADY_TOLERANCE * median) <= outliers)
+
+
+def _decays(track: list[_Frame]) -> bool:
+    """A struck resonance, not a warning tone: the last three frames lie DECAY_DB under the
+    loudest frame of the window."""
+    levels = np.array([f.level for f in track])
+    return bool(levels.max() - 10.0 * np.log10(np.mean(10.0 ** (levels[-3:] / 10.0))) > DECAY_DB)
 
 
 def classify_steady(frame: _Frame) -> str | None:
@@ -415,9 +429,13 @@ class AlarmDetector:
         if len(self._track) >= self._frames_needed:
             track = self._track[-self._frames_needed:]
             kind = self._kind(track)
+            if kind is not None and _decays(track):
+                kind = None
             if kind is None or not self._sudden_onset(kind, track):
                 track = self._track[-self._sustained_frames:]
                 kind = self._sustained_kind(track) if len(track) == self._sustained_frames else None
+                if kind is not None and _decays(track):
+                    kind = None
         else:
             kind = None
         comb_index = None
@@ -498,7 +516,19 @@ class AlarmDetector:
                     and float(np.median([_partial_db(f, f.frequency / 2) for f in track])) < HARMONIC_DB)
         if kind == "siren":
             return rise >= self.settings.swept_siren_rise_db
+        if kind == "reversing_beeper" and not self._absent_before(track):
+            return False
         return rise >= self.settings.onset_rise_db
+
+    def _absent_before(self, window: list[_Frame]) -> bool:
+        """Over the 192 ms before the window, the window's starting frequency held no partial
+        most of the time (`alarms.sustained_before_db`): a beeper's tone is absent between its
+        beeps and before the first; a chainsaw's overtone, which the peak picker trades with
+        its other partials, was there."""
+        first = window[0].index
+        start_hz = float(np.median([f.frequency for f in window[:3]]))
+        earlier = [_partial_db(f, start_hz) for f in self._history if first - SUSTAINED_LOOKBACK <= f.index < first]
+        return len(earlier) >= SUSTAINED_LOOKBACK and float(np.median(earlier)) < self.settings.sustained_before_db
 
     def _sustained_kind(self, window: list[_Frame], onset: bool = True) -> str | None:
         """The slower path, for a tone in noise that has partials at its pitch already (babble,
@@ -525,7 +555,10 @@ class AlarmDetector:
             return None
         kinds = [classify_steady(f) for f in window[-4:]]
         best = max(set(kinds), key=kinds.count)
+        drift = abs(line[0]) * (frequencies.size - 1) / median
         if kinds.count(best) >= 3 and best is not None and best != "siren":
+            if drift > SUSTAINED_STEADY_DRIFT:
+                return None  # a fixed-pitch device does not glide
             if best == "car_horn" and median > 2 * HORN_F0_HZ[1]:
                 return None  # a horn's strongest partial is one of its lowest; a saw's high partial is not one
             kind = best
@@ -545,12 +578,9 @@ class AlarmDetector:
         if not onset:
             return kind
         first = window[0].index
-        # The tone was not already there: over the frames before the window, its starting
-        # frequency held no partial most of the time (a squeal or a saw's partial that grows,
-        # or that the peak picker only now prefers, did).
-        start_hz = float(np.median([f.frequency for f in window[:3]]))
-        earlier = [_partial_db(f, start_hz) for f in self._history if first - SUSTAINED_LOOKBACK <= f.index < first]
-        if len(earlier) < SUSTAINED_LOOKBACK or float(np.median(earlier)) >= self.settings.sustained_before_db:
+        # The tone was not already there (a squeal or a saw's partial that grows, or that the
+        # peak picker only now prefers, was).
+        if not self._absent_before(window):
             return None
         k = int(round(median / BIN_HZ))
         before = [float(f.spectrum_db[k - 1:k + 2].max()) for f in self._history
