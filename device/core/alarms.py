@@ -97,7 +97,9 @@ HORN_COMB_PARTIALS = np.arange(1, 7)
 HORN_COMB_BINS = np.rint(HORN_COMB_F0[:, None] * HORN_COMB_PARTIALS[None, :] / BIN_HZ).astype(int)
 # Half-way between the partials: where an engine or saw whose fundamental is lower has its own.
 HORN_COMB_BETWEEN = np.rint(HORN_COMB_F0[:, None] * (HORN_COMB_PARTIALS[None, :5] + 0.5) / BIN_HZ).astype(int)
-HORN_WHITENED_CEILING_DB = 30.0  # one loud partial must not make a comb of the rest
+# The candidates that may be the 520 Hz alarm's square wave (its fundamental within +-10%).
+SQUARE_F0 = np.flatnonzero((HORN_COMB_F0 >= 480.0) & (HORN_COMB_F0 <= 570.0))
+COMB_WHITENED_CEILING_DB = 30.0  # one loud partial must not make a comb of the rest
 KINDS = ("siren", "smoke_alarm", "low_frequency_alarm", "reversing_beeper", "car_horn")
 
 
@@ -112,7 +114,7 @@ class AlarmEvent:
     frequency_hz: float = 0.0
     pulses: int = 1
     _frequencies: list = field(default_factory=list, repr=False)
-    _comb_index: int | None = field(default=None, repr=False)  # the horn comb's fundamental, when found by it
+    _comb_index: int | None = field(default=None, repr=False)  # the comb's fundamental, when found by it
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "start_s": round(self.start_s, 3), "detected_s": round(self.detected_s, 3),
@@ -135,9 +137,9 @@ class DetectorSettings:
     sustained_rise_db: float = 8.0
     sustained_before_db: float = 8.5
     sustained_horn_prominence_db: float = 12.0
-    horn_comb_db: float = 9.0
-    horn_rise_db: float = 8.0
-    horn_before_db: float = 6.0
+    comb_db: float = 9.0
+    comb_rise_db: float = 8.0
+    comb_before_db: float = 6.0
 
     @classmethod
     def from_config(cls, section) -> "DetectorSettings":
@@ -148,8 +150,8 @@ class DetectorSettings:
                    sustained_prominence_db=section.sustained_prominence_db,
                    sustained_rise_db=section.sustained_rise_db, sustained_before_db=section.sustained_before_db,
                    sustained_horn_prominence_db=section.sustained_horn_prominence_db,
-                   horn_comb_db=section.horn_comb_db, horn_rise_db=section.horn_rise_db,
-                   horn_before_db=section.horn_before_db)
+                   comb_db=section.comb_db, comb_rise_db=section.comb_rise_db,
+                   comb_before_db=section.comb_before_db)
 
 
 @dataclass
@@ -161,7 +163,7 @@ class _Frame:
     level: float
     spectrum_db: np.ndarray
     floor_db: np.ndarray
-    comb_db: np.ndarray | None = None      # per HORN_COMB_F0: mean whitened level of partials 1..6
+    comb_partials_db: np.ndarray | None = None  # per HORN_COMB_F0 and partial 1..6: whitened level
     between_db: np.ndarray | None = None   # per HORN_COMB_F0: the same half-way between them
     comb_power: np.ndarray | None = None   # per HORN_COMB_F0 and partial 1..6: its power (linear)
 
@@ -298,10 +300,10 @@ class AlarmDetector:
         floor = np.full(end, np.inf)
         floor[FLOOR_HALF_WIDTH:end] = np.median(windows[:end - FLOOR_HALF_WIDTH], axis=1)
         floor[:FLOOR_HALF_WIDTH] = floor[FLOOR_HALF_WIDTH]
-        whitened = np.clip(power_db[:end] - floor, 0.0, HORN_WHITENED_CEILING_DB)
+        whitened = np.clip(power_db[:end] - floor, 0.0, COMB_WHITENED_CEILING_DB)
         whitened3 = np.maximum(np.maximum(whitened[:-2], whitened[1:-1]), whitened[2:])   # +-1 bin, index k-1
         power3 = np.maximum(np.maximum(power_db[:end - 2], power_db[1:end - 1]), power_db[2:end])
-        frame.comb_db = whitened3[HORN_COMB_BINS - 1].mean(axis=1)
+        frame.comb_partials_db = whitened3[HORN_COMB_BINS - 1]
         frame.between_db = whitened3[HORN_COMB_BETWEEN - 1].mean(axis=1)
         frame.comb_power = 10.0 ** (power3[HORN_COMB_BINS - 1] / 10.0)
 
@@ -409,8 +411,8 @@ class AlarmDetector:
             kind = self._kind(self._track[-self._frames_needed:]) if len(self._track) >= self._frames_needed else None
             if kind is None and len(self._track) >= self._sustained_frames:
                 kind = self._sustained_kind(self._track[-self._sustained_frames:], onset=False)
-            if active._comb_index is not None and self._horn_holds(active._comb_index):
-                tonal, kind = True, "car_horn"
+            if active._comb_index is not None and self._comb_holds(active.kind, active._comb_index):
+                tonal, kind = True, active.kind
             if tonal and kind is not None:
                 if not self._pulse_on and time_s - self._last_tonal_s > 0.2:
                     active.pulses += 1
@@ -441,10 +443,10 @@ class AlarmDetector:
         comb_index = None
         if kind is None:
             track = list(self._history)[-self._frames_needed:]
-            comb_index = self._horn(track)
-            if comb_index is None:
+            found = self._comb_alarm(track)
+            if found is None:
                 return None
-            kind = "car_horn"
+            kind, comb_index = found
         # The onset is the start of the first frame of the track.
         start = max(0.0, track[0].time_s - FRAME / SAMPLE_RATE)
         event = AlarmEvent(kind=kind, start_s=start, detected_s=time_s,
@@ -460,45 +462,67 @@ class AlarmDetector:
         self.active = event
         return event
 
-    def _horn(self, window: list[_Frame]) -> int | None:
-        """A car horn by its harmonic comb rather than its strongest peak: the candidate
-        fundamental (HORN_COMB_F0) whose partials 1..6 stand, averaged over the window, at least
-        `alarms.horn_comb_db` above the spectrum around them, with no comb half-way between them
-        (an engine or a saw on a lower fundamental), whose partials rose, on average in dB,
-        `alarms.horn_rise_db` over what the same bins held 50-130 ms before the window (a horn
-        starts abruptly; a machine's partials were there), and whose comb was absent before (its
-        median over the 192 ms before the window under `alarms.horn_before_db`: a brake squeal
-        wandering about 620 Hz held one there). The window's mean over frames is
-        what makes twin horns one decision: each horn's comb holds, whichever partial is the
-        strongest in a frame. The comb's index, or None."""
+    def _comb_alarm(self, window: list[_Frame]) -> tuple[str, int] | None:
+        """A car horn or the 520 Hz alarm by its harmonic comb rather than its strongest peak.
+        A horn: the candidate fundamental (HORN_COMB_F0) whose partials 1..6 stand, averaged
+        over the window, at least `alarms.comb_db` above the spectrum around them; the 520 Hz
+        alarm (a square wave): a 480-570 Hz fundamental whose odd partials 1, 3, 5 do (each of
+        them HARMONIC_DB at least: a voice's strong partial with a weak 3rd is not one), its even
+        ones a third of that at most, and no partial an octave below stronger than its comb (a
+        saw's lower fundamental). Either with no comb half-way between the partials (an engine
+        or a saw on a lower fundamental), partials that rose, on average in dB,
+        `alarms.comb_rise_db` over what the same bins held 50-130 ms before the window (it
+        starts abruptly; a machine's partials were there), and a comb absent before (its median
+        over the 192 ms before the window under `alarms.comb_before_db`: a brake squeal
+        wandering about 620 Hz held one there). The comb must hold in 3 of the window's last 4
+        frames on its own: voices wandering across its partials fill the mean but not each
+        frame. The window's mean over frames is what makes
+        twin horns one decision: each horn's comb holds, whichever partial is the strongest in
+        a frame. (kind, comb index), or None."""
         if len(window) < self._frames_needed or window[-1].index - window[0].index != len(window) - 1:
             return None
-        comb = np.mean([f.comb_db for f in window], axis=0)
+        partials = np.mean([f.comb_partials_db for f in window], axis=0)   # candidates x partials
+        odd, even = partials[:, 0::2].mean(axis=1), partials[:, 1::2].mean(axis=1)
+        comb = partials.mean(axis=1)
+        square = odd[SQUARE_F0] - (even[SQUARE_F0] * 3.0)
+        candidates = []
+        low = SQUARE_F0[int(np.argmax(square))]
+        if (odd[low] >= self.settings.comb_db and even[low] * 3.0 <= odd[low]
+                and partials[low, 0::2].min() >= HARMONIC_DB):  # every odd partial of a square wave stands
+            candidates.append(("low_frequency_alarm", int(low), odd[low], [0, 2, 4]))
         best = int(np.argmax(comb))
-        if comb[best] < self.settings.horn_comb_db:
-            return None
-        if float(np.mean([f.between_db[best] for f in window])) >= 0.5 * comb[best]:
-            return None
+        if comb[best] >= self.settings.comb_db and even[best] * 3.0 > odd[best]:
+            candidates.append(("car_horn", best, comb[best], [0, 1, 2, 3, 4, 5]))
         first = window[0].index
-        before = [f.comb_power[best] for f in self._history
-                  if first - ONSET_LOOKBACK[1] <= f.index <= first - ONSET_LOOKBACK[0]]
-        earlier = [f.comb_db[best] for f in self._history if first - SUSTAINED_LOOKBACK <= f.index < first]
-        if len(before) < 3 or len(earlier) < SUSTAINED_LOOKBACK:
+        lookback = [f for f in self._history if first - ONSET_LOOKBACK[1] <= f.index <= first - ONSET_LOOKBACK[0]]
+        earlier = [f for f in self._history if first - SUSTAINED_LOOKBACK <= f.index < first]
+        if len(lookback) < 3 or len(earlier) < SUSTAINED_LOOKBACK:
             return None
-        if float(np.median(earlier)) >= self.settings.horn_before_db:
-            return None  # the comb was there before: a squeal's or an engine's partials, not a new horn
-        now = np.mean([f.comb_power[best] for f in window], axis=0)
-        if 10.0 * np.log10(float(now.max())) < self.settings.min_level_dbfs:
-            return None
-        # Each partial's own rise, averaged in dB: the noise's loudest bins (traffic below 1 kHz)
-        # must not hide the rise of the partials above them.
-        rise = float(np.mean(10.0 * np.log10(now / np.mean(before, axis=0))))
-        return best if rise >= self.settings.horn_rise_db else None
+        for kind, index, score, used in candidates:
+            if float(np.mean([f.between_db[index] for f in window])) >= 0.5 * score:
+                continue
+            if (kind == "low_frequency_alarm"
+                    and float(np.median([_partial_db(f, HORN_COMB_F0[index] / 2) for f in window])) >= score):
+                continue  # a partial an octave below, stronger than the comb: a saw's or a voice's lower fundamental
+            if sum(f.comb_partials_db[index, used].mean() >= self.settings.comb_db for f in window[-4:]) < 3:
+                continue  # not sounding now: voices wandering across the comb's partials fill its mean
+            if float(np.median([f.comb_partials_db[index, used].mean() for f in earlier])) >= self.settings.comb_before_db:
+                continue  # the comb was there before: a squeal's or an engine's partials, not a new alarm
+            now = np.mean([f.comb_power[index, used] for f in window], axis=0)
+            if 10.0 * np.log10(float(now.max())) < self.settings.min_level_dbfs:
+                continue
+            # Each partial's own rise, averaged in dB: the noise's loudest bins (traffic below
+            # 1 kHz) must not hide the rise of the partials above them.
+            before = np.mean([f.comb_power[index, used] for f in lookback], axis=0)
+            if float(np.mean(10.0 * np.log10(now / before))) >= self.settings.comb_rise_db:
+                return kind, index
+        return None
 
-    def _horn_holds(self, index: int) -> bool:
-        """The horn found by its comb still sounds: its comb holds over the last three frames."""
+    def _comb_holds(self, kind: str, index: int) -> bool:
+        """The alarm found by its comb still sounds: its comb holds over the last three frames."""
+        used = [0, 2, 4] if kind == "low_frequency_alarm" else [0, 1, 2, 3, 4, 5]
         recent = list(self._history)[-3:]
-        return float(np.mean([f.comb_db[index] for f in recent])) >= self.settings.horn_comb_db
+        return float(np.mean([f.comb_partials_db[index, used].mean() for f in recent])) >= self.settings.comb_db
 
     def _sudden_onset(self, kind: str, track: list[_Frame]) -> bool:
         """A warning sound starts abruptly: just before the window its frequency (or its own track)
