@@ -519,10 +519,11 @@ class AlarmDetector:
         return None
 
     def _comb_holds(self, kind: str, index: int) -> bool:
-        """The alarm found by its comb still sounds: its comb holds over the last three frames."""
+        """The alarm found by its comb still sounds: its comb holds in each of the last four
+        frames (babble's partials lift it over the threshold for a frame or two, not four)."""
         used = [0, 2, 4] if kind == "low_frequency_alarm" else [0, 1, 2, 3, 4, 5]
-        recent = list(self._history)[-3:]
-        return float(np.mean([f.comb_partials_db[index, used].mean() for f in recent])) >= self.settings.comb_db
+        recent = list(self._history)[-4:]
+        return all(f.comb_partials_db[index, used].mean() >= self.settings.comb_db for f in recent)
 
     def _sudden_onset(self, kind: str, track: list[_Frame]) -> bool:
         """A warning sound starts abruptly: just before the window its frequency (or its own track)
