@@ -34,14 +34,21 @@ way. The detector looks for exactly that, on short frames, with no trained model
   evidence instead: a band-limited SNR held over the whole window (the tone's prominence over
   its neighbouring bins, not its broadband level), a straight line in frequency, a tone absent
   from its bins before and louder than the peaks that were there (`_sustained_kind`);
+* a car horn and the 520 Hz alarm are also found by their **harmonic comb**, which does not
+  rest on the strongest peak (twin horns trade it between their partials): the fundamental
+  whose partials 1..6 (or odd partials 1, 3, 5) stand, averaged over the window, far above
+  the spectrum around each, new and risen (`_comb_alarm`);
+* a beeper's tone must have been absent before it, a fixed-pitch tone must not glide, and a
+  tone that decays within its window is a struck resonance;
 * the **cadence** raises the confidence after the fact: on/off pulses of 0.3-0.8 s (the T3
   pattern and beepers) or a frequency that keeps moving;
 * the event ends (`end_s`, the last tonal frame) when the tone has been absent for
   `alarms.release_ms`, longer than the 1.5 s pause of the temporal-three pattern, so one
   alarm is one event.
 
-Cost: one 512-point real FFT, a median over 24 bins and a few dozen comparisons per 16 ms
-frame, plus the decimator: `python bench/alarms.py --cost` measures it.
+Cost: one 512-point real FFT, a median over 24 bins, a running median over the 125 bins up
+to 3.9 kHz and the comb's gather of 176 x 6 bins, and a few dozen comparisons per 16 ms frame,
+plus the decimator: `python bench/alarms.py --cost` measures it.
 """
 
 from __future__ import annotations
@@ -83,7 +90,8 @@ SUSTAINED_OUTLIERS = 2
 # overtone (1.6 kHz rising 3% in 220 ms while the saw revs) does not.
 SUSTAINED_STEADY_DRIFT = 0.015
 # A warning tone holds its level while it sounds; a struck resonance (cutlery, a glass) decays
-# from its strike: the window's last frames may not lie this far below its loudest.
+# from its strike: the window's last frames may not lie this far below its loudest, nor its
+# own frames span this much (a tone in noise at -5 dB moves by a few dB from frame to frame).
 DECAY_DB = 10.0
 SUSTAINED_LOUDER_DB = 3.0   # dB a sustained tone must stand above the strongest peaks just before it
 SUSTAINED_LOOKBACK = 12     # frames (192 ms) before a sustained window in which its tone must be mostly absent
@@ -212,9 +220,15 @@ def _is_steady(track: list[_Frame], outliers: int = 0) -> bool:
 
 def _decays(track: list[_Frame]) -> bool:
     """A struck resonance, not a warning tone: the last three frames lie DECAY_DB under the
-    loudest frame of the window."""
+    loudest frame of the window, or the tone's own frames (its peak within STEADY_TOLERANCE of
+    the median, the first frame left out: it may hold the onset) span DECAY_DB in level (two
+    strikes of a glass a few hertz apart, each decaying)."""
     levels = np.array([f.level for f in track])
-    return bool(levels.max() - 10.0 * np.log10(np.mean(10.0 ** (levels[-3:] / 10.0))) > DECAY_DB)
+    if levels.max() - 10.0 * np.log10(np.mean(10.0 ** (levels[-3:] / 10.0))) > DECAY_DB:
+        return True
+    frequencies = np.array([f.frequency for f in track[1:]])
+    own = levels[1:][np.abs(frequencies - np.median(frequencies)) <= STEADY_TOLERANCE * np.median(frequencies)]
+    return bool(own.size >= 2 and own.max() - own.min() > DECAY_DB)
 
 
 def classify_steady(frame: _Frame) -> str | None:
