@@ -2,6 +2,7 @@
 detections per hour on real recordings with no alarm in them.
 
     python bench/alarms.py [--trials 12] [--set all|tuning|held-out] [--markdown] [--cost]
+                           [--snr -5 --snr 0] [--sound car_horn] [--generated-s 300 --seeds 3] [--no-false]
 
 Alarms come from `simulator.alarm_sounds` with seeded parameters (siren sweeps and rates,
 alarm pitches and cadences, horn pitches), mixed 1.0 s into the real recordings of
@@ -10,7 +11,11 @@ power while it sounds over the noise's power over the same samples). The recordi
 by file into a tuning half (even positions in each class, sorted by name) and a held-out half
 (odd positions); the thresholds were chosen looking at the tuning half only. `--set` picks
 which half the noise comes from; false detections are counted on every recording (and the
-bundled scenes) played alone.
+bundled scenes) played alone, and on seeded noise from the scene generator
+(`simulator.scenes.generate_scene`: every class, `--seeds` seeds, `--generated-s` seconds
+each). The false rate is given per hour with the hours behind it and its one-sided 95% upper
+bound (Poisson: k events in T hours allow up to chi2(0.95, 2k + 2) / 2T per hour; zero
+events give 3.0 / T).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from device.contract.config import load_config  # noqa: E402
 from device.core.alarms import AlarmDetector, DetectorSettings  # noqa: E402
+from simulator.scenes import SCENE_TYPES, generate_scene  # noqa: E402
 from simulator.alarm_sounds import VARIANTS, alarm, mix_at_snr  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +76,35 @@ def detect(samples: np.ndarray, rate: int, settings: DetectorSettings, block: in
     return events
 
 
+def poisson_upper_per_hour(events: int, hours: float, confidence: float = 0.95) -> float:
+    """One-sided upper confidence bound of a Poisson rate from `events` seen in `hours`."""
+    from scipy.stats import chi2
+    return float(chi2.ppf(confidence, 2 * events + 2) / 2.0 / hours)
+
+
+def false_detections(settings: DetectorSettings, generated_s: float, seeds: int) -> list[tuple[str, float, list]]:
+    """(source, seconds, [(name, kind, start_s)]) per kind of noise with no alarm in it."""
+    sources = []
+    for label, paths in (("real recordings", recordings("all")), ("bundled scenes", SCENES)):
+        seconds, events = 0.0, []
+        for path in paths:
+            samples, rate = read(path)
+            seconds += samples.size / rate
+            name = os.path.relpath(path, NOISE_DIR) if label == "real recordings" else os.path.basename(path)
+            events += [(name, e.kind, e.start_s) for e in detect(samples, rate, settings)]
+        sources.append((label, seconds, events))
+    if generated_s > 0 and seeds > 0:
+        seconds, events, rate = 0.0, [], 16000
+        for kind in SCENE_TYPES:
+            for seed in range(seeds):
+                samples = generate_scene(kind, generated_s, rate, seed=100 + seed)
+                seconds += samples.size / rate
+                events += [(f"generated {kind} seed {100 + seed}", e.kind, e.start_s)
+                           for e in detect(samples, rate, settings)]
+        sources.append(("generated scenes", seconds, events))
+    return sources
+
+
 def main() -> int:
     global NOISE_DIR
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -79,6 +114,12 @@ def main() -> int:
     parser.add_argument("--cost", action="store_true", help="also time the detector per second of audio")
     parser.add_argument("--noise-dir", help="folder of class folders of WAV recordings (default ../shared/data/noise)")
     parser.add_argument("--config", help="YAML overriding config/default.yaml (the alarms section)")
+    parser.add_argument("--snr", type=int, action="append", help="only this SNR in dB (repeatable; default all)")
+    parser.add_argument("--sound", action="append", choices=list(VARIANTS), help="only this sound (repeatable)")
+    parser.add_argument("--generated-s", type=float, default=300.0,
+                        help="seconds of each generated noise class and seed for the false rate (default 300)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per generated noise class (default 3)")
+    parser.add_argument("--no-false", action="store_true", help="skip the false-detection count")
     args = parser.parse_args()
     settings = DetectorSettings.from_config(load_config(args.config).alarms)
     if args.noise_dir:
@@ -88,21 +129,14 @@ def main() -> int:
         print(f"no recordings under {NOISE_DIR}", file=sys.stderr)
         return 2
 
-    # False detections: every recording and bundled scene, alone.
-    seconds = 0.0
-    false_events = []
-    for path in all_noise + SCENES:
-        samples, rate = read(path)
-        seconds += samples.size / rate
-        for event in detect(samples, rate, settings):
-            false_events.append((os.path.relpath(path, NOISE_DIR) if path in all_noise else os.path.basename(path),
-                                 event.kind, event.start_s))
-    hours = seconds / 3600.0
+    sources = [] if args.no_false else false_detections(settings, args.generated_s, args.seeds)
 
     noise = recordings(args.set) + SCENES
     rows = []
     for variant, kind in VARIANTS.items():
-        for snr in SNRS_DB:
+        if args.sound and variant not in args.sound:
+            continue
+        for snr in args.snr or SNRS_DB:
             latencies, right_kind, trials = [], 0, 0
             for trial in range(args.trials):
                 rng = np.random.default_rng([trial, snr + 100, len(variant)])
@@ -137,10 +171,18 @@ def main() -> int:
                  f"{right}/{detected}" if detected else "-")
         print(("| " + " | ".join(cells) + " |") if args.markdown else "  ".join(f"{c:>16}" for c in cells))
     print(f"\nnoise for the mixtures: {args.set} recordings ({len(noise) - len(SCENES)} files) + {len(SCENES)} bundled scenes")
-    print(f"false detections: {len(false_events)} in {hours * 60:.1f} min of real recordings and bundled scenes with no "
-          f"alarm ({len(false_events) / hours:.1f} per hour)")
-    for name, kind, start in false_events:
-        print(f"  {name}: {kind} at {start:.2f} s")
+    if sources:
+        total_s = sum(seconds for _, seconds, _ in sources)
+        total = sum(len(events) for _, _, events in sources)
+        for label, seconds, events in sources:
+            print(f"false detections, {label}: {len(events)} in {seconds / 3600:.2f} h "
+                  f"({len(events) / (seconds / 3600):.2f} per hour, 95% upper bound "
+                  f"{poisson_upper_per_hour(len(events), seconds / 3600):.2f} per hour)")
+            for name, kind, start in events:
+                print(f"  {name}: {kind} at {start:.2f} s")
+        print(f"false detections, all noise with no alarm: {total} in {total_s / 3600:.2f} h "
+              f"({total / (total_s / 3600):.2f} per hour, 95% upper bound "
+              f"{poisson_upper_per_hour(total, total_s / 3600):.2f} per hour)")
     if args.cost:
         samples, rate = read(all_noise[0])
         samples = np.tile(samples, max(1, int(60 * rate / samples.size)))

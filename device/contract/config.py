@@ -135,6 +135,9 @@ SCHEMA: dict[str, Any] = {
         "sustained_rise_db": Key("float", "dB", 0.0, 60.0),
         "sustained_before_db": Key("float", "dB", 0.0, 40.0),
         "sustained_horn_prominence_db": Key("float", "dB", 3.0, 40.0),
+        "comb_db": Key("float", "dB", 3.0, 30.0),
+        "comb_rise_db": Key("float", "dB", 0.0, 60.0),
+        "comb_before_db": Key("float", "dB", 0.0, 30.0),
     },
     "identification": {
         "probe_level_dbfs": Key("float", "dBFS", -80.0, -6.0),

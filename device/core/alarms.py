@@ -34,14 +34,21 @@ way. The detector looks for exactly that, on short frames, with no trained model
   evidence instead: a band-limited SNR held over the whole window (the tone's prominence over
   its neighbouring bins, not its broadband level), a straight line in frequency, a tone absent
   from its bins before and louder than the peaks that were there (`_sustained_kind`);
+* a car horn and the 520 Hz alarm are also found by their **harmonic comb**, which does not
+  rest on the strongest peak (twin horns trade it between their partials): the fundamental
+  whose partials 1..6 (or odd partials 1, 3, 5) stand, averaged over the window, far above
+  the spectrum around each, new and risen (`_comb_alarm`);
+* a beeper's tone must have been absent before it, a fixed-pitch tone must not glide, and a
+  tone that decays within its window is a struck resonance;
 * the **cadence** raises the confidence after the fact: on/off pulses of 0.3-0.8 s (the T3
   pattern and beepers) or a frequency that keeps moving;
 * the event ends (`end_s`, the last tonal frame) when the tone has been absent for
   `alarms.release_ms`, longer than the 1.5 s pause of the temporal-three pattern, so one
   alarm is one event.
 
-Cost: one 512-point real FFT, a median over 24 bins and a few dozen comparisons per 16 ms
-frame, plus the decimator: `python bench/alarms.py --cost` measures it.
+Cost: one 512-point real FFT, a median over 24 bins, a running median over the 125 bins up
+to 3.9 kHz and the comb's gather of 176 x 6 bins, and a few dozen comparisons per 16 ms frame,
+plus the decimator: `python bench/alarms.py --cost` measures it.
 """
 
 from __future__ import annotations
@@ -78,10 +85,29 @@ ONSET_LOOKBACK = (3, 8)
 # peak that outshone it for a frame).
 SUSTAINED_LINE_TOLERANCE = 0.02
 SUSTAINED_OUTLIERS = 2
+# A fixed-pitch kind (smoke alarm, beeper, horn, 520 Hz alarm) read by the sustained-tone
+# decision drifts less than this over its window: a device holds its pitch; a chainsaw's
+# overtone (1.6 kHz rising 3% in 220 ms while the saw revs) does not.
+SUSTAINED_STEADY_DRIFT = 0.015
+# A warning tone holds its level while it sounds; a struck resonance (cutlery, a glass) decays
+# from its strike: the window's last frames may not lie this far below its loudest, nor its
+# own frames span this much (a tone in noise at -5 dB moves by a few dB from frame to frame).
+DECAY_DB = 10.0
 SUSTAINED_LOUDER_DB = 3.0   # dB a sustained tone must stand above the strongest peaks just before it
 SUSTAINED_LOOKBACK = 12     # frames (192 ms) before a sustained window in which its tone must be mostly absent
 # A sustained siren tone: a hi-lo's tones and a wail's bottom sit at 440-1050 Hz.
 SUSTAINED_SIREN_HZ = (400.0, 1100.0)
+# The horn's harmonic comb: candidate fundamentals every 2 Hz over HORN_F0_HZ (a 6th partial
+# 6 * 2 Hz off still falls within the +-1 bin read), and the partials 1..6 read at each (all
+# under 3.9 kHz, inside the search band).
+HORN_COMB_F0 = np.arange(HORN_F0_HZ[0], HORN_F0_HZ[1] + 1.0, 2.0)
+HORN_COMB_PARTIALS = np.arange(1, 7)
+HORN_COMB_BINS = np.rint(HORN_COMB_F0[:, None] * HORN_COMB_PARTIALS[None, :] / BIN_HZ).astype(int)
+# Half-way between the partials: where an engine or saw whose fundamental is lower has its own.
+HORN_COMB_BETWEEN = np.rint(HORN_COMB_F0[:, None] * (HORN_COMB_PARTIALS[None, :5] + 0.5) / BIN_HZ).astype(int)
+# The candidates that may be the 520 Hz alarm's square wave (its fundamental within +-10%).
+SQUARE_F0 = np.flatnonzero((HORN_COMB_F0 >= 480.0) & (HORN_COMB_F0 <= 570.0))
+COMB_WHITENED_CEILING_DB = 30.0  # one loud partial must not make a comb of the rest
 KINDS = ("siren", "smoke_alarm", "low_frequency_alarm", "reversing_beeper", "car_horn")
 
 
@@ -96,6 +122,7 @@ class AlarmEvent:
     frequency_hz: float = 0.0
     pulses: int = 1
     _frequencies: list = field(default_factory=list, repr=False)
+    _comb_index: int | None = field(default=None, repr=False)  # the comb's fundamental, when found by it
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "start_s": round(self.start_s, 3), "detected_s": round(self.detected_s, 3),
@@ -118,6 +145,9 @@ class DetectorSettings:
     sustained_rise_db: float = 8.0
     sustained_before_db: float = 8.5
     sustained_horn_prominence_db: float = 12.0
+    comb_db: float = 9.0
+    comb_rise_db: float = 8.0
+    comb_before_db: float = 6.0
 
     @classmethod
     def from_config(cls, section) -> "DetectorSettings":
@@ -127,7 +157,9 @@ class DetectorSettings:
                    swept_siren_rise_db=section.swept_siren_rise_db, sustained_ms=section.sustained_ms,
                    sustained_prominence_db=section.sustained_prominence_db,
                    sustained_rise_db=section.sustained_rise_db, sustained_before_db=section.sustained_before_db,
-                   sustained_horn_prominence_db=section.sustained_horn_prominence_db)
+                   sustained_horn_prominence_db=section.sustained_horn_prominence_db,
+                   comb_db=section.comb_db, comb_rise_db=section.comb_rise_db,
+                   comb_before_db=section.comb_before_db)
 
 
 @dataclass
@@ -139,6 +171,9 @@ class _Frame:
     level: float
     spectrum_db: np.ndarray
     floor_db: np.ndarray
+    comb_partials_db: np.ndarray | None = None  # per HORN_COMB_F0 and partial 1..6: whitened level
+    between_db: np.ndarray | None = None   # per HORN_COMB_F0: the same half-way between them
+    comb_power: np.ndarray | None = None   # per HORN_COMB_F0 and partial 1..6: its power (linear)
 
 
 def _peak(power_db: np.ndarray, low: int, high: int) -> tuple[int, float]:
@@ -181,6 +216,19 @@ def _is_steady(track: list[_Frame], outliers: int = 0) -> bool:
     frequencies = np.maximum(np.array([f.frequency for f in track]), BIN_HZ)
     median = float(np.median(frequencies))
     return bool(np.count_nonzero(np.abs(frequencies - median) > STEADY_TOLERANCE * median) <= outliers)
+
+
+def _decays(track: list[_Frame]) -> bool:
+    """A struck resonance, not a warning tone: the last three frames lie DECAY_DB under the
+    loudest frame of the window, or the tone's own frames (its peak within STEADY_TOLERANCE of
+    the median, the first frame left out: it may hold the onset) span DECAY_DB in level (two
+    strikes of a glass a few hertz apart, each decaying)."""
+    levels = np.array([f.level for f in track])
+    if levels.max() - 10.0 * np.log10(np.mean(10.0 ** (levels[-3:] / 10.0))) > DECAY_DB:
+        return True
+    frequencies = np.array([f.frequency for f in track[1:]])
+    own = levels[1:][np.abs(frequencies - np.median(frequencies)) <= STEADY_TOLERANCE * np.median(frequencies)]
+    return bool(own.size >= 2 and own.max() - own.min() > DECAY_DB)
 
 
 def classify_steady(frame: _Frame) -> str | None:
@@ -229,6 +277,7 @@ class AlarmDetector:
         self._scale = 2.0 / self._window.sum()
         self._low = int(SEARCH_HZ[0] / BIN_HZ)
         self._high = int(SEARCH_HZ[1] / BIN_HZ)
+        self._comb_end = int(HORN_COMB_BINS.max()) + 3
         self._track: list[_Frame] = []
         self._frames_needed = max(2, int(round(settings.min_duration_ms / (1e3 * HOP / SAMPLE_RATE))))
         self._sustained_frames = max(self._frames_needed, int(round(settings.sustained_ms / (1e3 * HOP / SAMPLE_RATE))))
@@ -250,7 +299,27 @@ class AlarmDetector:
         power_db = 10.0 * np.log10(spectrum.real ** 2 + spectrum.imag ** 2 + 1e-20)
         k, frequency = _peak(power_db, self._low, self._high)
         floor = _local_floor(power_db, k)
-        return _Frame(self.frames, time_s, frequency, float(power_db[k] - floor), float(power_db[k]), power_db, None)
+        result = _Frame(self.frames, time_s, frequency, float(power_db[k] - floor), float(power_db[k]), power_db, None)
+        self._comb(result)
+        return result
+
+    def _comb(self, frame: _Frame) -> None:
+        """The horn's evidence, which does not rest on the strongest peak (twin horns a third
+        apart trade it between their partials): per candidate fundamental, how far its partials
+        1..6 stand above the spectrum around each (the median of the 25 bins centred on it,
+        clipped to 0..30 dB), the same half-way between them, and each partial's power."""
+        power_db = frame.spectrum_db
+        end = self._comb_end
+        windows = np.lib.stride_tricks.sliding_window_view(power_db[:end + FLOOR_HALF_WIDTH + 1], 2 * FLOOR_HALF_WIDTH + 1)
+        floor = np.full(end, np.inf)
+        floor[FLOOR_HALF_WIDTH:end] = np.median(windows[:end - FLOOR_HALF_WIDTH], axis=1)
+        floor[:FLOOR_HALF_WIDTH] = floor[FLOOR_HALF_WIDTH]
+        whitened = np.clip(power_db[:end] - floor, 0.0, COMB_WHITENED_CEILING_DB)
+        whitened3 = np.maximum(np.maximum(whitened[:-2], whitened[1:-1]), whitened[2:])   # +-1 bin, index k-1
+        power3 = np.maximum(np.maximum(power_db[:end - 2], power_db[1:end - 1]), power_db[2:end])
+        frame.comb_partials_db = whitened3[HORN_COMB_BINS - 1]
+        frame.between_db = whitened3[HORN_COMB_BETWEEN - 1].mean(axis=1)
+        frame.comb_power = 10.0 ** (power3[HORN_COMB_BINS - 1] / 10.0)
 
     def _tonal(self, frame: _Frame) -> bool:
         return frame.prominence >= self.settings.prominence_db and frame.level >= self.settings.min_level_dbfs
@@ -356,6 +425,8 @@ class AlarmDetector:
             kind = self._kind(self._track[-self._frames_needed:]) if len(self._track) >= self._frames_needed else None
             if kind is None and len(self._track) >= self._sustained_frames:
                 kind = self._sustained_kind(self._track[-self._sustained_frames:], onset=False)
+            if active._comb_index is not None and self._comb_holds(active.kind, active._comb_index):
+                tonal, kind = True, active.kind
             if tonal and kind is not None:
                 if not self._pulse_on and time_s - self._last_tonal_s > 0.2:
                     active.pulses += 1
@@ -374,23 +445,99 @@ class AlarmDetector:
         if len(self._track) >= self._frames_needed:
             track = self._track[-self._frames_needed:]
             kind = self._kind(track)
+            if kind is not None and _decays(track):
+                kind = None
             if kind is None or not self._sudden_onset(kind, track):
                 track = self._track[-self._sustained_frames:]
                 kind = self._sustained_kind(track) if len(track) == self._sustained_frames else None
-                if kind is None:
-                    return None
-            # The onset is the start of the first frame of the track.
-            start = max(0.0, track[0].time_s - FRAME / SAMPLE_RATE)
-            event = AlarmEvent(kind=kind, start_s=start, detected_s=time_s,
-                               level_dbfs=max(f.level for f in track),
-                               frequency_hz=float(np.median([f.frequency for f in track])))
-            event._frequencies.extend(f.frequency for f in track)
-            self._last_tonal_s = time_s
-            self._pulse_on = True
-            self._update_confidence(event)
-            self.active = event
-            return event
+                if kind is not None and _decays(track):
+                    kind = None
+        else:
+            kind = None
+        comb_index = None
+        if kind is None:
+            track = list(self._history)[-self._frames_needed:]
+            found = self._comb_alarm(track)
+            if found is None:
+                return None
+            kind, comb_index = found
+        # The onset is the start of the first frame of the track.
+        start = max(0.0, track[0].time_s - FRAME / SAMPLE_RATE)
+        event = AlarmEvent(kind=kind, start_s=start, detected_s=time_s,
+                           level_dbfs=max(f.level for f in track),
+                           frequency_hz=float(np.median([f.frequency for f in track])))
+        event._frequencies.extend(f.frequency for f in track)
+        if comb_index is not None:
+            event._comb_index = comb_index
+            event.frequency_hz = float(HORN_COMB_F0[comb_index])
+        self._last_tonal_s = time_s
+        self._pulse_on = True
+        self._update_confidence(event)
+        self.active = event
+        return event
+
+    def _comb_alarm(self, window: list[_Frame]) -> tuple[str, int] | None:
+        """A car horn or the 520 Hz alarm by its harmonic comb rather than its strongest peak.
+        A horn: the candidate fundamental (HORN_COMB_F0) whose partials 1..6 stand, averaged
+        over the window, at least `alarms.comb_db` above the spectrum around them; the 520 Hz
+        alarm (a square wave): a 480-570 Hz fundamental whose odd partials 1, 3, 5 do (each of
+        them HARMONIC_DB at least: a voice's strong partial with a weak 3rd is not one), its even
+        ones a third of that at most, and no partial an octave below stronger than its comb (a
+        saw's lower fundamental). Either with no comb half-way between the partials (an engine
+        or a saw on a lower fundamental), partials that rose, on average in dB,
+        `alarms.comb_rise_db` over what the same bins held 50-130 ms before the window (it
+        starts abruptly; a machine's partials were there), and a comb absent before (its median
+        over the 192 ms before the window under `alarms.comb_before_db`: a brake squeal
+        wandering about 620 Hz held one there). The comb must hold in 3 of the window's last 4
+        frames on its own: voices wandering across its partials fill the mean but not each
+        frame. The window's mean over frames is what makes
+        twin horns one decision: each horn's comb holds, whichever partial is the strongest in
+        a frame. (kind, comb index), or None."""
+        if len(window) < self._frames_needed or window[-1].index - window[0].index != len(window) - 1:
+            return None
+        partials = np.mean([f.comb_partials_db for f in window], axis=0)   # candidates x partials
+        odd, even = partials[:, 0::2].mean(axis=1), partials[:, 1::2].mean(axis=1)
+        comb = partials.mean(axis=1)
+        square = odd[SQUARE_F0] - (even[SQUARE_F0] * 3.0)
+        candidates = []
+        low = SQUARE_F0[int(np.argmax(square))]
+        if (odd[low] >= self.settings.comb_db and even[low] * 3.0 <= odd[low]
+                and partials[low, 0::2].min() >= HARMONIC_DB):  # every odd partial of a square wave stands
+            candidates.append(("low_frequency_alarm", int(low), odd[low], [0, 2, 4]))
+        best = int(np.argmax(comb))
+        if comb[best] >= self.settings.comb_db and even[best] * 3.0 > odd[best]:
+            candidates.append(("car_horn", best, comb[best], [0, 1, 2, 3, 4, 5]))
+        first = window[0].index
+        lookback = [f for f in self._history if first - ONSET_LOOKBACK[1] <= f.index <= first - ONSET_LOOKBACK[0]]
+        earlier = [f for f in self._history if first - SUSTAINED_LOOKBACK <= f.index < first]
+        if len(lookback) < 3 or len(earlier) < SUSTAINED_LOOKBACK:
+            return None
+        for kind, index, score, used in candidates:
+            if float(np.mean([f.between_db[index] for f in window])) >= 0.5 * score:
+                continue
+            if (kind == "low_frequency_alarm"
+                    and float(np.median([_partial_db(f, HORN_COMB_F0[index] / 2) for f in window])) >= score):
+                continue  # a partial an octave below, stronger than the comb: a saw's or a voice's lower fundamental
+            if sum(f.comb_partials_db[index, used].mean() >= self.settings.comb_db for f in window[-4:]) < 3:
+                continue  # not sounding now: voices wandering across the comb's partials fill its mean
+            if float(np.median([f.comb_partials_db[index, used].mean() for f in earlier])) >= self.settings.comb_before_db:
+                continue  # the comb was there before: a squeal's or an engine's partials, not a new alarm
+            now = np.mean([f.comb_power[index, used] for f in window], axis=0)
+            if 10.0 * np.log10(float(now.max())) < self.settings.min_level_dbfs:
+                continue
+            # Each partial's own rise, averaged in dB: the noise's loudest bins (traffic below
+            # 1 kHz) must not hide the rise of the partials above them.
+            before = np.mean([f.comb_power[index, used] for f in lookback], axis=0)
+            if float(np.mean(10.0 * np.log10(now / before))) >= self.settings.comb_rise_db:
+                return kind, index
         return None
+
+    def _comb_holds(self, kind: str, index: int) -> bool:
+        """The alarm found by its comb still sounds: its comb holds in each of the last four
+        frames (babble's partials lift it over the threshold for a frame or two, not four)."""
+        used = [0, 2, 4] if kind == "low_frequency_alarm" else [0, 1, 2, 3, 4, 5]
+        recent = list(self._history)[-4:]
+        return all(f.comb_partials_db[index, used].mean() >= self.settings.comb_db for f in recent)
 
     def _sudden_onset(self, kind: str, track: list[_Frame]) -> bool:
         """A warning sound starts abruptly: just before the window its frequency (or its own track)
@@ -408,7 +555,19 @@ class AlarmDetector:
                     and float(np.median([_partial_db(f, f.frequency / 2) for f in track])) < HARMONIC_DB)
         if kind == "siren":
             return rise >= self.settings.swept_siren_rise_db
+        if kind == "reversing_beeper" and not self._absent_before(track):
+            return False
         return rise >= self.settings.onset_rise_db
+
+    def _absent_before(self, window: list[_Frame]) -> bool:
+        """Over the 192 ms before the window, the window's starting frequency held no partial
+        most of the time (`alarms.sustained_before_db`): a beeper's tone is absent between its
+        beeps and before the first; a chainsaw's overtone, which the peak picker trades with
+        its other partials, was there."""
+        first = window[0].index
+        start_hz = float(np.median([f.frequency for f in window[:3]]))
+        earlier = [_partial_db(f, start_hz) for f in self._history if first - SUSTAINED_LOOKBACK <= f.index < first]
+        return len(earlier) >= SUSTAINED_LOOKBACK and float(np.median(earlier)) < self.settings.sustained_before_db
 
     def _sustained_kind(self, window: list[_Frame], onset: bool = True) -> str | None:
         """The slower path, for a tone in noise that has partials at its pitch already (babble,
@@ -435,7 +594,10 @@ class AlarmDetector:
             return None
         kinds = [classify_steady(f) for f in window[-4:]]
         best = max(set(kinds), key=kinds.count)
+        drift = abs(line[0]) * (frequencies.size - 1) / median
         if kinds.count(best) >= 3 and best is not None and best != "siren":
+            if drift > SUSTAINED_STEADY_DRIFT:
+                return None  # a fixed-pitch device does not glide
             if best == "car_horn" and median > 2 * HORN_F0_HZ[1]:
                 return None  # a horn's strongest partial is one of its lowest; a saw's high partial is not one
             kind = best
@@ -455,12 +617,9 @@ class AlarmDetector:
         if not onset:
             return kind
         first = window[0].index
-        # The tone was not already there: over the frames before the window, its starting
-        # frequency held no partial most of the time (a squeal or a saw's partial that grows,
-        # or that the peak picker only now prefers, did).
-        start_hz = float(np.median([f.frequency for f in window[:3]]))
-        earlier = [_partial_db(f, start_hz) for f in self._history if first - SUSTAINED_LOOKBACK <= f.index < first]
-        if len(earlier) < SUSTAINED_LOOKBACK or float(np.median(earlier)) >= self.settings.sustained_before_db:
+        # The tone was not already there (a squeal or a saw's partial that grows, or that the
+        # peak picker only now prefers, was).
+        if not self._absent_before(window):
             return None
         k = int(round(median / BIN_HZ))
         before = [float(f.spectrum_db[k - 1:k + 2].max()) for f in self._history
