@@ -26,12 +26,9 @@ def normal_equations(x: np.ndarray, d: np.ndarray, taps: int, start: int, stop: 
     a, b = start + pad, stop + pad
     window = xp[a:b]
     first_row = np.empty(taps)
-    p = np.empty(taps)
-    dw = d[start:stop]
     for lag in range(taps):
-        lagged = xp[a - lag:b - lag]
-        first_row[lag] = window @ lagged
-        p[lag] = dw @ lagged
+        first_row[lag] = window @ xp[a - lag:b - lag]
+    p = cross_correlation(x, d, taps, start, stop)
     # R[i+1, j+1] = R[i, j] + x[a-1-i] x[a-1-j] - x[b-1-i] x[b-1-j]  (shift the window by one)
     R = np.empty((taps, taps))
     head = xp[a - taps:a][::-1]      # head[m] = xp[a-1-m]
@@ -44,6 +41,22 @@ def normal_equations(x: np.ndarray, d: np.ndarray, taps: int, start: int, stop: 
         R[index, index + lag] = diagonal
         R[index + lag, index] = diagonal
     return R, p
+
+
+def cross_correlation(x: np.ndarray, d: np.ndarray, taps: int, start: int, stop: int) -> np.ndarray:
+    """p = X^T d alone: p[lag] = sum over rows n in [start, stop) of d[n] x[n - lag]; x[m] = 0
+    for m < 0. What a fit against a new target with the same input (the same R) needs."""
+    x = np.asarray(x, dtype=np.float64)
+    d = np.asarray(d, dtype=np.float64)
+    if not 0 <= start < stop <= min(x.size, d.size):
+        raise ValueError(f"window [{start}, {stop}) outside signals of length {x.size}, {d.size}")
+    xp = np.concatenate([np.zeros(taps), x])  # xp[m + taps] = x[m]
+    a, b = start + taps, stop + taps
+    window = d[start:stop]
+    p = np.empty(taps)
+    for lag in range(taps):
+        p[lag] = window @ xp[a - lag:b - lag]
+    return p
 
 
 def solve_fir(R: np.ndarray, p: np.ndarray, relative_ridge: float = 1e-9) -> np.ndarray:

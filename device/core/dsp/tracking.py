@@ -196,7 +196,7 @@ def estimate_path(played: np.ndarray, recorded: np.ndarray, reference: np.ndarra
     `lead` samples: the error mic may hear the noise first) to the recording, alternated with
     the path's fit. The probe is independent of the noise, so neither fit biases the other;
     `reference` must not carry the probe (subtract the feedback estimate's share first)."""
-    from device.core.dsp.lsfir import apply_fir, normal_equations, solve_fir
+    from device.core.dsp.lsfir import apply_fir, cross_correlation, normal_equations, solve_fir
 
     played = np.asarray(played, dtype=np.float64)
     recorded = np.asarray(recorded, dtype=np.float64)
@@ -213,10 +213,10 @@ def estimate_path(played: np.ndarray, recorded: np.ndarray, reference: np.ndarra
         led = np.asarray(reference, dtype=np.float64)[lead:lead + n]
         R_ambient, _ = normal_equations(led, target, ambient_taps, start, n)
         for _ in range(PASSES):
-            estimate = solve_fir(R, _correlate(played, target - ambient, taps, start, n))
+            estimate = solve_fir(R, cross_correlation(played, target - ambient, taps, start, n))
             speaker = apply_fir(estimate, played)
-            ambient = apply_fir(solve_fir(R_ambient, _correlate(led, target - speaker, ambient_taps, start, n)), led)
-        estimate = solve_fir(R, _correlate(played, target - ambient, taps, start, n))
+            ambient = apply_fir(solve_fir(R_ambient, cross_correlation(led, target - speaker, ambient_taps, start, n)), led)
+        estimate = solve_fir(R, cross_correlation(played, target - ambient, taps, start, n))
     residual = (target - apply_fir(estimate, played) - ambient)[start:n]
     rows = n - start
     probe_power = float(np.dot(played[start:n], played[start:n])) / rows
@@ -225,11 +225,3 @@ def estimate_path(played: np.ndarray, recorded: np.ndarray, reference: np.ndarra
     expected = 10.0 * math.log10(max(taps * noise_per_tap, 1e-300) / max(energy, 1e-300))
     return estimate, expected
 
-
-def _correlate(x: np.ndarray, d: np.ndarray, taps: int, start: int, stop: int) -> np.ndarray:
-    """p[lag] = sum over rows [start, stop) of d[n] x[n - lag] (x[m] = 0 for m < 0)."""
-    p = np.empty(taps)
-    window = d[start:stop]
-    for lag in range(taps):
-        p[lag] = window @ x[start - lag:stop - lag]
-    return p
