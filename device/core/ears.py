@@ -21,6 +21,7 @@ from device.contract.config import Config, ear_channels
 from device.contract.errors import UserError
 from device.core.dsp import ears as E
 from device.core.dsp.ears import process_ears
+from device.core.dsp.identification import make_probe
 from device.core.engine import AncEngine
 from device.core.ringbuffer import BlockRing
 from device.core.session import RING_SECONDS, Session, WorkerThread, load_classifier
@@ -61,6 +62,13 @@ class EarsEngine:
         self.sample_rate = first.sample_rate
         self.block_size = first.block_size
         count = len(engines)
+        for ear, engine in enumerate(engines):
+            if ear and engine.probe.size:
+                # Each ear's re-identification probe of its own: two ears checked at once hear
+                # each other's probe through the crosstalk, which must not correlate with their own.
+                s = engine.settings
+                engine.probe = make_probe(engine.probe.size, s.reidentify_probe_level_dbfs,
+                                          int(s.probe_fade_ms * 1e-3 * s.sample_rate), s.probe_seed + 1 + ear)
         self.lengths = np.zeros((count, E.N_LENGTHS), dtype=np.int64)
         self.stacked: dict[str, np.ndarray] = {}
         for name, column in _PADDED:
