@@ -87,8 +87,8 @@ class EarsEngine:
             self.stacked[name] = stacked
         s = self.stacked
         self._kernel_state = (self.lengths, s["tracking"], s["probe"], s["secondary_candidate"],
-                              s["hear_candidate"], s["weights_candidate"], s["weights"], s["secondary_path"], s["feedback_path"],
-                              s["reference_buffer"], s["filtered_buffer"], s["output_buffer"],
+                              s["hear_candidate"], s["weights_candidate"], s["weights"], s["secondary_path"],
+                              s["feedback_path"], s["reference_buffer"], s["filtered_buffer"], s["output_buffer"],
                               s["params"], s["status"], s["cursors"], s["events"], s["hear_through"],
                               s["update_state"], s["twiddles"])
         for engine in engines:
