@@ -110,6 +110,20 @@ def test_each_ear_of_the_stacked_engine_is_its_one_ear_engine_sample_for_sample(
     assert not np.any(ears.stacked["secondary_path"][1, short[1]:])
 
 
+def test_each_ear_has_its_own_reidentification_probe(tmp_path, headphone):
+    """Two ears checked at once hear each other's probe through the crosstalk: each ear's probe
+    has the configured length and level and does not correlate with the other's."""
+    cfg = _config(tmp_path, TWO_EARS)
+    engine = EarsEngine.from_config(cfg, _paths(headphone))
+    left, right = (ear.probe for ear in engine.ears)
+    assert left.size == right.size == int(round(cfg.controller.reidentify_probe_s * FS))
+    for probe in (left, right):
+        level = 10 * np.log10(np.mean(probe ** 2))
+        assert abs(level - cfg.controller.reidentify_probe_level_dbfs) < 0.5, level
+    correlation = np.dot(left, right) / np.sqrt(np.dot(left, left) * np.dot(right, right))
+    assert abs(correlation) < 0.02, correlation
+
+
 def test_one_ear_engine_matches_the_engine_in_closed_loop(cfg, headphone):
     from simulator.closed_loop import run_closed_loop
     from simulator.scenes import generate_scene

@@ -153,7 +153,8 @@ def cup_paths():
 def test_run_drives_both_ears_in_one_stream_and_one_ear_reversed_trips_only_that_ear(
         tmp_path, cup_paths, monkeypatch, capsys):
     """Two ears on one card: the left cup as identified, the right cup's speaker wired with its
-    polarity reversed. Only the right ear's watchdog trips; the left ear keeps cancelling. The
+    polarity reversed. Only the right ear's watchdog trips; that ear checks its own path, takes
+    the reversed estimate and cancels again, while the left ear keeps cancelling. The
     summary, the processing metrics (one per ear per interval, naming the ear) and the one
     session record (each ear's cancellation in it) all say so; the classifier, hearing the
     mean of both reference mics, gives both ears the same preset."""
@@ -181,12 +182,17 @@ def test_run_drives_both_ears_in_one_stream_and_one_ear_reversed_trips_only_that
     assert left["estimated_cancellation_recent_db"] > 10.0, left
     assert summary["watchdog_trips"] == right["watchdog_trips"]
     assert {event["ear"] for event in summary["safety_events"]} == {"right"}
-    assert right["stopped_for_reidentification"] and not left["stopped_for_reidentification"]
+    checks = [event for event in right["safety_events"] if event["kind"] == "secondary_path_reidentified"]
+    assert len(checks) == 1 and checks[0]["ear"] == "right" and checks[0]["replaced"], right["safety_events"]
+    assert [check["ear"] for check in summary["path_checks"]] == ["right"]
+    assert right["estimated_cancellation_recent_db"] > 10.0, right
+    assert not right["stopped_for_reidentification"] and not left["stopped_for_reidentification"]
     from device.rig.supervisor import format_summary
 
     lines = {line.split()[0]: line for line in format_summary(summary).splitlines()}
     assert "no watchdog events" in lines["left"]
-    assert f"watchdog tripped {right['watchdog_trips']}x; anti-noise stopped" in lines["right"]
+    assert f"watchdog tripped {right['watchdog_trips']}x" in lines["right"]
+    assert "anti-noise stopped" not in lines["right"]
 
     spool = tmp_path / "spool.sqlite"
     sessions = _records(spool, "session")

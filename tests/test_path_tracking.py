@@ -181,3 +181,52 @@ def _check_cycle(engine, run, block, cfg, new):
     np.testing.assert_array_equal(engine.secondary_path, new)
     assert checking == ordinary and resuming == ordinary, (ordinary, checking, resuming)
     assert kept < 4096 and kept_more < 4096
+
+
+def _stereo_headphone(left_path: str):
+    """The bundled two-ear headphone; the left cup's secondary path as it is ("same"),
+    reversed from the start ("reversed") or reversed at CHANGE_AT_S ("moved")."""
+    from simulator.ears import EarsPlant
+    from simulator.plant import PathChange
+
+    plant = EarsPlant.load("headphone-stereo")
+    left = plant.ears["left"]
+    original = left.secondary_path.copy()
+    if left_path == "reversed":
+        left.secondary_path = -original
+    elif left_path == "moved":
+        left.path_changes = [PathChange(int(CHANGE_AT_S * FS), -original)]
+    return plant
+
+
+def test_each_ear_is_reidentified_on_its_own_and_the_other_keeps_cancelling(cfg, hum_scene):
+    """Two ears, the left cup's path reversed at 3 s: the left ear is checked and takes the new
+    estimate, and recovers to within 3 dB of a run with the reversed path from the start; the
+    right ear is never probed and cancels within 1 dB of the run without the change."""
+    from simulator.ears import simulate_ears
+
+    moved = simulate_ears(hum_scene, cfg, _stereo_headphone("moved"))
+    from_start = simulate_ears(hum_scene, cfg, _stereo_headphone("reversed")).summary["ears"]
+    unchanged = simulate_ears(hum_scene, cfg, _stereo_headphone("same")).summary["ears"]
+    ears = moved.summary["ears"]
+
+    checks = [e for e in ears["left"]["safety_events"] if e["kind"] == EVENT_KIND]
+    assert len(checks) == 1, ears["left"]["safety_events"]
+    check = checks[0]
+    assert check["ear"] == "left" and check["replaced"], check
+    assert CHANGE_AT_S < check["time_s"] < CHANGE_AT_S + 2.0, check
+    left_engine = moved.engine.ear("left")
+    truth = moved.plant.ears["left"].full_secondary_path(int(CHANGE_AT_S * FS) + 1)[:left_engine.secondary_path.size]
+    assert T.path_change_db(truth, left_engine.secondary_path) < -30.0
+    assert ears["left"]["attenuation_db"] >= from_start["left"]["attenuation_db"] - 3.0, \
+        (ears["left"]["attenuation_db"], from_start["left"]["attenuation_db"])
+
+    right = moved.sessions["right"]
+    assert right.tracker.enabled and right.tracker.checks == []
+    assert not any(e["kind"] == EVENT_KIND for e in ears["right"]["safety_events"]), ears["right"]["safety_events"]
+    assert not ears["right"]["diverged"]
+    assert abs(ears["right"]["attenuation_db"] - unchanged["right"]["attenuation_db"]) <= 1.0, \
+        (ears["right"]["attenuation_db"], unchanged["right"]["attenuation_db"])
+    # Neither run without the change checks anything.
+    for summary in (from_start, unchanged):
+        assert not any(e["kind"] == EVENT_KIND for ear in summary.values() for e in ear["safety_events"])

@@ -7,6 +7,8 @@ numba call (`device.core.dsp.ears.process_ears`); `ears[i]` is ear i's `AncEngin
 read-outs and setters (snapshot, drain_events, set_mode, fade_out...) work on its rows as they
 do for one ear, so a worker or a summary written for one engine serves each ear unchanged.
 Each ear has its own watchdog, limiter and fades: one ear tripping leaves the others playing.
+Each ear also re-identifies its own secondary path (its session's `PathTracker` drives that
+ear's rows of the command word, probe and candidates): while one ear probes, the others cancel.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from device.contract.config import Config, ear_channels
 from device.contract.errors import UserError
 from device.core.dsp import ears as E
 from device.core.dsp.ears import process_ears
+from device.core.dsp.identification import make_probe
 from device.core.engine import AncEngine
 from device.core.ringbuffer import BlockRing
 from device.core.session import RING_SECONDS, Session, WorkerThread, load_classifier
@@ -34,9 +37,14 @@ _PADDED = (
     ("filtered_buffer", E.LEN_FILTERED_BUFFER),
     ("output_buffer", E.LEN_OUTPUT_BUFFER),
     ("hear_through", E.LEN_HEAR_THROUGH),
+    ("probe", E.LEN_PROBE),
+    ("secondary_candidate", E.LEN_SECONDARY_CANDIDATE),
+    ("hear_candidate", E.LEN_HEAR_CANDIDATE),
+    ("weights_candidate", E.LEN_WEIGHTS_CANDIDATE),
 )
-# Fixed-size per-ear arrays (the layout's params, status and cursors, and the event ring).
-_FIXED = ("params", "status", "cursors", "events", "update_state", "twiddles")
+# Fixed-size per-ear arrays (the layout's params, status and cursors, the event ring and the
+# re-identification's command word).
+_FIXED = ("params", "status", "cursors", "events", "update_state", "twiddles", "tracking")
 
 
 class EarsEngine:
@@ -54,6 +62,13 @@ class EarsEngine:
         self.sample_rate = first.sample_rate
         self.block_size = first.block_size
         count = len(engines)
+        for ear, engine in enumerate(engines):
+            if ear and engine.probe.size:
+                # Each ear's re-identification probe of its own: two ears checked at once hear
+                # each other's probe through the crosstalk, which must not correlate with their own.
+                s = engine.settings
+                engine.probe = make_probe(engine.probe.size, s.reidentify_probe_level_dbfs,
+                                          int(s.probe_fade_ms * 1e-3 * s.sample_rate), s.probe_seed + 1 + ear)
         self.lengths = np.zeros((count, E.N_LENGTHS), dtype=np.int64)
         self.stacked: dict[str, np.ndarray] = {}
         for name, column in _PADDED:
@@ -71,8 +86,9 @@ class EarsEngine:
                 setattr(engine, name, row)
             self.stacked[name] = stacked
         s = self.stacked
-        self._kernel_state = (self.lengths, s["weights"], s["secondary_path"], s["feedback_path"],
-                              s["reference_buffer"], s["filtered_buffer"], s["output_buffer"],
+        self._kernel_state = (self.lengths, s["tracking"], s["probe"], s["secondary_candidate"],
+                              s["hear_candidate"], s["weights_candidate"], s["weights"], s["secondary_path"],
+                              s["feedback_path"], s["reference_buffer"], s["filtered_buffer"], s["output_buffer"],
                               s["params"], s["status"], s["cursors"], s["events"], s["hear_through"],
                               s["update_state"], s["twiddles"])
         for engine in engines:
@@ -109,11 +125,11 @@ class EarsEngine:
         """Compile (or load from the cache) the kernel for float32 and float64 blocks, then
         restore the initial state (as `AncEngine.warm_up` does for one ear)."""
         s = self.stacked
-        saved = [a.copy() for a in (s["weights"], s["status"], s["cursors"])]
+        saved = [a.copy() for a in (s["weights"], s["status"], s["cursors"], s["tracking"])]
         shape = (len(self.ears), self.block_size)
         for dtype in (np.float32, np.float64):
             self.process(np.zeros(shape, dtype=dtype), np.zeros(shape, dtype=dtype), np.zeros(shape, dtype=dtype))
-        s["weights"][...], s["status"][...], s["cursors"][...] = saved
+        s["weights"][...], s["status"][...], s["cursors"][...], s["tracking"][...] = saved
         for name in ("reference_buffer", "filtered_buffer", "output_buffer", "update_state"):
             s[name][...] = 0.0
 
@@ -199,8 +215,9 @@ class EarsSession(WorkerThread):
         self.session_id = first.session_id
         self.start_time = first.start_time
         self.workers = tuple(session.worker for session in sessions)
-        for name, worker in zip(self.names, self.workers):
-            worker.ear = name
+        for name, session in zip(self.names, sessions):
+            session.worker.ear = name
+            session.tracker.ear = name
         # The first ear's worker stands for the whole callback (every ear's ring gets the same
         # timing), runs the classifier and answers for the headphone's settings.
         self.worker = first.worker

@@ -40,7 +40,8 @@ EVENT_KIND = "secondary_path_reidentified"
 # broken sensor is not a path change).
 TRIGGERS = (L.EVENT_ERROR_RISE, L.EVENT_SUSTAINED_RISE, L.EVENT_WEIGHT_NORM, L.EVENT_LIMITING, L.EVENT_GAVE_UP)
 # A check the engine has not started within this much audio is cancelled: its blocks are run
-# by another kernel that plays no probe (several ears' `process_ears`).
+# by a kernel that plays no probe (`engine_block` plays it, for one ear or, called from
+# `process_ears`, for each ear).
 START_TIMEOUT_S = 0.5
 # The model-consistency detector (see `_mismatch`): judged against the median of the last
 # MISMATCH_HISTORY_S of audio, leaving out the last MISMATCH_HOLD_S, and it must last that long.
@@ -80,6 +81,7 @@ class PathTracker:
         self._events_seen = 0
         self._dropped_at_start = 0
         self.checks: list[dict] = []   # every check's figures, as reported in its event
+        self.ear: str | None = None    # the ear this tracker checks, with several (named in its events)
         # Called with each estimate that replaced the one in use: the worker's own copy (its
         # cancellation estimate), and on a rig the store `run` reads next time.
         self.listeners: list[Callable[[np.ndarray], None]] = []
@@ -193,7 +195,11 @@ class PathTracker:
         self._dropped_at_start = self.dropped()
         self._gave_up = self.engine.mode == "stop"
         self.engine.request_probe()
-        log.info("watchdog trip: checking the secondary path (%.1f s probe)", self.engine.probe.size / self.sample_rate)
+        log.info("watchdog trip: checking the secondary path%s (%.1f s probe)", self._of_ear(),
+                 self.engine.probe.size / self.sample_rate)
+
+    def _of_ear(self) -> str:
+        return "" if self.ear is None else f" of the {self.ear} ear"
 
     def _continue(self, now: int) -> None:
         engine = self.engine
@@ -201,7 +207,8 @@ class PathTracker:
             if now - self.requested_at > START_TIMEOUT_S * self.sample_rate:
                 self.checking = False
                 self.enabled = False
-                log.warning("secondary-path re-identification is off: this engine's blocks play no probe")
+                log.warning("secondary-path re-identification is off%s: this engine's blocks play no probe",
+                            self._of_ear())
             return
         if self.filled < self.reference.size:
             return
@@ -246,10 +253,11 @@ class PathTracker:
             "replaced": measured is not None,
             "weights": None if measured is None else ("carried over" if scale else "from zero"),
             "outcome": outcome,
+            **({} if self.ear is None else {"ear": self.ear}),
         }
         self.checks.append(details)
         engine.add_event(EVENT_KIND, 0.0 if change_db is None else change_db, details)
-        log.info("secondary path %s (change %s dB)", outcome, details["change_db"])
+        log.info("secondary path%s %s (change %s dB)", self._of_ear(), outcome, details["change_db"])
         if measured is None:
             return
         for listener in self.listeners:
