@@ -185,6 +185,18 @@ def test_run_drives_both_ears_in_one_stream_and_one_ear_reversed_trips_only_that
     checks = [event for event in right["safety_events"] if event["kind"] == "secondary_path_reidentified"]
     assert len(checks) == 1 and checks[0]["ear"] == "right" and checks[0]["replaced"], right["safety_events"]
     assert [check["ear"] for check in summary["path_checks"]] == ["right"]
+    # The re-identified right estimate is stored for the next run; the left one is as identified.
+    from device.rig.estimates import load_estimates
+
+    identity = resolve_stream(card, load_config(config)).identity
+    stored = {name: load_estimates(tmp_path / "state", identity, ear=name) for name in ("left", "right")}
+    assert "reidentified" not in stored["left"].metadata
+    assert stored["right"].metadata["reidentified"]["reidentifications"] == 1
+    assert stored["right"].metadata["quality_db"] == -40.0   # the identification's metadata kept
+    as_identified = np.concatenate([np.zeros(LOOP_BLOCKS * BLOCK), cup_paths[1]])
+    assert np.allclose(stored["left"].secondary_path, np.concatenate([np.zeros(LOOP_BLOCKS * BLOCK), cup_paths[0]]))
+    # Reversed: the stored right estimate now points the other way from the one identified.
+    assert np.dot(stored["right"].secondary_path, as_identified) < 0.0
     assert right["estimated_cancellation_recent_db"] > 10.0, right
     assert not right["stopped_for_reidentification"] and not left["stopped_for_reidentification"]
     from device.rig.supervisor import format_summary

@@ -118,7 +118,8 @@ def safety_lines(events: list[dict[str, Any]], limit: int = 10) -> list[str]:
             lines.append(f"             ... and {len(watchdog) - limit} more (summary.json lists them all)")
     for check in checks[:limit]:
         change = "n/a" if check.get("change_db") is None else f"{check['change_db']:+.1f} dB"
-        lines.append(f"path         {check['time_s']:.3f} s  secondary path re-identified ({check.get('probe_s', 0):.1f} s "
+        whose = f" of ear {check['ear']}" if check.get("ear") else ""
+        lines.append(f"path         {check['time_s']:.3f} s  secondary path{whose} re-identified ({check.get('probe_s', 0):.1f} s "
                      f"probe, change {change}, threshold {check.get('threshold_db', 0):.1f} dB): {check.get('outcome', '')}")
     if events and events[-1]["kind"] == "stopped_reidentify":
         lines.append("             anti-noise stopped: the secondary path no longer matches; run `anc-device identify`"

@@ -28,6 +28,7 @@ the summary gives each ear's cancellation estimate, watchdog trips and safety ev
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import signal
@@ -81,24 +82,29 @@ class Supervisor:
         self._silence_reported_at = 0  # worker sample count at the last silence report
         self.control = RuntimeControl(cfg.runtime.state_dir, session.worker, health=self.health,
                                       workers=session.workers)
-        tracker = getattr(session, "tracker", None)
-        if tracker is not None and tracker.enabled:
-            tracker.listeners.append(self._store_reidentified)
+        # One tracker per ear (an `EarsSession` holds a session per ear), each storing its own ear's estimate.
+        ear_sessions = getattr(session, "sessions", None)
+        trackers = ([(name, ear_session.tracker) for name, ear_session in ear_sessions.items()] if ear_sessions
+                    else [(None, getattr(session, "tracker", None))])
+        for ear, tracker in trackers:
+            if tracker is not None and tracker.enabled:
+                tracker.listeners.append(functools.partial(self._store_reidentified, ear=ear))
 
-    def _store_reidentified(self, estimate) -> None:
-        """A secondary-path estimate re-identified on the fly replaces the stored one, so the
-        next `run` starts with it (on the worker thread, never the callback: two small files
-        written atomically, as `identify` writes them). The stored metadata is kept, marked."""
+    def _store_reidentified(self, estimate, ear: str | None = None) -> None:
+        """A secondary-path estimate re-identified on the fly replaces the stored one (of `ear`,
+        with several ears), so the next `run` starts with it (on the worker thread, never the
+        callback: two small files written atomically, as `identify` writes them). The stored
+        metadata is kept, marked."""
         from device.contract.files import utc_now_iso
         from device.rig.estimates import load_estimates, save_estimates
 
         identity = self.stream.spec.identity
-        current = load_estimates(self.cfg.runtime.state_dir, identity)
+        current = load_estimates(self.cfg.runtime.state_dir, identity, ear=ear)
         details = {key: value for key, value in current.metadata.items() if key not in ("identity", "created_at")}
         details["reidentified"] = {"at": utc_now_iso(), "replaces_estimate_of": current.metadata.get("created_at"),
                                    "reidentifications": int(details.get("reidentified", {}).get("reidentifications", 0)) + 1}
-        path = save_estimates(self.cfg.runtime.state_dir, estimate, current.feedback_path, identity, details)
-        log.info("re-identified secondary path stored in %s", path)
+        path = save_estimates(self.cfg.runtime.state_dir, estimate, current.feedback_path, identity, details, ear=ear)
+        log.info("re-identified secondary path%s stored in %s", f" of ear {ear}" if ear else "", path)
 
     # -- shared read-outs ----------------------------------------------------------------------
     @property
