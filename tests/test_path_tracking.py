@@ -230,3 +230,29 @@ def test_each_ear_is_reidentified_on_its_own_and_the_other_keeps_cancelling(cfg,
     # Neither run without the change checks anything.
     for summary in (from_start, unchanged):
         assert not any(e["kind"] == EVENT_KIND for ear in summary.values() for e in ear["safety_events"])
+
+
+def test_level_history_gives_the_median_of_the_entries_before_a_sample_as_numpy_does():
+    """The detector's running history (compacted and grown in place) against a plain list."""
+    from device.core.tracking import LevelHistory
+
+    rng = np.random.default_rng(3)
+    history, reference = LevelHistory(capacity=8), []
+    sample = 0
+    for step in range(3000):
+        sample += int(rng.integers(1, 2000))
+        level = float(rng.normal())
+        history.append(sample, level)
+        reference.append((sample, level))
+        window = int(rng.integers(5_000, 200_000))
+        history.drop_before(sample - window)
+        reference = [(s, v) for s, v in reference if s >= sample - window]
+        assert len(history) == len(reference) and history.oldest() == reference[0][0]
+        cut = sample - int(rng.integers(0, 30_000))
+        past = [v for s, v in reference if s < cut]
+        median = history.median_before(cut)
+        assert (median is None) if not past else median == float(np.median(past))
+        if step == 1500:
+            history.clear()
+            reference = []
+            assert len(history) == 0

@@ -23,7 +23,7 @@ to the kernel's step back-off; a give-up sooner waits for the interval and is th
 from __future__ import annotations
 
 import logging
-from collections import deque
+import math
 from typing import Callable
 
 import numpy as np
@@ -72,7 +72,7 @@ class PathTracker:
         self.last_check: int | None = None
         self.deferred = False          # gave up within the interval: check once it has passed
         self.mismatch_db = cfg.controller.reidentify_mismatch_db
-        self._consistency: deque = deque()   # (sample, dB) of d_hat's level against the model-free one
+        self._consistency = LevelHistory()   # (sample, dB) of d_hat's level against the model-free one
         self._mismatch_since: int | None = None
         # The weights as they were while the model still explained the error mic (refreshed
         # every SNAPSHOT_S then): what a new estimate's controller starts from.
@@ -162,16 +162,16 @@ class PathTracker:
             self._consistency.clear()
             self._mismatch_since = None
             return None
-        level = 10.0 * np.log10(status[L.S_SLOW_DISTURBANCE] / (ratio * reference))
+        level = 10.0 * math.log10(status[L.S_SLOW_DISTURBANCE] / (ratio * reference))
         history = self._consistency
-        history.append((now, level))
-        while history and history[0][0] < now - MISMATCH_HISTORY_S * self.sample_rate:
-            history.popleft()
+        history.append(now, level)
+        history.drop_before(now - MISMATCH_HISTORY_S * self.sample_rate)
         hold = MISMATCH_HOLD_S * self.sample_rate
-        past = [value for sample, value in history if sample < now - hold]
-        if not history or history[0][0] > now - 0.75 * MISMATCH_HISTORY_S * self.sample_rate or not past:
+        if history.oldest() > now - 0.75 * MISMATCH_HISTORY_S * self.sample_rate:
             return None   # not enough of a history to judge against
-        median = float(np.median(past))
+        median = history.median_before(now - hold)
+        if median is None:
+            return None
         if abs(level - median) < CONSISTENT_DB and (self._good_at is None or now - self._good_at >= SNAPSHOT_S
                                                     * self.sample_rate) and self._mismatch_since is None:
             np.copyto(self._good_weights, self.engine.weights)
@@ -265,3 +265,59 @@ class PathTracker:
                 listener(measured)
             except Exception:  # storing is the rig's edge: the audio carries on without it
                 log.exception("the new secondary-path estimate could not be handed on")
+
+
+class LevelHistory:
+    """(sample, level) pairs in sample order, for a running median over a window of the worker's
+    polls: two preallocated arrays, appended at the end and compacted to the front when full
+    (amortized O(1) per poll, and no Python objects per entry), so a check every poll costs a
+    few microseconds however often the worker polls."""
+
+    def __init__(self, capacity: int = 1024):
+        self.samples = np.zeros(capacity, dtype=np.int64)
+        self.levels = np.zeros(capacity)
+        self.start = 0
+        self.end = 0
+        self._scratch = np.zeros(capacity)
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def clear(self) -> None:
+        self.start = self.end = 0
+
+    def append(self, sample: int, level: float) -> None:
+        if self.end == self.samples.size:
+            live = self.end - self.start
+            if live > self.samples.size // 2:   # more than half full of live entries: grow
+                self.samples = np.concatenate([self.samples[self.start:self.end], np.zeros_like(self.samples)])
+                self.levels = np.concatenate([self.levels[self.start:self.end], np.zeros_like(self.levels)])
+                self._scratch = np.zeros(self.levels.size)
+            else:
+                self.samples[:live] = self.samples[self.start:self.end]
+                self.levels[:live] = self.levels[self.start:self.end]
+            self.start, self.end = 0, live
+        self.samples[self.end] = sample
+        self.levels[self.end] = level
+        self.end += 1
+
+    def drop_before(self, sample: float) -> None:
+        """Forget the entries older than `sample`."""
+        self.start += int(np.searchsorted(self.samples[self.start:self.end], sample, side="left"))
+
+    def oldest(self) -> int:
+        return int(self.samples[self.start])
+
+    def median_before(self, sample: float) -> float | None:
+        """The median level of the entries older than `sample` (None without any), as np.median."""
+        count = int(np.searchsorted(self.samples[self.start:self.end], sample, side="left"))
+        if count == 0:
+            return None
+        values = self._scratch[:count]
+        np.copyto(values, self.levels[self.start:self.start + count])
+        middle = count // 2
+        if count % 2:
+            values.partition(middle)
+            return float(values[middle])
+        values.partition((middle - 1, middle))
+        return float(0.5 * (values[middle - 1] + values[middle]))

@@ -53,6 +53,9 @@ CEILING_HOLD_S = 60.0
 # needs some anti-noise played; at 0.03 what it costs is 0.1% of the filter's output power).
 SCALE_TIME_CONSTANT_S = 0.5
 MIN_OUTPUT_SCALE = 0.03
+# Records wait at most this much audio for the spool: one transaction (one fsync) a second
+# instead of one per detection; a crash loses no more than the interval being measured.
+SPOOL_FLUSH_S = 1.0
 
 
 class RecordSink(Protocol):
@@ -165,6 +168,8 @@ class Worker:
         self._scale_cross = 0.0           # decayed sum of -<d_hat, s_hat * y_played> per unit output scale
         self._scale_power = 0.0           # decayed sum of |s_hat * y_played|^2 per unit output scale squared
         self._pending: list = []
+        self._flushed_at = 0              # the worker's sample count at the last spool write
+        self.flush_samples = int(SPOOL_FLUSH_S * self.sample_rate)
         self._last_start: float | None = None
         self._last_stream = 0.0
         self.current_class: str | None = None
@@ -236,7 +241,8 @@ class Worker:
             position = stop
             if self._interval_samples >= self.interval_samples:
                 self._close_interval()
-        self._flush()
+        if self.samples - self._flushed_at >= self.flush_samples:
+            self._flush()
         return available
 
     def _observe(self, reference: np.ndarray, error: np.ndarray, output: np.ndarray, meta: np.ndarray) -> None:
@@ -571,6 +577,7 @@ class Worker:
         self._flush()
 
     def _flush(self) -> None:
+        self._flushed_at = self.samples
         if not self._pending:
             return
         batch, self._pending = self._pending, []
