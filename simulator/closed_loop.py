@@ -14,11 +14,11 @@ from typing import Callable
 
 import numba
 import numpy as np
-import scipy.signal
 from llvmlite import ir
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from device.core.dsp.lsfir import fft_convolve
 from device.core.dsp.tracking import engine_block
 from simulator.plant import PathChange, Plant
 
@@ -65,7 +65,7 @@ class StreamingFir:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.taps.size == 1:
             return x * self.taps[0]
-        y = scipy.signal.oaconvolve(x, self.taps) if x.size > 4 * self.taps.size else np.convolve(x, self.taps)
+        y = fft_convolve(x, self.taps)
         y[:self.carry.size] += self.carry   # y is x.size + len(taps) - 1 long: the carry always fits
         out = y[:x.size]
         self.carry = y[x.size:].copy()

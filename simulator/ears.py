@@ -33,12 +33,12 @@ from typing import Any, Callable
 
 import numba
 import numpy as np
-import scipy.signal
 
 from device.contract.config import Config
 from device.contract.errors import UserError
 from device.core import summary as session_summary_parts
 from device.core.dsp.identification import resolved_controller_taps
+from device.core.dsp.lsfir import fft_convolve
 from device.core.ears import EarsEngine, compose_ears_session
 from device.core.session import Session, load_classifier
 from simulator import report
@@ -266,8 +266,8 @@ def _crosstalk_db(plant: EarsPlant, ear: str, probe: np.ndarray) -> float | None
     path = plant.crosstalk[ear]
     if path is None or len(plant.ears) < 2:
         return None
-    own = scipy.signal.fftconvolve(probe, plant.ears[ear].secondary_path)
-    leak = scipy.signal.fftconvolve(probe, path)
+    own = fft_convolve(probe, plant.ears[ear].secondary_path)
+    leak = fft_convolve(probe, path)
     return round(float(10.0 * np.log10(float(np.dot(leak, leak)) / max(float(np.dot(own, own)), 1e-30))), 1)
 
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import scipy.signal
 import yaml
 
 from device.core.causality import Causality, onset
+from device.core.dsp.lsfir import fft_convolve
 from device.contract.errors import UserError
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -152,13 +152,13 @@ class Plant:
         n = played.size
         rng = np.random.default_rng([seed, 1])
         delayed = np.concatenate([np.zeros(self.latency_samples), played])[:n]
-        err = scipy.signal.fftconvolve(delayed, self.secondary_path)[:n] + self.sensor_noise(n, rng)
+        err = fft_convolve(delayed, self.secondary_path)[:n] + self.sensor_noise(n, rng)
         ref = self.sensor_noise(n, rng)
         if self.feedback_path is not None:
-            ref = ref + scipy.signal.fftconvolve(delayed, self.feedback_path)[:n]
+            ref = ref + fft_convolve(delayed, self.feedback_path)[:n]
         if ambient is not None:
-            err = err + scipy.signal.fftconvolve(ambient, self.primary_path)[:n]
-            ref = ref + scipy.signal.fftconvolve(ambient, self.reference_path)[:n]
+            err = err + fft_convolve(ambient, self.primary_path)[:n]
+            ref = ref + fft_convolve(ambient, self.reference_path)[:n]
         return ref, err
 
 

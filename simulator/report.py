@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.signal
 
 from device.core.features import welch_psd
 
@@ -36,20 +35,18 @@ def _segment_length(length: int) -> int:
 
 
 def spectrum(x: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
-    """Welch spectrum of `x` along its last axis (each row of a 2-D `x` on its own)."""
-    return scipy.signal.welch(x, sample_rate, nperseg=_segment_length(x.shape[-1]))
+    """Welch spectrum of `x` along its last axis (each row of a 2-D `x` on its own); a segment
+    longer than the signal is shortened to it, as scipy.signal.welch does."""
+    x = np.asarray(x, dtype=np.float64)
+    nperseg = min(_segment_length(x.shape[-1]), x.shape[-1])
+    if x.ndim == 1:
+        return welch_psd(x, sample_rate, nperseg)
+    rows = [welch_psd(row, sample_rate, nperseg) for row in x]
+    return rows[0][0], np.stack([psd for _, psd in rows])
 
 
 def band_attenuation_db(off: np.ndarray, on: np.ndarray, sample_rate: int, band: tuple[float, float] = BAND_HZ) -> float:
-    # Once per second of a run: `spectrum`'s figures from the NumPy Welch estimate the
-    # classifier uses (the same arithmetic as scipy's, without its few milliseconds of set-up
-    # per call). scipy shortens segments longer than the signal; only it is asked then.
-    nperseg = _segment_length(off.size)
-    if off.size < nperseg:
-        f, (p_off, p_on) = spectrum(np.stack([off, on]), sample_rate)
-    else:
-        f, p_off = welch_psd(off, sample_rate, nperseg)
-        _, p_on = welch_psd(on, sample_rate, nperseg)
+    f, (p_off, p_on) = spectrum(np.stack([off, on]), sample_rate)
     mask = (f >= band[0]) & (f <= band[1])
     return _db(float(p_off[mask].sum()) / max(float(p_on[mask].sum()), 1e-30))
 
@@ -120,17 +117,25 @@ def convergence(times: np.ndarray, attenuation: np.ndarray, steady_db: float,
 MODE_COLOURS = {"off": "0.6", "anc": None, "hear-through": "tab:orange"}
 
 
+def _figure(width: float, height: float):
+    """A figure on the Agg canvas, without pyplot (its import and a layout engine were most of
+    the time report.png took); margins are set by hand."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure
+
+
 def write_png(path: Path, sample_rate: int, off: np.ndarray, on: np.ndarray, optimum_error: np.ndarray,
               times: np.ndarray, attenuation: np.ndarray, steady_s: tuple[float, float], title: str,
               modes: list[dict] | None = None, alarms: list[dict] | None = None) -> None:
     """Spectra over the steady window and attenuation over time (from per-frame energies: the
     whole signals are never needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 8), constrained_layout=True)
+    fig = _figure(10, 8)
+    top, bottom = fig.subplots(2, 1)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.07, top=0.95, hspace=0.3)
     _spectra_panel(top, sample_rate, off, on, optimum_error, f"{title}: error-mic spectra over the steady state")
     _attenuation_panel(bottom, times, attenuation, steady_s)
     # The speaker's mode over time (shaded when not anti-noise) and every warning sound heard.
@@ -151,7 +156,6 @@ def write_png(path: Path, sample_rate: int, off: np.ndarray, on: np.ndarray, opt
     bottom.grid(True, alpha=0.3)
     bottom.legend()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _spectra_panel(axis, sample_rate: int, off, on, optimum_error, title: str) -> None:
@@ -181,12 +185,10 @@ def write_ears_png(path: Path, sample_rate: int, ears: dict[str, tuple], steady_
                    title: str) -> None:
     """One row per ear: its error-mic spectra over the steady window (off, on, causal optimum)
     and its attenuation over time. `ears`: name -> (off, on, optimum_error, times, attenuation)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(ears), 2, figsize=(14, 4 * len(ears)), constrained_layout=True, squeeze=False)
+    fig = _figure(14, 4 * len(ears))
+    axes = fig.subplots(len(ears), 2, squeeze=False)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.3 / len(ears), top=1 - 0.2 / len(ears), wspace=0.2,
+                        hspace=0.35)
     for (name, (off, on, optimum_error, times, attenuation)), (left, right) in zip(ears.items(), axes):
         _spectra_panel(left, sample_rate, off, on, optimum_error,
                        f"{title}, {name} ear: error-mic spectra over the steady state")
@@ -195,4 +197,3 @@ def write_ears_png(path: Path, sample_rate: int, ears: dict[str, tuple], steady_
         right.grid(True, alpha=0.3)
         right.legend()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -265,11 +265,11 @@ def feedback_ratio_db(secondary_path: np.ndarray, feedback_path: np.ndarray, smo
 
 def spectral_flatness(x: np.ndarray, fs: int) -> float:
     """Geometric over arithmetic mean of the power spectrum from 100 Hz to 0.4 fs (1 = white)."""
-    import scipy.signal
+    from device.core.features import welch_psd
 
     if x.size < 4096:
         return 0.0
-    freqs, psd = scipy.signal.welch(x, fs, nperseg=2048)
+    freqs, psd = welch_psd(np.asarray(x, dtype=np.float64), fs, 2048)
     band = psd[(freqs >= 100) & (freqs <= 0.4 * fs)] + 1e-30
     return float(np.exp(np.mean(np.log(band))) / np.mean(band))
 
@@ -306,6 +306,43 @@ TONE_PROMINENCE_DB = 10.0    # a spectral peak this far above its surroundings i
 TONE_MIN_SHARE = 0.01        # ... and it must carry this share of the ambient power to matter
 
 
+def local_maxima(x: np.ndarray) -> np.ndarray:
+    """Indices of the local maxima of `x`, as scipy.signal.find_peaks finds them: a sample above
+    its left neighbour and above the first different sample to its right; a flat top counts
+    once, at its middle (the lower middle of an even one). The ends are never peaks."""
+    x = np.asarray(x, dtype=np.float64)
+    peaks = []
+    i, last = 1, x.size - 1
+    while i < last:
+        if x[i - 1] < x[i]:
+            ahead = i + 1
+            while ahead < last and x[ahead] == x[i]:
+                ahead += 1
+            if x[ahead] < x[i]:
+                peaks.append((i + ahead - 1) // 2)
+                i = ahead
+        i += 1
+    return np.asarray(peaks, dtype=np.int64)
+
+
+def prominent_peaks(x: np.ndarray, prominence: float) -> np.ndarray:
+    """The local maxima of `x` at least `prominence` above their surroundings, as
+    scipy.signal.find_peaks(x, prominence=...) selects them: a peak's prominence is its height
+    over the higher of the lowest points on each side before a higher sample (or the end)."""
+    x = np.asarray(x, dtype=np.float64)
+    kept = []
+    for peak in local_maxima(x):
+        height = x[peak]
+        higher_left = np.flatnonzero(x[:peak] > height)
+        higher_right = np.flatnonzero(x[peak + 1:] > height)
+        left = higher_left[-1] + 1 if higher_left.size else 0
+        right = peak + 1 + higher_right[0] if higher_right.size else x.size
+        base = max(x[left:peak + 1].min(), x[peak:right].min())
+        if height - base >= prominence:
+            kept.append(peak)
+    return np.asarray(kept, dtype=np.int64)
+
+
 def ambient_lowest_tone_period(reference: np.ndarray, fs: int, highpass_hz: float = 20.0) -> int | None:
     """One period (samples) of the lowest strong tone in the ambient noise, or None.
 
@@ -313,16 +350,16 @@ def ambient_lowest_tone_period(reference: np.ndarray, fs: int, highpass_hz: floa
     harmonics nearly alike: the least-squares weights grow huge (measured: a 50 Hz hum with
     harmonics on the headphone, 256 taps reach 5 dB with weight norm 437; 1024 taps 51 dB
     with norm 1.6), and no bounded filter gets there."""
-    import scipy.signal
+    from device.core.features import welch_psd
 
     reference = np.asarray(reference, dtype=np.float64)
     segment = 1 << 14
     if reference.size < 2 * segment:
         return None
-    freqs, psd = scipy.signal.welch(reference, fs, nperseg=segment)
+    freqs, psd = welch_psd(reference, fs, segment)
     band = freqs >= max(highpass_hz, 1.0)
     level = 10.0 * np.log10(psd + 1e-300)
-    peaks, _ = scipy.signal.find_peaks(np.where(band, level, level.min()), prominence=TONE_PROMINENCE_DB)
+    peaks = prominent_peaks(np.where(band, level, level.min()), TONE_PROMINENCE_DB)
     total = float(psd[band].sum())
     strong = [k for k in peaks if psd[max(k - 2, 0):k + 3].sum() >= TONE_MIN_SHARE * total]
     if not strong:
