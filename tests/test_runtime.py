@@ -95,6 +95,17 @@ def test_worker_writes_one_metric_per_interval_and_a_session_record(cfg, headpho
     assert session_fields["sample_rate"] == 48000 and session_fields["status"] == "completed"
 
 
+def test_worker_writes_to_the_spool_at_most_once_per_second_of_audio_and_everything_at_the_end(cfg, headphone):
+    """One transaction (one fsync) per second of audio, not one per detection; stop writes the rest."""
+    records, sink = FakeRecords(), ListSink()
+    _run_session(cfg.replace("runtime", metrics_interval_s=0.25), headphone, 4.0, sink, records)
+    assert len([fields for kind, fields in records.made if kind == "processing_metric"]) == 16
+    assert 2 <= len(sink.batches) <= 4 + 1                        # 4 s of audio, plus the final flush
+    assert all(len(batch) >= 3 for batch in sink.batches[:-1])   # a second's metrics written together
+    delivered = [record for batch in sink.batches for record in batch]
+    assert len(delivered) == len(records.made) and delivered[-1][0] == "session"
+
+
 def test_spool_failure_keeps_records_for_the_next_try(cfg, headphone):
     records, sink = FakeRecords(), ListSink(fail_first=True)
     _run_session(cfg, headphone, 2.0, sink, records)
