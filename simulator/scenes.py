@@ -12,6 +12,7 @@ the classifier can be exercised without shipping audio.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -24,6 +25,7 @@ from device.contract.errors import UserError
 # the command line imports this module for every command (the scene types are its choices).
 
 MIN_SCENE_SECONDS = 0.5
+MAX_STUFFED_UP = 4    # `resample_poly` zero-stuffs up to this factor, else scipy's polyphase filter
 SCENE_TYPES = ("white", "pink", "traffic", "office", "construction", "cafe", "engine_hum")
 
 
@@ -42,11 +44,47 @@ class Scene:
 
 
 def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    import scipy.signal
     if from_rate == to_rate:
         return x
     ratio = Fraction(to_rate, from_rate).limit_denominator(1000)
-    return scipy.signal.resample_poly(x, ratio.numerator, ratio.denominator)
+    return resample_poly(x, ratio.numerator, ratio.denominator)
+
+
+def resample_poly(x: np.ndarray, up: int, down: int) -> np.ndarray:
+    """scipy.signal.resample_poly(x, up, down) with its default Kaiser (beta 5) filter and zero
+    padding: the same filter and alignment, by one FFT convolution of the zero-stuffed input
+    (written here so that simulating a scene at another rate, such as the bundled 16 kHz ones
+    at 48 kHz, does not import scipy.signal). Zero-stuffing costs `up` times the input in
+    memory, so ratios with a larger `up` (44.1 -> 48 kHz is 160/147) are left to scipy's
+    polyphase filter."""
+    x = np.asarray(x, dtype=np.float64)
+    common = math.gcd(up, down)
+    up, down = up // common, down // common
+    if up == down:
+        return x.copy()
+    if up > MAX_STUFFED_UP:
+        import scipy.signal
+
+        return scipy.signal.resample_poly(x, up, down)
+    from device.core.dsp.lsfir import fft_convolve
+    from device.core.features import kaiser_lowpass
+
+    n_in = x.size
+    n_out = -(-n_in * up // down)
+    max_rate = max(up, down)
+    half_len = 10 * max_rate
+    h = kaiser_lowpass(2 * half_len + 1, 1.0 / max_rate, 5.0) * up
+    # Leading zeros put the output samples on the filter's centre, as scipy's do.
+    pre_pad = down - half_len % down
+    h = np.concatenate([np.zeros(pre_pad), h])
+    first = (half_len + pre_pad) // down
+    stuffed = np.zeros(n_in * up)
+    stuffed[::up] = x
+    y = fft_convolve(stuffed, h)[::down]
+    out = np.zeros(n_out)
+    available = y[first:first + n_out]
+    out[:available.size] = available
+    return out
 
 
 def check_audio_path(path: Path, what: str = "audio file") -> None:
@@ -167,8 +205,6 @@ class SceneStream:
         if self.up == self.down:
             yield from self._blocks()
             return
-        import scipy.signal
-
         up, down = self.up, self.down
         # resample_poly's filter reaches 10*max(up, down) upsampled samples either side.
         pad = -(-(10 * max(up, down) // up + 2) // down) * down
@@ -197,7 +233,7 @@ class SceneStream:
                 body = pending[:step]
                 right = pending[step:step + pad]
             segment = np.concatenate([history, body, right])
-            y = scipy.signal.resample_poly(segment, up, down)
+            y = resample_poly(segment, up, down)
             first = pad * up // down
             if exhausted:
                 count = self.samples - produced

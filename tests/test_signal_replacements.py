@@ -73,7 +73,25 @@ def test_report_spectrum_is_scipy_welch_for_one_and_two_rows(length):
 
 
 def test_the_simulator_and_identification_do_not_import_scipy_signal():
+    """Not on import, nor to read the bundled 16 kHz scene at 48 kHz."""
+    from pathlib import Path
+
+    scene = Path(__file__).resolve().parent.parent / "simulator" / "scenes" / "engine_hum.wav"
     code = ("import sys, simulator.run, simulator.ears, device.core.dsp.identification, device.core.session; "
+            "from simulator.scenes import SceneStream; "
+            f"assert SceneStream({str(scene)!r}, 48000).head(96000).size == 96000; "
             "print('scipy.signal' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+@pytest.mark.parametrize("up, down, size", [(3, 1, 1000), (1, 3, 999), (160, 147, 4410), (147, 160, 4800),
+                                            (2, 1, 1), (3, 2, 7), (6, 2, 500), (5, 5, 10)])
+def test_scene_resampler_is_resample_poly(up, down, size):
+    from simulator.scenes import resample_poly
+
+    x = np.random.default_rng(size).standard_normal(size)
+    expected = scipy.signal.resample_poly(x, up, down)
+    got = resample_poly(x, up, down)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-12)
