@@ -295,16 +295,17 @@ def test_worker_streaming_fir_equals_lfilter(control_worker):
 
 
 def test_runtime_modules_do_not_import_scipy_signal():
-    """scipy.signal costs seconds of start-up on a Pi; the live path must not need it."""
+    """scipy.signal costs seconds of start-up on a Pi; the live path must not need it (nor
+    scipy.fft, which only identification's convolutions use)."""
     import subprocess
     import sys
 
     code = ("import sys, device.core.engine, device.core.worker, device.core.session, device.rig.audio, device.rig.supervisor, "
             "device.rig.control, device.core.classifier, device.core.features, device.commands.run; "
-            "print('scipy.signal' in sys.modules)")
+            "print('scipy.signal' in sys.modules, 'scipy.fft' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONPATH": os.getcwd()})
-    assert result.stdout.strip() == "False"
+    assert result.stdout.strip() == "False False"
 
 
 # -- the latency command's measurements on synthetic signals ------------------------------------------

@@ -12,7 +12,6 @@ optimum of a controller (x = filtered reference, d = -disturbance).
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft
 import scipy.linalg
 
 # Below this many taps on the shorter side a direct convolution beats the FFT's set-up.
@@ -21,13 +20,7 @@ DIRECT_CONVOLUTION_TAPS = 64
 
 def normal_equations(x: np.ndarray, d: np.ndarray, taps: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
     """R = X^T X and p = X^T d for rows n in [start, stop); x[m] = 0 for m < 0."""
-    x = np.asarray(x, dtype=np.float64)
-    d = np.asarray(d, dtype=np.float64)
-    if not 0 <= start < stop <= min(x.size, d.size):
-        raise ValueError(f"window [{start}, {stop}) outside signals of length {x.size}, {d.size}")
-    pad = taps
-    xp = np.concatenate([np.zeros(pad), x])  # xp[m + pad] = x[m]
-    a, b = start + pad, stop + pad
+    x, d, xp, a, b = _rows(x, d, taps, start, stop)
     window = xp[a:b]
     first_row = np.empty(taps)
     for lag in range(taps):
@@ -50,17 +43,23 @@ def normal_equations(x: np.ndarray, d: np.ndarray, taps: int, start: int, stop: 
 def cross_correlation(x: np.ndarray, d: np.ndarray, taps: int, start: int, stop: int) -> np.ndarray:
     """p = X^T d alone: p[lag] = sum over rows n in [start, stop) of d[n] x[n - lag]; x[m] = 0
     for m < 0. What a fit against a new target with the same input (the same R) needs."""
-    x = np.asarray(x, dtype=np.float64)
-    d = np.asarray(d, dtype=np.float64)
-    if not 0 <= start < stop <= min(x.size, d.size):
-        raise ValueError(f"window [{start}, {stop}) outside signals of length {x.size}, {d.size}")
-    xp = np.concatenate([np.zeros(taps), x])  # xp[m + taps] = x[m]
-    a, b = start + taps, stop + taps
+    x, d, xp, a, b = _rows(x, d, taps, start, stop)
     window = d[start:stop]
     p = np.empty(taps)
     for lag in range(taps):
         p[lag] = window @ xp[a - lag:b - lag]
     return p
+
+
+def _rows(x, d, taps: int, start: int, stop: int):
+    """x and d as float64 (the window checked against both), x with `taps` zeros in front
+    (xp[m + taps] = x[m]) and the window's bounds in xp."""
+    x = np.asarray(x, dtype=np.float64)
+    d = np.asarray(d, dtype=np.float64)
+    if not 0 <= start < stop <= min(x.size, d.size):
+        raise ValueError(f"window [{start}, {stop}) outside signals of length {x.size}, {d.size}")
+    xp = np.concatenate([np.zeros(taps), x])
+    return x, d, xp, start + taps, stop + taps
 
 
 def solve_fir(R: np.ndarray, p: np.ndarray, relative_ridge: float = 1e-9) -> np.ndarray:
@@ -86,6 +85,10 @@ def fft_convolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     scipy.signal.fftconvolve gives it: one real FFT of a fast length, or a direct sum when one
     side is short. Written here because the device and the simulator import no scipy.signal
     (about a second of start-up here, seconds on a Raspberry Pi)."""
+    # Imported here: the live path imports this module and convolves only off the callback
+    # (identification, re-identification), so the runtime does not start up slower for it.
+    import scipy.fft
+
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.size == 0 or b.size == 0:
