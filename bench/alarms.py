@@ -2,7 +2,7 @@
 detections per hour on real recordings with no alarm in them.
 
     python bench/alarms.py [--trials 12] [--set all|tuning|held-out] [--markdown] [--cost]
-                           [--snr -5 --snr 0] [--sound car_horn] [--generated-s 300 --seeds 3] [--no-false]
+                           [--snr -5 --snr 0] [--sound car_horn] [--generated-s 300 --seeds 3] [--mixtures-h 3] [--no-false]
 
 Alarms come from `simulator.alarm_sounds` with seeded parameters (siren sweeps and rates,
 alarm pitches and cadences, horn pitches), mixed 1.0 s into the real recordings of
@@ -13,9 +13,11 @@ by file into a tuning half (even positions in each class, sorted by name) and a 
 which half the noise comes from; false detections are counted on every recording (and the
 bundled scenes) played alone, and on seeded noise from the scene generator
 (`simulator.scenes.generate_scene`: every class, `--seeds` seeds, `--generated-s` seconds
-each). The false rate is given per hour with the hours behind it and its one-sided 95% upper
-bound (Poisson: k events in T hours allow up to chi2(0.95, 2k + 2) / 2T per hour; zero
-events give 3.0 / T).
+each), and with `--mixtures-h H` on H hours of seeded mixtures of two different real
+recordings (`real_mixtures`: more hours of noise made only of recorded sound than the
+recordings hold alone, though not of more sources). The false rate is given per hour with
+the hours behind it and its one-sided 95% upper bound (Poisson: k events in T hours allow up
+to chi2(0.95, 2k + 2) / 2T per hour; zero events give 3.0 / T).
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ def poisson_upper_per_hour(events: int, hours: float, confidence: float = 0.95) 
     return float(chi2.ppf(confidence, 2 * events + 2) / 2.0 / hours)
 
 
-def false_detections(settings: DetectorSettings, generated_s: float, seeds: int) -> list[tuple[str, float, list]]:
+def false_detections(settings: DetectorSettings, generated_s: float, seeds: int,
+                     mixtures_h: float = 0.0) -> list[tuple[str, float, list]]:
     """(source, seconds, [(name, kind, start_s)]) per kind of noise with no alarm in it."""
     sources = []
     for label, paths in (("real recordings", recordings("all")), ("bundled scenes", SCENES)):
@@ -102,7 +105,40 @@ def false_detections(settings: DetectorSettings, generated_s: float, seeds: int)
                 events += [(f"generated {kind} seed {100 + seed}", e.kind, e.start_s)
                            for e in detect(samples, rate, settings)]
         sources.append(("generated scenes", seconds, events))
+    if mixtures_h > 0:
+        seconds, events = 0.0, []
+        for name, samples, rate in real_mixtures(mixtures_h):
+            seconds += samples.size / rate
+            events += [(name, e.kind, e.start_s) for e in detect(samples, rate, settings)]
+        sources.append(("mixtures of two real recordings", seconds, events))
     return sources
+
+
+def real_mixtures(hours: float, seed: int = 0):
+    """Noise made of the real recordings only, for a false rate over more hours than they hold:
+    seeded pairs of two different recordings (any classes), the second scaled to a power 0 to
+    12 dB under the first's and added sample for sample over the shorter one's length (no
+    looping: a loop point would be an onset no recording has). Each pair is used once. Yields
+    (name, samples, rate)."""
+    files = recordings("all")
+    rng = np.random.default_rng(seed)
+    used, seconds = set(), 0.0
+    while seconds < hours * 3600 and len(used) < len(files) * (len(files) - 1):
+        a, b = (int(i) for i in rng.choice(len(files), 2, replace=False))
+        if (a, b) in used:
+            continue
+        used.add((a, b))
+        first, rate = read(files[a])
+        second, second_rate = read(files[b])
+        if second_rate != rate:
+            continue
+        n = min(first.size, second.size)
+        gain_db = -float(rng.uniform(0.0, 12.0))
+        power = np.mean(first[:n] ** 2) / max(np.mean(second[:n] ** 2), 1e-20)
+        mixed = first[:n] + second[:n] * np.sqrt(power * 10 ** (gain_db / 10))
+        seconds += n / rate
+        yield (f"{os.path.relpath(files[a], NOISE_DIR)} + {os.path.relpath(files[b], NOISE_DIR)} at {gain_db:.1f} dB",
+               mixed, rate)
 
 
 def main() -> int:
@@ -120,6 +156,8 @@ def main() -> int:
                         help="seconds of each generated noise class and seed for the false rate (default 300)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per generated noise class (default 3)")
     parser.add_argument("--no-false", action="store_true", help="skip the false-detection count")
+    parser.add_argument("--mixtures-h", type=float, default=0.0,
+                        help="hours of seeded mixtures of two real recordings for the false rate (default 0: none)")
     args = parser.parse_args()
     settings = DetectorSettings.from_config(load_config(args.config).alarms)
     if args.noise_dir:
@@ -129,7 +167,7 @@ def main() -> int:
         print(f"no recordings under {NOISE_DIR}", file=sys.stderr)
         return 2
 
-    sources = [] if args.no_false else false_detections(settings, args.generated_s, args.seeds)
+    sources = [] if args.no_false else false_detections(settings, args.generated_s, args.seeds, args.mixtures_h)
 
     noise = recordings(args.set) + SCENES
     rows = []
