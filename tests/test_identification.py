@@ -258,3 +258,30 @@ def test_a_written_random_rig_loads_as_the_same_plant(tmp_path):
     assert np.array_equal(loaded.secondary_path, plant.secondary_path)
     assert np.array_equal(loaded.feedback_path, plant.feedback_path)
     assert loaded.path_changes[0].at_sample == 2 * FS
+
+
+def test_identify_measures_again_while_an_xrun_tore_the_capture(monkeypatch):
+    """A capture that xran and fits poorly is taken again (up to three in all) and the best fit is
+    kept; a capture without xruns, or with xruns but a good fit, ends the measurement."""
+    from types import SimpleNamespace
+
+    import device.commands.identify as identify
+
+    def captures(*fits):
+        queue = list(fits)
+
+        def measure(sd, cfg, spec):
+            xruns, quality_db = queue.pop(0)
+            return {"rig": SimpleNamespace(secondary=SimpleNamespace(quality_db=quality_db)), "xruns": xruns}
+        return measure
+
+    cases = [
+        ([(3033, -7.5), (54, -29.0), (0, -40.0)], 2, -29.0),   # torn, then good despite a few xruns
+        ([(12, -8.0), (0, -6.0)], 2, -8.0),                    # clean but worse (a loud room): the better kept
+        ([(0, -9.0)], 1, -9.0),                                # clean: kept whatever its fit
+        ([(40, -5.0), (40, -12.0), (40, -8.0), (0, -30.0)], 3, -12.0),  # never clean: the best of three
+    ]
+    for fits, measurements, kept_db in cases:
+        monkeypatch.setattr(identify, "measure", captures(*fits))
+        result = identify.measure_until_clean(None, None, None)
+        assert (result["measurements"], result["rig"].secondary.quality_db) == (measurements, kept_db), fits
