@@ -91,7 +91,12 @@ def test_the_plant_emulator_does_not_load_numba():
     assert result.stdout.strip() == "[]"
 
 
-def test_composing_a_session_compiles_the_worker_loops_before_the_stream_opens():
+@pytest.mark.parametrize("compose", [
+    "compose_session(cfg, secondary, None, sample_rate=48000, block_size=32, classifier=(None, None))",
+    "compose_ears_session({'left': cfg, 'right': cfg}, [secondary, secondary], [None, None], "
+    "sample_rate=48000, block_size=32, classifier=(None, None))",
+], ids=["one ear", "two ears"])
+def test_composing_a_session_compiles_the_worker_loops_before_the_stream_opens(compose):
     """The runtime hands numba's pages back just before the stream opens; a worker loop first
     compiled (or loaded from the cache) on the first classification window, seconds later,
     would bring LLVM back for good."""
@@ -99,18 +104,19 @@ def test_composing_a_session_compiles_the_worker_loops_before_the_stream_opens()
         import numpy as np
         from device.contract.config import load_config
         from device.core.session import compose_session
+        from device.core.ears import compose_ears_session
         from device.core.dsp import streaming, window_summary
 
         cfg = load_config()
         secondary = np.zeros(cfg.controller.secondary_path_taps)
         secondary[72] = 0.5
-        compose_session(cfg, secondary, None, sample_rate=48000, block_size=32, classifier=(None, None))
+        COMPOSE
         # What the worker calls from Python (the helpers they call are compiled into them).
         loops = [streaming.polyphase_outputs, streaming.speaker_at_error, window_summary.frame_summaries,
                  window_summary.modulation_summary, window_summary.windowed_frames,
                  window_summary.power_and_mel]
         print(sorted(loop.__name__ for loop in loops if not loop.signatures))
-    """)
+    """).replace("COMPOSE", compose)
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

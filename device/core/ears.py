@@ -23,6 +23,7 @@ from device.core.dsp import ears as E
 from device.core.dsp.ears import process_ears
 from device.core.dsp.identification import make_probe
 from device.core.engine import AncEngine
+from device.core.features import warm_up as warm_up_features
 from device.core.ringbuffer import BlockRing
 from device.core.session import RING_SECONDS, Session, WorkerThread, load_classifier
 from device.core.worker import new_session_id
@@ -171,7 +172,7 @@ def compose_ears_session(ear_configs: dict[str, Config], secondary_paths: Sequen
                          classifier: tuple[Any | None, str | None] | None = None) -> "EarsSession":
     """`compose_session` for several ears: each ear's engine from its own configuration (the
     controller length and feedback decision its identification made) and estimates, stacked and
-    warmed up, one session per ear sharing one session id, and the classifier (the same rules
+    warmed up (the workers' feature and filter loops too), one session per ear sharing one session id, and the classifier (the same rules
     as for one ear: a missing or refused model is a UserError before anything is compiled)."""
     names = list(ear_configs)
     cfg = ear_configs[names[0]]
@@ -181,6 +182,9 @@ def compose_ears_session(ear_configs: dict[str, Config], secondary_paths: Sequen
                for name, secondary, feedback in zip(names, secondary_paths, feedback_paths)]
     engine = EarsEngine(names, engines)
     engine.warm_up()
+    # Each ear's worker runs the same feature and filter loops as one ear's: compiled here, not
+    # on the first classification window while the stream runs (a compile then overflows the rings).
+    warm_up_features()
     session_id = new_session_id()
     sessions = [Session(ear_configs[name], ear, classifier=model if k == 0 else None, spool=spool,
                         session_id=session_id, classifier_error=classifier_error)
