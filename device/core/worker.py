@@ -48,10 +48,14 @@ RECOVER_DB = 3.0
 GUARD_INTERVAL_S = 0.25
 RECOVER_S = 4.0
 CEILING_HOLD_S = 60.0
-# The no-harm output scale (see Worker._scale_output): the least-squares scale of the played
-# anti-noise over the last SCALE_TIME_CONSTANT_S, never below MIN_OUTPUT_SCALE (the estimate
-# needs some anti-noise played; at 0.03 what it costs is 0.1% of the filter's output power).
+# The no-harm output scale (see Worker._scale_output): the lower confidence bound, SCALE_CONFIDENCE
+# standard errors under the least-squares scale of the played anti-noise over the last
+# SCALE_TIME_CONSTANT_S, the standard error from the spread of SCALE_SEGMENT_S segments; never
+# below MIN_OUTPUT_SCALE (the estimate needs some anti-noise played; at 0.03 what it costs is
+# 0.1% of the filter's output power).
 SCALE_TIME_CONSTANT_S = 0.5
+SCALE_SEGMENT_S = 0.02
+SCALE_CONFIDENCE = 2.0
 MIN_OUTPUT_SCALE = 0.03
 # Records wait at most this much audio for the spool: one transaction (one fsync) a second
 # instead of one per detection; a crash loses no more than the interval being measured.
@@ -167,6 +171,8 @@ class Worker:
         self._session_disturbance = 0.0
         self._scale_cross = 0.0           # decayed sum of -<d_hat, s_hat * y_played> per unit output scale
         self._scale_power = 0.0           # decayed sum of |s_hat * y_played|^2 per unit output scale squared
+        self.scale_segment_samples = max(1, int(SCALE_SEGMENT_S * self.sample_rate))
+        self._reset_scale()
         self._pending: list = []
         self._flushed_at = 0              # the worker's sample count at the last spool write
         self.flush_samples = int(SPOOL_FLUSH_S * self.sample_rate)
@@ -337,7 +343,7 @@ class Worker:
         self._guard_samples = 0
         self._guard_good_s = self._guard_calm_s = 0.0
         self._guard_ceiling = 1.0
-        self._scale_cross = self._scale_power = 0.0
+        self._reset_scale()
         self.engine.set_step_factor(1.0)
         self.engine.set_output_scale(1.0)
 
@@ -512,7 +518,8 @@ class Worker:
         self._reset_interval()
 
     def _scale_output(self, disturbance: np.ndarray, speaker_at_error: np.ndarray) -> None:
-        """Never louder: play the anti-noise at the scale that minimizes the error power.
+        """Never louder: play the anti-noise at the lower confidence bound of the scale that
+        minimizes the error power.
 
         With z = s_hat * y_played the anti-noise at the error mic and d_hat = e - z, playing
         a * y leaves |d_hat + a z|^2, least at a* = -<d_hat, z> / <z, z>. a* < 1 exactly when
@@ -525,21 +532,70 @@ class Worker:
         signals, not a loop around its own last value; the filter adapts whatever the scale
         (the kernel's adaptation gate ignores it and the modified-FxLMS error does not see what
         is played): nothing here can oscillate. z is what was played, not the filter's own
-        w . x': while the weights move fast the two differ, and that difference is the harm."""
+        w . x': while the weights move fast the two differ, and that difference is the harm.
+
+        a* is an estimate, and playing a is louder than off exactly when the true optimum is
+        under a / 2: where there is nothing to gain the estimate's own noise on a correlation
+        near zero made seconds louder than off, and where the noise changes a scale learned on
+        one second was applied to the next. So the scale played is a* - k sigma, sigma the
+        standard error of a* from the spread of its SCALE_SEGMENT_S segments (C and P the
+        weighted sums of the segments' c_i and p_i, var a* ~ sum w_i^2 (c_i - a* p_i)^2 / P^2,
+        with the small-sample factor n / (n - 1) of the segments' effective number n): with
+        C anywhere in C_hat -/+ k sigma P, the error power's worst case D - 2 a C_low + a^2 P
+        is least at a = C_low / P, the lower bound. k = SCALE_CONFIDENCE = 2: the true optimum
+        is under the bound's half (a louder second) with probability about 2% where it is
+        near zero, against one half for a* itself; a larger k costs more where control helps
+        and the segments' spread is a noisy estimate of sigma. Segments, not chunks, so that
+        the bound does not depend on how the audio happens to be chunked."""
         self._scale_from_sums(float(np.dot(disturbance, speaker_at_error)),
                               float(np.dot(speaker_at_error, speaker_at_error)), disturbance.size)
+
+    def _reset_scale(self) -> None:
+        self._scale_cross = self._scale_power = 0.0
+        self._segment_cross = self._segment_power = 0.0   # the open segment's, decayed as the sums
+        self._segment_samples = 0
+        self._scale_cc = self._scale_cp = self._scale_pp = 0.0   # sums of w_i^2 c_i c_i, c_i p_i, p_i p_i
+        self._scale_segments = self._scale_segments2 = 0.0     # sums of w_i and w_i^2 over segments
 
     def _scale_from_sums(self, cross: float, power: float, samples: int) -> None:
         """`_scale_output` from the chunk's <d_hat, z> and <z, z> over `samples` samples."""
         scale = max(self.engine.output_scale, MIN_OUTPUT_SCALE)
         decay = math.exp(-samples / (SCALE_TIME_CONSTANT_S * self.sample_rate))
-        self._scale_cross = decay * self._scale_cross - cross / scale
-        self._scale_power = decay * self._scale_power + power / scale ** 2
-        if not self._scale_power > 1e-20:
+        decay2 = decay * decay
+        c, p = -cross / scale, power / scale ** 2
+        self._scale_cross = decay * self._scale_cross + c
+        self._scale_power = decay * self._scale_power + p
+        self._segment_cross = decay * self._segment_cross + c
+        self._segment_power = decay * self._segment_power + p
+        self._segment_samples += samples
+        self._scale_cc *= decay2
+        self._scale_cp *= decay2
+        self._scale_pp *= decay2
+        self._scale_segments *= decay
+        self._scale_segments2 *= decay2
+        if self._segment_samples >= self.scale_segment_samples:
+            sc, sp = self._segment_cross, self._segment_power
+            self._scale_cc += sc * sc
+            self._scale_cp += sc * sp
+            self._scale_pp += sp * sp
+            self._scale_segments += 1.0
+            self._scale_segments2 += 1.0
+            self._segment_cross = self._segment_power = 0.0
+            self._segment_samples = 0
+        total = self._scale_power
+        if not total > 1e-20:
             return
-        best = min(1.0, max(MIN_OUTPUT_SCALE, self._scale_cross / self._scale_power))
-        if abs(best - self.engine.output_scale) > 1e-3:
-            self.engine.set_output_scale(best)
+        best = self._scale_cross / total
+        n2 = self._scale_segments * self._scale_segments
+        if n2 > self._scale_segments2 * (1.0 + 1e-9):
+            spread = self._scale_cc - 2.0 * best * self._scale_cp + best * best * self._scale_pp
+            variance = max(0.0, spread) / (total * total) * n2 / (n2 - self._scale_segments2)
+            bound = best - SCALE_CONFIDENCE * math.sqrt(variance)
+        else:
+            bound = MIN_OUTPUT_SCALE  # fewer than two segments: no spread to judge a* by
+        bound = min(1.0, max(MIN_OUTPUT_SCALE, bound))
+        if abs(bound - self.engine.output_scale) > 1e-3:
+            self.engine.set_output_scale(bound)
 
     def _guard_step(self, cancellation_db: float) -> None:
         """Do no harm: where the noise is not predictable (broadband on a rig whose latency
