@@ -19,14 +19,15 @@ def _engine(cfg, path, feedback=None, **safety):
     return AncEngine.from_config(cfg, path, feedback)
 
 
-@pytest.mark.parametrize("algorithm", ["time", "partitioned"])
+@pytest.mark.parametrize("algorithm, variable_step", [("time", False), ("time", True), ("partitioned", False)],
+                         ids=["time", "time-variable-step", "partitioned"])
 @pytest.mark.parametrize("plant_name", ["headphone", "duct"])
-def test_numba_kernel_matches_numpy_reference_in_closed_loop(cfg, plant_name, algorithm):
+def test_numba_kernel_matches_numpy_reference_in_closed_loop(cfg, plant_name, algorithm, variable_step):
     plant = Plant.load(plant_name)
     path = plant.full_secondary_path()[:256]
     feedback = plant.full_feedback_path()[:256] if plant.feedback_path is not None else None
     # 320 taps: the last partition of the partitioned update is a partial one.
-    engine = _engine(cfg.replace("controller", algorithm=algorithm, taps=320), path, feedback)
+    engine = _engine(cfg.replace("controller", algorithm=algorithm, taps=320, variable_step=variable_step), path, feedback)
     reference = ReferenceFxlms(engine.weights.size, path, feedback, engine.params.copy())
     outputs = []
 
@@ -43,6 +44,8 @@ def test_numba_kernel_matches_numpy_reference_in_closed_loop(cfg, plant_name, al
     tolerance = 1e-9 if algorithm == "time" else 1e-8
     np.testing.assert_allclose(result.output, expected, rtol=0, atol=tolerance)
     np.testing.assert_allclose(engine.weights, reference.weights, rtol=0, atol=tolerance)
+    if variable_step:   # the step did move, or the variable step was not under test
+        assert engine.status[L.S_VSS_FACTOR] < 1.0 and reference.step_factor == pytest.approx(engine.status[L.S_VSS_FACTOR])
 
 
 def test_float32_blocks_give_the_float64_result(cfg, headphone):

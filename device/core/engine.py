@@ -63,6 +63,7 @@ class ControllerSettings:
     variable_step_time_constant_ms: float = 200.0
     variable_step_consistency: float = 0.01
     variable_step_min: float = 0.1
+    variable_step_doubling_ms: float = 40.0   # the fastest the step's fraction may grow: x2 in this time
     # On-the-fly re-identification (device.core.dsp.tracking): the probe the callback plays,
     # preallocated here; 0 s = no probe, the engine cannot re-identify.
     reidentify_probe_s: float = 0.0
@@ -273,6 +274,8 @@ class AncEngine:
                            if s.variable_step and s.update_block == 0 else 0.0)
         p[L.P_VSS_CONSISTENCY] = s.variable_step_consistency
         p[L.P_VSS_MIN] = s.variable_step_min
+        p[L.P_VSS_RISE] = (2.0 ** (s.block_size / _samples(s.variable_step_doubling_ms, fs))
+                           if s.variable_step_doubling_ms > 0 else 0.0)
 
     def reset(self) -> None:
         """Back to the start: weights zero, muted, measuring the baseline again."""

@@ -102,6 +102,7 @@ from device.core.dsp.layout import (
     P_VSS_COEF,
     P_VSS_CONSISTENCY,
     P_VSS_MIN,
+    P_VSS_RISE,
     S_BASELINE_COUNT,
     S_BASELINE_ERROR,
     S_BASELINE_REFERENCE,
@@ -216,6 +217,8 @@ def _variable_step(weights, block_start, smoothed, params, status, running):
             consistency = consistent / (bias * status[S_VSS_RAW])
             status[S_VSS_CONSISTENCY] = consistency
             factor = min(1.0, max(params[P_VSS_MIN], consistency / params[P_VSS_CONSISTENCY]))
+            if params[P_VSS_RISE] > 0.0:
+                factor = min(factor, status[S_VSS_FACTOR] * params[P_VSS_RISE])
     if not factor > 0.0:
         factor = 1.0
     status[S_VSS_FACTOR] = factor

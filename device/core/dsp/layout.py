@@ -43,7 +43,8 @@ P_DELAY_TOLERANCE = 31   # partitioned update: samples the estimate's delay may 
 P_VSS_COEF = 32          # time-domain update, variable step: per-block smoothing coefficient of the gradient (0 = fixed step)
 P_VSS_CONSISTENCY = 33   # variable step: the gradient consistency at and above which the full step is used
 P_VSS_MIN = 34           # variable step: the smallest fraction of the step it may choose
-N_PARAMS = 35
+P_VSS_RISE = 35          # variable step: the most its fraction may grow from one block to the next (factor; 0 = no limit)
+N_PARAMS = 36
 
 # status: scalar state, written by the kernel
 S_MODE = 0               # MODE_* below

@@ -54,6 +54,15 @@ class ReferenceFxlms:
         self.trips = 0
         self.events: list[tuple[int, int]] = []
         self.samples = 0
+        # The variable step (time-domain update with params[P_VSS_COEF] > 0): the weights at the
+        # block's start, the smoothed gradient and its smoothed squared norm.
+        self.block_start = np.zeros(taps)
+        self.smoothed_gradient = np.zeros(taps)
+        self.gradient_power = 0.0
+        self.gradient_blocks = 0
+        self.step_factor = 1.0
+        self.step_trips = 0
+        self.block_step = 0.0   # the step the last block adapted with, 0 if it did not adapt
 
     @staticmethod
     def _shift_in(history: np.ndarray, value: float) -> None:
@@ -63,6 +72,35 @@ class ReferenceFxlms:
     def _step(self) -> float:
         p = self.params
         return max(p[L.P_STEP] * self.step_scale, min(p[L.P_MIN_STEP], p[L.P_STEP]))
+
+    def _variable_step(self, running: bool) -> float:
+        """`device.core.dsp.fxlms._variable_step`: the block's step from the consistency of the
+        last blocks' normalized gradients (the weights' change over a block over its step)."""
+        p = self.params
+        coef = p[L.P_VSS_COEF]
+        factor = self.step_factor
+        if self.step_trips != self.trips or not running:
+            self.smoothed_gradient[:] = 0.0
+            self.gradient_power = 0.0
+            self.gradient_blocks = 0
+            factor = 1.0
+        elif self.block_step > 0.0:
+            gradient = (self.block_start - self.weights) / self.block_step
+            self.smoothed_gradient += coef * (gradient - self.smoothed_gradient)
+            self.gradient_power += coef * (float(np.dot(gradient, gradient)) - self.gradient_power)
+            self.gradient_blocks += 1
+            bias = 1.0 - (1.0 - coef) ** self.gradient_blocks
+            if self.gradient_power > 0.0 and bias > 0.0:
+                consistency = float(np.dot(self.smoothed_gradient, self.smoothed_gradient)) / (bias * self.gradient_power)
+                factor = min(1.0, max(p[L.P_VSS_MIN], consistency / p[L.P_VSS_CONSISTENCY]))
+                if p[L.P_VSS_RISE] > 0.0:
+                    factor = min(factor, self.step_factor * p[L.P_VSS_RISE])
+        if not factor > 0.0:
+            factor = 1.0
+        self.step_factor = factor
+        self.step_trips = self.trips
+        self.block_start[:] = self.weights
+        return max(p[L.P_STEP] * self.step_scale * factor, min(p[L.P_MIN_STEP], p[L.P_STEP]))
 
     def _reset_filter(self) -> None:
         self.weights[:] = 0.0
@@ -109,6 +147,10 @@ class ReferenceFxlms:
         if p[L.P_STOP] > 0.5:
             self.mode = L.MODE_STOP
         step = self._step()
+        variable_step = p[L.P_UPDATE_BLOCK] == 0 and p[L.P_VSS_COEF] > 0.0
+        if variable_step:
+            step = self._variable_step(self.mode == L.MODE_RUN)
+        adapted = False
         b0, b1, b2, a1, a2 = p[L.P_HP_B0], p[L.P_HP_B1], p[L.P_HP_B2], p[L.P_HP_A1], p[L.P_HP_A2]
         for n in range(len(reference)):
             r, e = float(reference[n]), float(error[n])
@@ -135,6 +177,7 @@ class ReferenceFxlms:
                 modified_error = disturbance + np.dot(self.weights, self.xf[:taps])
                 g = step * modified_error / (p[L.P_REGULARIZATION] + power)
                 self.weights = (1.0 - p[L.P_LEAKAGE]) * self.weights - g * self.xf[:taps]
+                adapted = True
             else:
                 self.update_errors = []
             y_raw = np.dot(self.weights, self.x[:taps])
@@ -206,6 +249,8 @@ class ReferenceFxlms:
                     step = self._step()
                     self.mode = L.MODE_RUN
 
+        if variable_step:
+            self.block_step = step if adapted else 0.0
         self.weights[np.abs(self.weights) < 1e-30] = 0.0
         norm = float(np.linalg.norm(self.weights))
         if norm > p[L.P_MAX_NORM] and self.mode == L.MODE_RUN:
