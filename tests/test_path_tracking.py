@@ -53,10 +53,11 @@ def _per_second_db(result) -> np.ndarray:
     return 10 * np.log10(np.sum(off * off, axis=1) / np.sum(on * on, axis=1))
 
 
-@pytest.mark.parametrize("change", ["reversed", "three_times_louder"])
-def test_a_changed_secondary_path_is_reidentified_and_cancellation_recovers(cfg, hum_scene, tmp_path, change):
+def test_a_changed_secondary_path_is_reidentified_and_cancellation_recovers(cfg, hum_scene, tmp_path):
+    """A reversed speaker (the path's sign flipped at 3 s) diverges, trips the watchdog and is
+    re-identified on the fly."""
     original = Plant.load("headphone").secondary_path
-    new = -original if change == "reversed" else 3.0 * original
+    new = -original
     changed = simulate(hum_scene, cfg, _plant_yaml(tmp_path, "moved", original, new), keep_signals=True)
     from_start = simulate(hum_scene, cfg, _plant_yaml(tmp_path, "new", new))
 
@@ -79,6 +80,24 @@ def test_a_changed_secondary_path_is_reidentified_and_cancellation_recovers(cfg,
     from simulator.run import format_summary
 
     assert "re-identified" in format_summary(changed.summary)
+
+
+def test_a_path_three_times_stronger_is_absorbed_without_a_louder_second(cfg, hum_scene, tmp_path):
+    """The secondary path three times stronger at 3 s. The modified-FxLMS error then carries
+    twice the played anti-noise through the real path, at which the full step is unstable:
+    with the fixed step the second after the change was 9.4 dB louder than off, a trip and a
+    re-identification followed. The variable step is at its tenth there, and its growth is
+    limited (twofold per 40 ms): the filter re-adapts without a trip, no second from the change
+    on is louder than off, and the steady state is within 3 dB of a run that had the new path
+    from the start (docs/cancellation.md, "The lower bound with the variable step")."""
+    original = Plant.load("headphone").secondary_path
+    changed = simulate(hum_scene, cfg, _plant_yaml(tmp_path, "moved", original, 3.0 * original), keep_signals=True)
+    from_start = simulate(hum_scene, cfg, _plant_yaml(tmp_path, "new", 3.0 * original))
+    assert changed.summary["watchdog_trips"] == 0, changed.summary["safety_events"]
+    from_change = _per_second_db(changed.result)[int(CHANGE_AT_S):]
+    assert np.all(from_change > 0.0), from_change
+    assert changed.summary["attenuation_db"] >= from_start.summary["attenuation_db"] - 3.0, \
+        (changed.summary["attenuation_db"], from_start.summary["attenuation_db"])
 
 
 def test_the_same_path_after_a_forced_trip_keeps_its_estimate(cfg, hum_scene):

@@ -192,7 +192,10 @@ def _variable_step(weights, block_start, smoothed, params, status, running):
     times consistency / P_VSS_CONSISTENCY, within [P_VSS_MIN, 1]. On narrowband noise the
     plain update's misadjustment grows with the band's correlation time (successive
     gradients of the residual are alike), so a step that converges tones fast leaves a
-    rumble several dB short; this lowers it only where the gradient has become noise."""
+    rumble several dB short; this lowers it only where the gradient has become noise.
+    The fraction grows at most P_VSS_RISE-fold a block (twofold per 40 ms): a transient's few
+    consistent blocks would lift it from its floor to full in one, and with a real path far
+    stronger than its estimate the full step is unstable (it diverged within 40 ms)."""
     taps = weights.shape[0]
     coef = params[P_VSS_COEF]
     used = status[S_VSS_STEP]
