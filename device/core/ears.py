@@ -172,8 +172,9 @@ def compose_ears_session(ear_configs: dict[str, Config], secondary_paths: Sequen
                          classifier: tuple[Any | None, str | None] | None = None) -> "EarsSession":
     """`compose_session` for several ears: each ear's engine from its own configuration (the
     controller length and feedback decision its identification made) and estimates, stacked and
-    warmed up (the workers' feature and filter loops too), one session per ear sharing one session id, and the classifier (the same rules
-    as for one ear: a missing or refused model is a UserError before anything is compiled)."""
+    warmed up (the workers' feature and filter loops too), one session per ear sharing one
+    session id, and the classifier (the same rules as for one ear: a missing or refused model
+    is a UserError before anything is compiled)."""
     names = list(ear_configs)
     cfg = ear_configs[names[0]]
     model, classifier_error = classifier if classifier is not None else load_classifier(cfg, required=True)

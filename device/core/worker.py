@@ -531,8 +531,10 @@ class Worker:
         per unit of the scale in force, so the scale is a least-squares estimate from the
         signals, not a loop around its own last value; the filter adapts whatever the scale
         (the kernel's adaptation gate ignores it and the modified-FxLMS error does not see what
-        is played): nothing here can oscillate. z is what was played, not the filter's own
-        w . x': while the weights move fast the two differ, and that difference is the harm.
+        is played): with the model right nothing here can oscillate (with the real path over
+        twice its estimate it can: the fixed step then held the scale in a limit cycle,
+        docs/cancellation.md). z is what was played, not the filter's own w . x': while the
+        weights move fast the two differ, and that difference is the harm.
 
         a* is an estimate, and playing a is louder than off exactly when the true optimum is
         under a / 2: where there is nothing to gain the estimate's own noise on a correlation
