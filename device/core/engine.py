@@ -50,7 +50,7 @@ class ControllerSettings:
     trip_fade_ms: float = 5.0
     power_time_constant_ms: float = 20.0
     watchdog_floor_dbfs: float = -90.0
-    highpass_hz: float = 20.0
+    highpass_hz: float = 5.0
     sustained_rise_db: float = 1.0
     sustained_hold_ms: float = 400.0
     mode: str = "anc"

@@ -304,6 +304,9 @@ def ambient_primary_span(reference: np.ndarray, error: np.ndarray, fs: int, max_
 
 TONE_PROMINENCE_DB = 10.0    # a spectral peak this far above its surroundings is a tone
 TONE_MIN_SHARE = 0.01        # ... and it must carry this share of the ambient power to matter
+# Tones below this do not set the controller's length: under 20 Hz is rumble the filter
+# follows sample by sample, and a period that long would ask for thousands of taps.
+LOWEST_TONE_HZ = 20.0
 
 
 def local_maxima(x: np.ndarray) -> np.ndarray:
@@ -343,7 +346,8 @@ def prominent_peaks(x: np.ndarray, prominence: float) -> np.ndarray:
     return np.asarray(kept, dtype=np.int64)
 
 
-def ambient_lowest_tone_period(reference: np.ndarray, fs: int, highpass_hz: float = 20.0) -> int | None:
+def ambient_lowest_tone_period(reference: np.ndarray, fs: int,
+                               lowest_hz: float = LOWEST_TONE_HZ) -> int | None:
     """One period (samples) of the lowest strong tone in the ambient noise, or None.
 
     A filter shorter than the period of the lowest harmonic it must cancel sees the
@@ -357,7 +361,7 @@ def ambient_lowest_tone_period(reference: np.ndarray, fs: int, highpass_hz: floa
     if reference.size < 2 * segment:
         return None
     freqs, psd = welch_psd(reference, fs, segment)
-    band = freqs >= max(highpass_hz, 1.0)
+    band = freqs >= max(lowest_hz, 1.0)
     level = 10.0 * np.log10(psd + 1e-300)
     peaks = prominent_peaks(np.where(band, level, level.min()), TONE_PROMINENCE_DB)
     total = float(psd[band].sum())
@@ -438,7 +442,8 @@ def identify_rig(played: np.ndarray, reference: np.ndarray, error: np.ndarray, c
     span = period = None
     if ambient_reference is not None and ambient_error is not None:
         span = ambient_primary_span(ambient_reference, ambient_error, sample_rate, max_controller_taps, left_out)
-        period = ambient_lowest_tone_period(ambient_reference, sample_rate, controller.highpass_hz)
+        period = ambient_lowest_tone_period(ambient_reference, sample_rate,
+                                            max(controller.highpass_hz, LOWEST_TONE_HZ))
     taps = recommended_controller_taps(secondary.path_samples, secondary.delay_samples, span, max_controller_taps,
                                        period)
     return RigIdentification(secondary, feedback, ratio, neutralize, span, taps, period)
