@@ -108,7 +108,7 @@ def test_auto_length_without_an_estimate_is_a_clear_error(cfg):
         ControllerSettings.from_config(cfg.replace("controller", taps="auto"))
 
 
-def _never_louder_with_a_wrong_model(tmp_path, plant_name, scene_kind, gain, delay, **controller):
+def _never_louder_with_a_wrong_model(tmp_path, plant_name, scene_kind, gain, delay, level_db=0.0, **controller):
     from simulator import report
     from simulator.plant import Plant
     from simulator.run import simulate
@@ -119,7 +119,7 @@ def _never_louder_with_a_wrong_model(tmp_path, plant_name, scene_kind, gain, del
     path = plant.secondary_path
     real = gain * (np.r_[np.zeros(delay), path] if delay > 0 else path[-delay:])
     scene = tmp_path / f"{scene_kind}.wav"
-    write_scene(scene, generate_scene(scene_kind, 5.0, 48000, seed=4), 48000)
+    write_scene(scene, generate_scene(scene_kind, 5.0, 48000, seed=4) * 10 ** (level_db / 20), 48000)
     plain_cfg = load_config().replace("classifier", enabled=False)
     if controller:
         plain_cfg = plain_cfg.replace("controller", **controller)
@@ -143,6 +143,18 @@ def test_a_wrong_model_never_diverges_and_is_never_louder(cfg, tmp_path, plant_n
     than control off (0.1 dB of slack for the last digit: the no-harm output scale holds the
     anti-noise at its least-squares scale, where it was 2.8 dB louder on that white noise)."""
     _never_louder_with_a_wrong_model(tmp_path, plant_name, scene_kind, gain, delay)
+
+
+@pytest.mark.xfail(strict=True, reason="measured: the same white noise 5 dB quieter on the duct, estimate 30% low "
+                   "and 2 samples early: 2.2, 4.3 and 1.2 dB louder than off in the seconds from 2 s, until a path "
+                   "check (its probe from 3.8 s) replaces the estimate; at the scene's own level the limiter's "
+                   "-6 dBFS ceiling holds the growing anti-noise. Likely cause: the time-domain update also adapts in "
+                   "the bins the 2-sample error turns past 90 degrees; the partitioned update, which leaves them "
+                   "alone, gives 7.3 dB in every second")
+def test_a_wrong_model_on_a_quieter_scene_is_never_louder(cfg, tmp_path):
+    """The wrong-model property where the output limiter does not reach: the scene 5 dB
+    quieter than the one above, so the anti-noise stays under the ceiling."""
+    _never_louder_with_a_wrong_model(tmp_path, "duct", "white", 1.3, 2, level_db=-5.0)
 
 
 @pytest.mark.parametrize("plant_name", ["duct", "headphone"])
