@@ -304,8 +304,9 @@ def ambient_primary_span(reference: np.ndarray, error: np.ndarray, fs: int, max_
 
 TONE_PROMINENCE_DB = 10.0    # a spectral peak this far above its surroundings is a tone
 TONE_MIN_SHARE = 0.01        # ... and it must carry this share of the ambient power to matter
-# Tones below this do not set the controller's length: under 20 Hz is rumble the filter
-# follows sample by sample, and a period that long would ask for thousands of taps.
+# Tones below this do not set the controller's length: one period there is over 2400 taps
+# at 48 kHz, past any CPU budget. It was the reference high-pass's corner when the rule was
+# measured; the corner moved to 5 Hz, the rule's floor did not.
 LOWEST_TONE_HZ = 20.0
 
 
