@@ -1,5 +1,7 @@
 /* Plain normalized leaky FxLMS in C: the yardstick for the numba kernel's speed, with the
- * time-domain update (fxlms_plain) and the partitioned one (fxlms_partitioned_plain).
+ * time-domain update (fxlms_plain, band-limited as the kernel's is when band_b0 != 0: the
+ * update sees the filtered reference and the error through one low-pass biquad and is
+ * normalized by the low-passed power) and the partitioned one (fxlms_partitioned_plain).
  *
  * The textbook algorithm only (no reference high-pass, no modified error, no limiter, fades
  * or watchdog), over a whole signal in one call, with the same double-length circular
@@ -12,18 +14,23 @@
 
 long fxlms_plain(const double *reference, const double *error, double *out, long n,
                  double *weights, int taps, const double *secondary_path, int path_taps,
-                 double step, double leakage, double regularization)
+                 double step, double leakage, double regularization,
+                 double band_b0, double band_b1, double band_b2, double band_a1, double band_a2)
 {
     int span = taps > path_taps ? taps : path_taps;
+    int band = band_b0 != 0.0;
     double *x = calloc(2 * (size_t)span, sizeof(double));        /* reference history */
     double *filtered = calloc(2 * (size_t)taps, sizeof(double)); /* filtered-reference history */
-    if (!x || !filtered) {
+    double *banded = calloc(2 * (size_t)taps, sizeof(double));   /* its low-passed history */
+    if (!x || !filtered || !banded) {
         free(x);
         free(filtered);
+        free(banded);
         return -1;
     }
     int px = 0, pf = 0;
-    double power = 0.0;
+    double power = 0.0, band_power = 0.0;
+    double bx1 = 0.0, bx2 = 0.0, by1 = 0.0, by2 = 0.0, ex1 = 0.0, ex2 = 0.0, ey1 = 0.0, ey2 = 0.0;
     double keep = 1.0 - leakage;
     for (long i = 0; i < n; i++) {
         px = (px == 0 ? span : px) - 1;          /* newest sample at x[px], x[px + span] */
@@ -36,18 +43,35 @@ long fxlms_plain(const double *reference, const double *error, double *out, long
             y += weights[j] * xs[j];
         out[i] = y;
         double oldest = filtered[pf + taps - 1];
+        double oldest_banded = banded[pf + taps - 1];
         pf = (pf == 0 ? taps : pf) - 1;
         filtered[pf] = filtered[pf + taps] = fx;
         power += fx * fx - oldest * oldest;
         if (power < 0.0)
             power = 0.0;
-        double gain = step * error[i] / (regularization + power);
-        const double *fs = filtered + pf;
+        double gain;
+        const double *fs;
+        if (band) {
+            double xb = band_b0 * fx + band_b1 * bx1 + band_b2 * bx2 - band_a1 * by1 - band_a2 * by2;
+            bx2 = bx1; bx1 = fx; by2 = by1; by1 = xb;
+            banded[pf] = banded[pf + taps] = xb;
+            band_power += xb * xb - oldest_banded * oldest_banded;
+            if (band_power < 0.0)
+                band_power = 0.0;
+            double eb = band_b0 * error[i] + band_b1 * ex1 + band_b2 * ex2 - band_a1 * ey1 - band_a2 * ey2;
+            ex2 = ex1; ex1 = error[i]; ey2 = ey1; ey1 = eb;
+            gain = step * eb / (regularization + band_power);
+            fs = banded + pf;
+        } else {
+            gain = step * error[i] / (regularization + power);
+            fs = filtered + pf;
+        }
         for (int j = 0; j < taps; j++)
             weights[j] = keep * weights[j] - gain * fs[j];
     }
     free(x);
     free(filtered);
+    free(banded);
     return n;
 }
 

@@ -4,7 +4,8 @@ Both weight updates (`controller.algorithm`: time, partitioned; `--variable-step
 `controller.variable_step` on for every run) at each length. Prints one
 JSON line per implementation: impl, algorithm, dtype, taps, secondary_path_taps,
 block_size, samples_per_s, real_time_factor (at 48 kHz), per-block call overhead. The C line
-(`bench/fxlms_plain.c`, the textbook algorithm over the whole signal in one call, built with
+(`bench/fxlms_plain.c`, the textbook algorithm over the whole signal in one call, its time-domain
+update band-limited like the kernel's by the same default `controller.delay_tolerance_samples`, built with
 the system compiler at -O3 -march=native -ffast-math, so its dot products vectorize) is the yardstick measured in the same run, so the
 numba kernel's `share_of_c` does not depend on how busy the machine is; it is skipped when
 no C compiler is installed.
@@ -181,8 +182,9 @@ def bench_plain_c(seconds: float, taps: int, path_taps: int, algorithm: str) -> 
                      float(p[L.P_DELAY_TOLERANCE]))
         else:
             fxlms = ctypes.CDLL(library).fxlms_plain
-            fxlms.argtypes = arguments
-            extra = ()
+            fxlms.argtypes = arguments + [ctypes.c_double] * 5
+            p = engine.params
+            extra = tuple(float(p[index]) for index in (L.P_BAND_B0, L.P_BAND_B1, L.P_BAND_B2, L.P_BAND_A1, L.P_BAND_A2))
         fxlms.restype = ctypes.c_long
         rng = np.random.default_rng(1)
         n = int(seconds * SAMPLE_RATE)

@@ -19,15 +19,19 @@ def _engine(cfg, path, feedback=None, **safety):
     return AncEngine.from_config(cfg, path, feedback)
 
 
-@pytest.mark.parametrize("algorithm, variable_step", [("time", False), ("time", True), ("partitioned", False)],
-                         ids=["time", "time-variable-step", "partitioned"])
+@pytest.mark.parametrize("algorithm, variable_step, delay_tolerance",
+                         [("time", False, 2.0), ("time", True, 2.0), ("time", True, 0.0), ("partitioned", False, 2.0)],
+                         ids=["time", "time-variable-step", "time-full-band", "partitioned"])
 @pytest.mark.parametrize("plant_name", ["headphone", "duct"])
-def test_numba_kernel_matches_numpy_reference_in_closed_loop(cfg, plant_name, algorithm, variable_step):
+def test_numba_kernel_matches_numpy_reference_in_closed_loop(cfg, plant_name, algorithm, variable_step, delay_tolerance):
     plant = Plant.load(plant_name)
     path = plant.full_secondary_path()[:256]
     feedback = plant.full_feedback_path()[:256] if plant.feedback_path is not None else None
     # 320 taps: the last partition of the partitioned update is a partial one.
-    engine = _engine(cfg.replace("controller", algorithm=algorithm, taps=320, variable_step=variable_step), path, feedback)
+    engine = _engine(cfg.replace("controller", algorithm=algorithm, taps=320, variable_step=variable_step,
+                                 delay_tolerance_samples=delay_tolerance), path, feedback)
+    # The time-domain update is band-limited unless the tolerance is 0.
+    assert (engine.params[L.P_BAND_B0] != 0.0) == (algorithm == "time" and delay_tolerance > 0.0)
     reference = ReferenceFxlms(engine.weights.size, path, feedback, engine.params.copy())
     outputs = []
 

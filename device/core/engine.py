@@ -22,7 +22,7 @@ from device.core.dsp.partitioned import history_length, make_twiddles, state_siz
 from device.contract.errors import UserError
 
 EVENT_CAPACITY = 256
-VARIABLE_STEP_TAPS = 4096  # the longest controller.taps the configuration accepts
+LONGEST_TAPS = 4096  # the longest controller.taps the configuration accepts
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class ControllerSettings:
     hear_through_gain_db: float = 0.0
     update_block: int = 0             # samples per partitioned update; 0 = time-domain update every sample
     bin_floor_db: float = -30.0
-    delay_tolerance_samples: float = 0.0  # partitioned update: trusted band (device.core.dsp.partitioned)
+    delay_tolerance_samples: float = 0.0  # the update's trusted band, below fs / (6 x this) (0 = full band)
     variable_step: bool = False       # time-domain update: the step follows the gradient's consistency
     variable_step_time_constant_ms: float = 200.0
     variable_step_consistency: float = 0.01
@@ -148,6 +148,33 @@ def butterworth_highpass(cutoff_hz: float, sample_rate: int) -> tuple[tuple[floa
     return b, a
 
 
+def butterworth_lowpass(cutoff_hz: float, sample_rate: int) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """2nd-order Butterworth low-pass, as scipy.signal.butter(2, cutoff_hz, fs=sample_rate)."""
+    k = math.tan(math.pi * cutoff_hz / sample_rate)
+    norm = 1.0 / (1.0 + math.sqrt(2.0) * k + k * k)
+    b = (k * k * norm, 2.0 * k * k * norm, k * k * norm)
+    a = (1.0, 2.0 * (k * k - 1.0) * norm, (1.0 - math.sqrt(2.0) * k + k * k) * norm)
+    return b, a
+
+
+def trusted_band_hz(delay_tolerance_samples: float, sample_rate: int) -> float | None:
+    """Highest frequency whose phase a delay error of `delay_tolerance_samples` turns by at
+    most 60 degrees (fs / (6 x tolerance), the partitioned update's trusted bins); None when
+    that is the whole band (tolerance 0, or at most a third of a sample)."""
+    if delay_tolerance_samples <= 0.0:
+        return None
+    cutoff = sample_rate / (6.0 * delay_tolerance_samples)
+    return cutoff if cutoff < 0.45 * sample_rate else None
+
+
+def time_update_state_size(taps: int) -> int:
+    """Floats of `update_state` for the time-domain update: the variable step's two vectors
+    and the band-limited update's history and states (`device.core.dsp.fxlms`), sized for the
+    longest controller so that ears of different lengths stack (EarsEngine)."""
+    longest = max(taps, LONGEST_TAPS)
+    return 2 * longest + 2 * history_length(longest, 0) + L.BAND_STATE
+
+
 def _samples(ms: float, sample_rate: int) -> float:
     return max(1.0, ms * 1e-3 * sample_rate)
 
@@ -186,10 +213,9 @@ class AncEngine:
         self.weights = np.zeros(taps)
         self.reference_buffer = np.zeros(2 * max(taps, path_taps))
         self.filtered_buffer = np.zeros(2 * history_length(taps, settings.update_block))
-        # The variable step keeps the weights at the block's start and the smoothed gradient after
-        # it, sized for the longest controller so that ears of different lengths stack (EarsEngine).
+        band_limited = trusted_band_hz(settings.delay_tolerance_samples, settings.sample_rate) is not None
         self.update_state = np.zeros(state_size(settings.update_block) if settings.update_block > 0 else
-                                     2 * max(taps, VARIABLE_STEP_TAPS) if settings.variable_step else 0)
+                                     time_update_state_size(taps) if settings.variable_step or band_limited else 0)
         self.twiddles = make_twiddles(2 * settings.update_block) if settings.update_block > 0 else np.zeros(0)
         self.output_buffer = np.zeros(2 * max(self.feedback_path.size, path_taps))
         self.params = np.zeros(L.N_PARAMS)
@@ -270,6 +296,13 @@ class AncEngine:
         p[L.P_UPDATE_BLOCK] = s.update_block
         p[L.P_BIN_FLOOR] = 10.0 ** (s.bin_floor_db / 10.0)
         p[L.P_DELAY_TOLERANCE] = s.delay_tolerance_samples
+        band = trusted_band_hz(s.delay_tolerance_samples, fs) if s.update_block == 0 else None
+        if band is None:
+            p[L.P_BAND_B0] = p[L.P_BAND_B1] = p[L.P_BAND_B2] = p[L.P_BAND_A1] = p[L.P_BAND_A2] = 0.0
+        else:
+            b, a = butterworth_lowpass(band, fs)
+            p[L.P_BAND_B0], p[L.P_BAND_B1], p[L.P_BAND_B2] = b
+            p[L.P_BAND_A1], p[L.P_BAND_A2] = a[1], a[2]
         p[L.P_VSS_COEF] = (1.0 - math.exp(-s.block_size / _samples(s.variable_step_time_constant_ms, fs))
                            if s.variable_step and s.update_block == 0 else 0.0)
         p[L.P_VSS_CONSISTENCY] = s.variable_step_consistency

@@ -15,7 +15,11 @@ Per sample n:
      and the limiter from teaching the filter to compensate for them.
   4. update the weights, by one of two algorithms (`controller.algorithm`, `P_UPDATE_BLOCK`):
      time:        every sample, w <- (1 - leakage) w - mu e'(n) x'(n) / (regularization + |x'|^2)
-                  (the default: docs/cancellation.md says why)
+                  (the default: docs/cancellation.md says why); with `P_BAND_B0` != 0 both
+                  e' and x' pass through the same low-pass first (`P_BAND_*`) and |x'|^2 is
+                  the low-passed power: the weights adapt only where an estimate whose delay
+                  is `P_DELAY_TOLERANCE` samples off still points downhill (the partitioned
+                  update's trusted band, in the time domain); the output stays full band
      partitioned: every B samples (`controller.update_block`, independent of the audio block:
                   a partial update block carries over in `status`), the block's gradient in
                   the frequency domain per partition of B taps, each bin normalized by its own
@@ -54,6 +58,15 @@ import numba as nb
 from device.core.dsp.hear_through import hear_through_output
 from device.core.dsp.partitioned import history_length, state_size, update_weights
 from device.core.dsp.layout import (
+    B_ERROR_X1,
+    B_ERROR_X2,
+    B_ERROR_Y1,
+    B_ERROR_Y2,
+    B_REFERENCE_X1,
+    B_REFERENCE_X2,
+    B_REFERENCE_Y1,
+    B_REFERENCE_Y2,
+    BAND_STATE,
     C_FILTERED,
     C_OUTPUT,
     C_REFERENCE,
@@ -69,6 +82,11 @@ from device.core.dsp.layout import (
     MODE_TRIP,
     P_ADAPT,
     P_BACKOFF,
+    P_BAND_A1,
+    P_BAND_A2,
+    P_BAND_B0,
+    P_BAND_B1,
+    P_BAND_B2,
     P_BASELINE,
     P_BIN_FLOOR,
     P_CEILING,
@@ -278,7 +296,10 @@ def process_block(
     update_state, twiddles: the partitioned update's work arrays (`device.core.dsp.partitioned`;
     empty for the time-domain update); with the time-domain update and `params[P_VSS_COEF]` > 0,
     update_state holds the variable step's two vectors (2 N: the weights at the block's start,
-    the smoothed gradient) and twiddles is empty. With `params[P_UPDATE_BLOCK]` = B > 0 the filtered
+    the smoothed gradient) and twiddles is empty. With the time-domain update band-limited
+    (`params[P_BAND_B0]` != 0), its last 2 * len(filtered_buffer) / 2 + BAND_STATE floats hold
+    the low-passed filtered-reference history and the low-passes' states; an update_state too
+    short for both leaves the update full band. With `params[P_UPDATE_BLOCK]` = B > 0 the filtered
     history must hold `history_length(N, B)` samples.
     """
     taps = weights.shape[0]
@@ -353,6 +374,29 @@ def process_block(
         step = _variable_step(weights, update_state[:taps], update_state[taps:2 * taps], params, status, mode == MODE_RUN)
     adapted = False
 
+    band_size = 2 * filtered_half + BAND_STATE
+    band = update_block == 0 and params[P_BAND_B0] != 0.0 and update_state.shape[0] >= 2 * taps + band_size
+    band_start = update_state.shape[0] - band_size if band else 0
+    band_buffer = update_state[band_start:band_start + 2 * filtered_half]
+    band_state = update_state[band_start + 2 * filtered_half:band_start + band_size]
+    band_b0 = params[P_BAND_B0]
+    band_b1 = params[P_BAND_B1]
+    band_b2 = params[P_BAND_B2]
+    band_a1 = params[P_BAND_A1]
+    band_a2 = params[P_BAND_A2]
+    bx1 = bx2 = by1 = by2 = ex1 = ex2 = ey1 = ey2 = 0.0
+    band_power = 0.0
+    if band:
+        bx1 = band_state[B_REFERENCE_X1]
+        bx2 = band_state[B_REFERENCE_X2]
+        by1 = band_state[B_REFERENCE_Y1]
+        by2 = band_state[B_REFERENCE_Y2]
+        ex1 = band_state[B_ERROR_X1]
+        ex2 = band_state[B_ERROR_X2]
+        ey1 = band_state[B_ERROR_Y1]
+        ey2 = band_state[B_ERROR_Y2]
+        band_power = _dot(band_buffer, band_buffer, position_filtered, position_filtered, taps)
+
     # Recompute the filtered-reference power once a block so the running sum cannot drift.
     power = _dot(filtered_buffer, filtered_buffer, position_filtered, position_filtered, taps)
 
@@ -388,6 +432,18 @@ def process_block(
         power += filtered * filtered - oldest * oldest
         if power < 0.0:
             power = 0.0
+        if band:
+            banded = band_b0 * filtered + band_b1 * bx1 + band_b2 * bx2 - band_a1 * by1 - band_a2 * by2
+            bx2 = bx1
+            bx1 = filtered
+            by2 = by1
+            by1 = banded
+            band_buffer[position_filtered] = banded
+            band_buffer[position_filtered + filtered_half] = banded
+            oldest = band_buffer[position_filtered + taps]
+            band_power += banded * banded - oldest * oldest
+            if band_power < 0.0:
+                band_power = 0.0
 
         total_gain = user_gain * safety_gain
         y_raw = 0.0
@@ -417,8 +473,17 @@ def process_block(
                 current_dot = _dot(weights, filtered_buffer, position_filtered, 0, taps)
             modified_error = disturbance + current_dot
             adapted = True
-            g = step * modified_error / (regularization + power)
-            filtered_window = filtered_buffer[position_filtered:position_filtered + taps]
+            if band:
+                banded_error = band_b0 * modified_error + band_b1 * ex1 + band_b2 * ex2 - band_a1 * ey1 - band_a2 * ey2
+                ex2 = ex1
+                ex1 = modified_error
+                ey2 = ey1
+                ey1 = banded_error
+                g = step * banded_error / (regularization + band_power)
+                update_window = band_buffer[position_filtered:position_filtered + taps]
+            else:
+                g = step * modified_error / (regularization + power)
+                update_window = filtered_buffer[position_filtered:position_filtered + taps]
             reference_window = reference_buffer[position_reference:position_reference + taps]
             # shifted[k] = x'(n - k + 1) for k >= 1: next sample's filtered-reference window,
             # all but its newest sample, which is not known yet. Its dot with the updated
@@ -427,7 +492,7 @@ def process_block(
             shifted = filtered_buffer[base:base + taps]
             next_dot = 0.0
             for k in range(taps):
-                updated = leak * weights[k] - g * filtered_window[k]
+                updated = leak * weights[k] - g * update_window[k]
                 weights[k] = updated
                 y_raw += updated * reference_window[k]
                 next_dot += updated * shifted[k]
@@ -438,6 +503,8 @@ def process_block(
             have_next_dot = False
             # A paused update drops its partial block: its errors and the history must line up.
             update_fill = 0
+            # and the band-limited error starts afresh, as its input did not exist meanwhile.
+            ex1 = ex2 = ey1 = ey2 = 0.0
 
         y_hear = hear_through_output(hear_through, reference_buffer, position_reference) if hearing else 0.0
 
@@ -551,9 +618,13 @@ def process_block(
         elif mode == MODE_TRIP and safety_gain <= 0.0:
             # Silent now: reset and come back slower; if the step is already at its floor,
             # the plant has changed under the model and only a new identification helps.
-            _clear_history(weights, filtered_buffer, output_buffer, status)
-            power = 0.0
+            # The histories stay: they are what the microphones heard and the speaker played,
+            # whatever the weights were, and a cleared filtered reference would normalize the
+            # first steps after the reset by a fraction of the reference's power (one block
+            # after a reset moved the weights' norm from 0.02 to 0.36 on engine hum).
+            weights[:] = 0.0
             have_next_dot = False
+            ex1 = ex2 = ey1 = ey2 = 0.0
             status[S_TRIPS] += 1.0
             error_power = status[S_RATIO] * reference_power
             slow_error = slow_disturbance
@@ -580,6 +651,9 @@ def process_block(
     if not math.isfinite(norm):
         _clear_history(weights, filtered_buffer, output_buffer, status)
         power = 0.0
+        if band:
+            band_buffer[:] = 0.0
+            bx1 = bx2 = by1 = by2 = ex1 = ex2 = ey1 = ey2 = 0.0
         safety_gain = 0.0
         status[S_STEP] = status[S_STEP] * params[P_BACKOFF]
         status[S_TRIPS] += 1.0
@@ -629,6 +703,23 @@ def process_block(
         hp_y1 = 0.0
     if abs(hp_y2) < DENORMAL_FLOOR:
         hp_y2 = 0.0
+    if band:
+        if abs(by1) < DENORMAL_FLOOR:
+            by1 = 0.0
+        if abs(by2) < DENORMAL_FLOOR:
+            by2 = 0.0
+        if abs(ey1) < DENORMAL_FLOOR:
+            ey1 = 0.0
+        if abs(ey2) < DENORMAL_FLOOR:
+            ey2 = 0.0
+        band_state[B_REFERENCE_X1] = bx1
+        band_state[B_REFERENCE_X2] = bx2
+        band_state[B_REFERENCE_Y1] = by1
+        band_state[B_REFERENCE_Y2] = by2
+        band_state[B_ERROR_X1] = ex1
+        band_state[B_ERROR_X2] = ex2
+        band_state[B_ERROR_Y1] = ey1
+        band_state[B_ERROR_Y2] = ey2
     status[S_HP_X1] = hp_x1
     status[S_HP_X2] = hp_x2
     status[S_HP_Y1] = hp_y1

@@ -44,7 +44,25 @@ P_VSS_COEF = 32          # time-domain update, variable step: per-block smoothin
 P_VSS_CONSISTENCY = 33   # variable step: the gradient consistency at and above which the full step is used
 P_VSS_MIN = 34           # variable step: the smallest fraction of the step it may choose
 P_VSS_RISE = 35          # variable step: the most its fraction may grow from one block to the next (factor; 0 = no limit)
-N_PARAMS = 36
+P_BAND_B0 = 36          # time-domain update: low-pass biquad (b0, b1, b2, a1, a2; a0 = 1) the update sees the filtered
+P_BAND_B1 = 37          # reference and the modified error through, so that it adapts only in the band the estimate's
+P_BAND_B2 = 38          # delay tolerance trusts (`P_DELAY_TOLERANCE`); b0 = 0: the full band
+P_BAND_A1 = 39
+P_BAND_A2 = 40
+N_PARAMS = 41
+
+# The time-domain update's band-limited signals live at the tail of `update_state`: the
+# low-passed filtered-reference history (a double-length ring beside the filtered buffer's,
+# same cursor and length) and then these states of the two low-passes.
+BAND_STATE = 8
+B_REFERENCE_X1 = 0       # low-pass of the filtered reference: last two inputs and outputs
+B_REFERENCE_X2 = 1
+B_REFERENCE_Y1 = 2
+B_REFERENCE_Y2 = 3
+B_ERROR_X1 = 4           # low-pass of the modified error: last two inputs and outputs
+B_ERROR_X2 = 5
+B_ERROR_Y1 = 6
+B_ERROR_Y2 = 7
 
 # status: scalar state, written by the kernel
 S_MODE = 0               # MODE_* below

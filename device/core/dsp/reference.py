@@ -63,6 +63,18 @@ class ReferenceFxlms:
         self.step_factor = 1.0
         self.step_trips = 0
         self.block_step = 0.0   # the step the last block adapted with, 0 if it did not adapt
+        # The band-limited time-domain update (params[P_BAND_B0] != 0): the low-passed filtered
+        # reference's history and the two low-passes' last inputs and outputs.
+        self.xb = np.zeros(taps + 1)
+        self.band_reference = [0.0, 0.0, 0.0, 0.0]   # x1, x2, y1, y2
+        self.band_error = [0.0, 0.0, 0.0, 0.0]
+
+    def _band(self, state: list[float], value: float) -> float:
+        p = self.params
+        x1, x2, y1, y2 = state
+        out = p[L.P_BAND_B0] * value + p[L.P_BAND_B1] * x1 + p[L.P_BAND_B2] * x2 - p[L.P_BAND_A1] * y1 - p[L.P_BAND_A2] * y2
+        state[:] = [value, x1, out, y1]
+        return out
 
     @staticmethod
     def _shift_in(history: np.ndarray, value: float) -> None:
@@ -103,10 +115,10 @@ class ReferenceFxlms:
         return max(p[L.P_STEP] * self.step_scale * factor, min(p[L.P_MIN_STEP], p[L.P_STEP]))
 
     def _reset_filter(self) -> None:
+        """A watchdog reset: the weights only; the histories are what was heard and played."""
         self.weights[:] = 0.0
-        self.xf[:] = 0.0
-        self.played[:] = 0.0
         self.update_errors = []
+        self.band_error = [0.0, 0.0, 0.0, 0.0]
 
     def _partitioned_update(self, step: float) -> None:
         """The block update of `device.core.dsp.partitioned`, written out per partition."""
@@ -151,6 +163,7 @@ class ReferenceFxlms:
         if variable_step:
             step = self._variable_step(self.mode == L.MODE_RUN)
         adapted = False
+        band = p[L.P_UPDATE_BLOCK] == 0 and p[L.P_BAND_B0] != 0.0
         b0, b1, b2, a1, a2 = p[L.P_HP_B0], p[L.P_HP_B1], p[L.P_HP_B2], p[L.P_HP_A1], p[L.P_HP_A2]
         for n in range(len(reference)):
             r, e = float(reference[n]), float(error[n])
@@ -166,6 +179,8 @@ class ReferenceFxlms:
             filtered = np.dot(self.secondary_path, self.x[:self.secondary_path.size])
             self._shift_in(self.xf, filtered)
             power = np.dot(self.xf[:taps], self.xf[:taps])
+            if band:
+                self._shift_in(self.xb, self._band(self.band_reference, filtered))
             disturbance = e - np.dot(self.secondary_path[1:], self.played[:self.secondary_path.size - 1])
             adapting = self.mode == L.MODE_RUN and p[L.P_ADAPT] > 0.5 and self.user_gain * self.safety_gain >= MIN_ADAPT_GAIN
             if adapting and p[L.P_UPDATE_BLOCK] > 0:
@@ -175,11 +190,17 @@ class ReferenceFxlms:
                     self.update_errors = []
             elif adapting:
                 modified_error = disturbance + np.dot(self.weights, self.xf[:taps])
-                g = step * modified_error / (p[L.P_REGULARIZATION] + power)
-                self.weights = (1.0 - p[L.P_LEAKAGE]) * self.weights - g * self.xf[:taps]
+                if band:
+                    banded_error = self._band(self.band_error, modified_error)
+                    g = step * banded_error / (p[L.P_REGULARIZATION] + np.dot(self.xb[:taps], self.xb[:taps]))
+                    self.weights = (1.0 - p[L.P_LEAKAGE]) * self.weights - g * self.xb[:taps]
+                else:
+                    g = step * modified_error / (p[L.P_REGULARIZATION] + power)
+                    self.weights = (1.0 - p[L.P_LEAKAGE]) * self.weights - g * self.xf[:taps]
                 adapted = True
             else:
                 self.update_errors = []
+                self.band_error = [0.0, 0.0, 0.0, 0.0]
             y_raw = np.dot(self.weights, self.x[:taps])
 
             target = p[L.P_USER_TARGET]
