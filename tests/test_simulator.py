@@ -60,18 +60,23 @@ def test_broadband_noise_in_the_causal_duct_is_cancelled(cfg, tmp_path):
     path = tmp_path / "white.wav"
     soundfile.write(str(path), generate_scene("white", 6.0, 48000, seed=2), 48000)
     # 256 taps: the length this figure is stated for. At `taps: auto` the duct gets a longer
-    # filter whose optimum is higher (31 dB), and plain normalized LMS does not get within 6 dB
-    # of it in 6 s (19.5 dB measured): see test_long_duct_filter_reaches_its_optimum_quickly.
+    # filter whose optimum is higher (31 dB): see test_long_duct_filter_reaches_its_optimum_quickly.
     sim = simulate(path, cfg.replace("controller", taps=256), "duct")
     assert sim.summary["causality"]["broadband_possible"] is True
     assert sim.summary["wiener_bound_db"] > 15.0
-    assert sim.summary["attenuation_db"] > 14.0  # 16.4 dB measured
-    assert sim.summary["wiener_bound_db"] - sim.summary["attenuation_db"] <= 6.0  # 4.3 dB from the optimum
+    # 13.0 dB measured of an optimum of 20.7: by default the update adapts below 4 kHz only, where
+    # an estimate 2 samples off cannot turn it the wrong way (controller.delay_tolerance_samples),
+    # and white noise at 48 kHz has 5/6 of its power above that.
+    assert sim.summary["attenuation_db"] > 10.0
     assert sim.summary["feedback_identification"]["quality_db"] < -20.0
+    # Over the whole band, for a rig whose latency is known to the sample: 18.2 dB measured.
+    full_band = simulate(path, cfg.replace("controller", taps=256, delay_tolerance_samples=0.0), "duct")
+    assert full_band.summary["wiener_bound_db"] - full_band.summary["attenuation_db"] <= 6.0
 
 
-@pytest.mark.xfail(strict=True, reason="measured: at taps auto the duct's controller is 11.7 dB short of its "
-                   "optimum after 6 s of white noise; a faster update for long filters is not built yet")
+@pytest.mark.xfail(strict=True, reason="measured: at taps auto the duct's controller reaches 13.8 dB of an optimum "
+                   "of 31.2 dB after 6 s of white noise (over the full band, delay_tolerance_samples 0: 22.3 dB); "
+                   "most of that optimum is above the 4 kHz the default update adapts in")
 def test_long_duct_filter_reaches_its_optimum_quickly(cfg, tmp_path):
     path = tmp_path / "white.wav"
     soundfile.write(str(path), generate_scene("white", 6.0, 48000, seed=2), 48000)

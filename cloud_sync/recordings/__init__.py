@@ -25,7 +25,7 @@ from cloud_sync.backoff import Backoff
 from cloud_sync.feature import Context
 from cloud_sync.redact import clip
 from device.contract.control_channel import recordings_dir, write_record_request
-from device.contract.files import fsync_dir
+from device.contract.files import fsync_dir, is_partial
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +88,16 @@ class RecordingsFeature:
             self._thread.join(timeout=10.0)
 
     def health(self) -> dict[str, Any]:
-        pending = len(list(self.directory.glob("*.flac"))) if self.directory.is_dir() else 0
+        pending = len(self.pending())
         return {"recordings_pending": pending, "recordings_uploaded_this_run": len(self.uploaded),
                 "recordings_last_error": self.last_error}
 
     def pending(self) -> list[Path]:
         if not self.directory.is_dir():
             return []
-        return sorted(self.directory.glob("*.flac"), key=lambda p: p.stat().st_mtime)
+        # A recording still being written is a hidden temporary beside its final name.
+        return sorted((path for path in self.directory.glob("*.flac") if not is_partial(path)),
+                      key=lambda p: p.stat().st_mtime)
 
     def upload_pending(self) -> int:
         """Upload and delete every finished recording; returns how many went."""

@@ -72,6 +72,12 @@ def atomic_path(path: str | Path, mode: int = MODE_SHARED_READ) -> Iterator[Path
     fsync_dir(path.parent)
 
 
+def is_partial(path: str | Path) -> bool:
+    """True for the temporary file of a write `atomic_path` has not finished: its name starts
+    with a dot and ends like the final name, so a reader globbing `*.flac` must skip it."""
+    return Path(path).name.startswith(".")
+
+
 def write_bytes_atomic(path: str | Path, data: bytes, mode: int = MODE_SHARED_READ) -> None:
     """Write `data` to `path` atomically (see the module docstring)."""
     with atomic_path(path, mode) as tmp:

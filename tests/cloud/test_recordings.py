@@ -246,3 +246,21 @@ def test_recordings_alone_check_the_tls_identity_too(tmp_path, pki, thing, capsy
     assert main(["--config", str(config), "run", "--seconds", "0"]) == 2
     err = capsys.readouterr().err
     assert "mqtt.cert_file: file not found" in err and err.count("\n") == 1
+
+
+def test_a_recording_still_being_written_is_not_uploaded(tmp_path):
+    """The runtime writes each FLAC through `atomic_path`: a hidden temporary beside the final
+    name, which also ends in .flac. The uploader took one mid-write once (the rename then left
+    it uploading a file that was gone); it lists finished recordings only."""
+    from types import SimpleNamespace
+
+    from cloud_sync.recordings import RecordingsFeature
+    from device.contract.files import atomic_path
+
+    directory = tmp_path / "recordings"
+    feature = SimpleNamespace(directory=directory)
+    with atomic_path(directory / "request-1.flac") as partial:
+        partial.write_bytes(b"fLaC")
+        assert list(directory.glob("*.flac")) == [partial]
+        assert RecordingsFeature.pending(feature) == []
+    assert RecordingsFeature.pending(feature) == [directory / "request-1.flac"]

@@ -19,7 +19,11 @@ Per sample n:
                   e' and x' pass through the same low-pass first (`P_BAND_*`) and |x'|^2 is
                   the low-passed power: the weights adapt only where an estimate whose delay
                   is `P_DELAY_TOLERANCE` samples off still points downhill (the partitioned
-                  update's trusted band, in the time domain); the output stays full band
+                  update's trusted band, in the time domain); the output stays full band.
+                  Every BAND_LEAK_SAMPLES adapted samples the weights' response above the
+                  point where that delay error turns the phase past 90 degrees decays
+                  (`_band_leak`, `P_BAND_LEAK`, `P_LEAK_*`): what the low-pass lets through
+                  there would otherwise grow, slowly, the wrong way
      partitioned: every B samples (`controller.update_block`, independent of the audio block:
                   a partial update block carries over in `status`), the block's gradient in
                   the frequency domain per partition of B taps, each bin normalized by its own
@@ -66,6 +70,8 @@ from device.core.dsp.layout import (
     B_REFERENCE_X2,
     B_REFERENCE_Y1,
     B_REFERENCE_Y2,
+    BAND_LEAK_SAMPLES,
+    BAND_LEAK_TAIL,
     BAND_STATE,
     C_FILTERED,
     C_OUTPUT,
@@ -87,6 +93,12 @@ from device.core.dsp.layout import (
     P_BAND_B0,
     P_BAND_B1,
     P_BAND_B2,
+    P_BAND_LEAK,
+    P_LEAK_A1,
+    P_LEAK_A2,
+    P_LEAK_B0,
+    P_LEAK_B1,
+    P_LEAK_B2,
     P_BASELINE,
     P_BIN_FLOOR,
     P_CEILING,
@@ -121,6 +133,7 @@ from device.core.dsp.layout import (
     P_VSS_CONSISTENCY,
     P_VSS_MIN,
     P_VSS_RISE,
+    S_BAND_LEAK_COUNT,
     S_BASELINE_COUNT,
     S_BASELINE_ERROR,
     S_BASELINE_REFERENCE,
@@ -246,6 +259,42 @@ def _variable_step(weights, block_start, smoothed, params, status, running):
     status[S_VSS_TRIPS] = status[S_TRIPS]
     block_start[:] = weights
     return max(params[P_STEP] * status[S_STEP] * factor, min(params[P_MIN_STEP], params[P_STEP]))
+
+
+@nb.njit(cache=True, fastmath=FASTMATH)
+def _band_leak(weights, scratch, params, fraction):
+    """w <- w - fraction * (w - lowpass_zero_phase(w)): the weights' response above the
+    low-pass decays, below it stays. The band-limited update hardly adapts above its band, but
+    hardly is not never: where a delay error turns the phase past 90 degrees the little it adapts
+    grows, and with the estimate 2 samples off that took the duct from 10 dB under off to 8 dB
+    over it in 40 s. The low-pass (`P_LEAK_*`, at that 90-degree point, above the update's band:
+    leaking the band's own edge cost 5 dB on white noise) runs forwards then backwards along the
+    taps, so its phase cancels and the weights' response is weighted by |H|^2."""
+    taps = weights.shape[0]
+    b0 = params[P_LEAK_B0]
+    b1 = params[P_LEAK_B1]
+    b2 = params[P_LEAK_B2]
+    a1 = params[P_LEAK_A1]
+    a2 = params[P_LEAK_A2]
+    x1 = x2 = y1 = y2 = 0.0
+    for k in range(taps + BAND_LEAK_TAIL):
+        value = weights[k] if k < taps else 0.0
+        out = b0 * value + b1 * x1 + b2 * x2 - a1 * y1 - a2 * y2
+        x2 = x1
+        x1 = value
+        y2 = y1
+        y1 = out
+        scratch[k] = out
+    x1 = x2 = y1 = y2 = 0.0
+    for k in range(taps + BAND_LEAK_TAIL - 1, -1, -1):
+        value = scratch[k]
+        out = b0 * value + b1 * x1 + b2 * x2 - a1 * y1 - a2 * y2
+        x2 = x1
+        x1 = value
+        y2 = y1
+        y1 = out
+        if k < taps:
+            weights[k] -= fraction * (weights[k] - out)
 
 
 @nb.njit(cache=True)
@@ -375,7 +424,8 @@ def process_block(
     adapted = False
 
     band_size = 2 * filtered_half + BAND_STATE
-    band = update_block == 0 and params[P_BAND_B0] != 0.0 and update_state.shape[0] >= 2 * taps + band_size
+    band = (update_block == 0 and params[P_BAND_B0] != 0.0
+            and update_state.shape[0] >= 3 * taps + BAND_LEAK_TAIL + band_size)
     band_start = update_state.shape[0] - band_size if band else 0
     band_buffer = update_state[band_start:band_start + 2 * filtered_half]
     band_state = update_state[band_start + 2 * filtered_half:band_start + band_size]
@@ -386,6 +436,15 @@ def process_block(
     band_a2 = params[P_BAND_A2]
     bx1 = bx2 = by1 = by2 = ex1 = ex2 = ey1 = ey2 = 0.0
     band_power = 0.0
+    if band and params[P_BAND_LEAK] > 0.0 and status[S_BAND_LEAK_COUNT] >= BAND_LEAK_SAMPLES:
+        # At the block's start, after the variable step took its snapshot of the weights, which
+        # then takes the leaked ones: the leak is not the gradient, and counted as one its steady
+        # direction read as consistency and raised the step (0.1-0.2 dB lost on rumble).
+        fraction = 1.0 - math.exp(-params[P_BAND_LEAK] * status[S_BAND_LEAK_COUNT])
+        _band_leak(weights, update_state[band_start - taps - BAND_LEAK_TAIL:band_start], params, fraction)
+        status[S_BAND_LEAK_COUNT] = 0.0
+        if variable_step:
+            update_state[:taps] = weights
     if band:
         bx1 = band_state[B_REFERENCE_X1]
         bx2 = band_state[B_REFERENCE_X2]
@@ -639,6 +698,8 @@ def process_block(
 
     if variable_step:
         status[S_VSS_STEP] = step if adapted else 0.0
+    if band and adapted and params[P_BAND_LEAK] > 0.0:
+        status[S_BAND_LEAK_COUNT] += reference.shape[0]
     # Block-level checks: weights blowing up or turned non-finite.
     norm_squared = 0.0
     for k in range(taps):

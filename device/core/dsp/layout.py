@@ -49,11 +49,25 @@ P_BAND_B1 = 37          # reference and the modified error through, so that it a
 P_BAND_B2 = 38          # delay tolerance trusts (`P_DELAY_TOLERANCE`); b0 = 0: the full band
 P_BAND_A1 = 39
 P_BAND_A2 = 40
-N_PARAMS = 41
+P_BAND_LEAK = 41         # band-limited update: per-sample decay rate of the weights' response where the
+                         # tolerated delay error could turn the phase past 90 degrees (0 = no leak)
+P_LEAK_B0 = 42           # its low-pass biquad at that 90-degree point (b0, b1, b2, a1, a2; a0 = 1)
+P_LEAK_B1 = 43
+P_LEAK_B2 = 44
+P_LEAK_A1 = 45
+P_LEAK_A2 = 46
+N_PARAMS = 47
+# The band leak runs once this many adapted samples have accumulated (it is two passes over the
+# weights: every block would double the kernel's cost at 1024 taps).
+BAND_LEAK_SAMPLES = 512
+# Samples the leak's forward pass runs on past the last tap (zeros in, its ring-down out), so that
+# the backward pass sees the whole low-passed response there: cut short, the last taps' in-band
+# response leaked too.
+BAND_LEAK_TAIL = 64
 
-# The time-domain update's band-limited signals live at the tail of `update_state`: the
-# low-passed filtered-reference history (a double-length ring beside the filtered buffer's,
-# same cursor and length) and then these states of the two low-passes.
+# The time-domain update's band-limited signals live at the tail of `update_state`: the band
+# leak's scratch (taps + BAND_LEAK_TAIL floats), the low-passed filtered-reference history (a double-length ring
+# beside the filtered buffer's, same cursor and length) and then these states of the two low-passes.
 BAND_STATE = 8
 B_REFERENCE_X1 = 0       # low-pass of the filtered reference: last two inputs and outputs
 B_REFERENCE_X2 = 1
@@ -80,7 +94,7 @@ S_HOLD = 11              # samples the divergence symptom has lasted
 S_STEP = 12              # step size in force (P_STEP unless backed off)
 S_TRIPS = 13             # watchdog trips so far
 S_SAMPLES = 14           # samples processed
-S_UNUSED = 15            # spare
+S_BAND_LEAK_COUNT = 15   # band-limited update: adapted samples since the band leak last ran
 S_NONFINITE_INPUTS = 16  # input samples replaced because they were NaN/Inf
 S_LIMITED_SAMPLES = 17   # samples on which the limiter reduced the gain
 S_WEIGHT_NORM = 18       # L2 norm of the weights at the end of the last block

@@ -68,11 +68,27 @@ class ReferenceFxlms:
         self.xb = np.zeros(taps + 1)
         self.band_reference = [0.0, 0.0, 0.0, 0.0]   # x1, x2, y1, y2
         self.band_error = [0.0, 0.0, 0.0, 0.0]
+        self.band_leak_count = 0
 
-    def _band(self, state: list[float], value: float) -> float:
-        p = self.params
+    def _band_leak(self, fraction: float) -> None:
+        """`device.core.dsp.fxlms._band_leak`: the weights minus their zero-phase low-pass
+        (the leak's biquad forwards, then backwards) decay by `fraction`."""
+        extended = np.r_[self.weights, np.zeros(L.BAND_LEAK_TAIL)]
+        forward = np.zeros_like(extended)
+        state = [0.0, 0.0, 0.0, 0.0]
+        for k in range(extended.size):
+            forward[k] = self._band(state, extended[k], L.P_LEAK_B0)
+        state = [0.0, 0.0, 0.0, 0.0]
+        for k in range(extended.size - 1, -1, -1):
+            out = self._band(state, forward[k], L.P_LEAK_B0)
+            if k < self.weights.size:
+                self.weights[k] -= fraction * (self.weights[k] - out)
+
+    def _band(self, state: list[float], value: float, first: int = L.P_BAND_B0) -> float:
+        """One sample of the biquad whose (b0, b1, b2, a1, a2) start at params[first]."""
+        b0, b1, b2, a1, a2 = self.params[first:first + 5]
         x1, x2, y1, y2 = state
-        out = p[L.P_BAND_B0] * value + p[L.P_BAND_B1] * x1 + p[L.P_BAND_B2] * x2 - p[L.P_BAND_A1] * y1 - p[L.P_BAND_A2] * y2
+        out = b0 * value + b1 * x1 + b2 * x2 - a1 * y1 - a2 * y2
         state[:] = [value, x1, out, y1]
         return out
 
@@ -164,6 +180,11 @@ class ReferenceFxlms:
             step = self._variable_step(self.mode == L.MODE_RUN)
         adapted = False
         band = p[L.P_UPDATE_BLOCK] == 0 and p[L.P_BAND_B0] != 0.0
+        if band and p[L.P_BAND_LEAK] > 0.0 and self.band_leak_count >= L.BAND_LEAK_SAMPLES:
+            # After the variable step's snapshot, which takes the leaked weights (the kernel's order).
+            self._band_leak(1.0 - math.exp(-p[L.P_BAND_LEAK] * self.band_leak_count))
+            self.band_leak_count = 0
+            self.block_start[:] = self.weights
         b0, b1, b2, a1, a2 = p[L.P_HP_B0], p[L.P_HP_B1], p[L.P_HP_B2], p[L.P_HP_A1], p[L.P_HP_A2]
         for n in range(len(reference)):
             r, e = float(reference[n]), float(error[n])
@@ -272,6 +293,8 @@ class ReferenceFxlms:
 
         if variable_step:
             self.block_step = step if adapted else 0.0
+        if band and adapted and p[L.P_BAND_LEAK] > 0.0:
+            self.band_leak_count += len(reference)
         self.weights[np.abs(self.weights) < 1e-30] = 0.0
         norm = float(np.linalg.norm(self.weights))
         if norm > p[L.P_MAX_NORM] and self.mode == L.MODE_RUN:
