@@ -143,24 +143,24 @@ class SafetyEvent:
         }
 
 
-def butterworth_highpass(cutoff_hz: float, sample_rate: int) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """2nd-order Butterworth high-pass by the bilinear transform with pre-warping: the same
-    (b, a) as scipy.signal.butter(2, cutoff_hz, "highpass", fs=sample_rate), without importing
-    scipy.signal, which costs seconds of start-up on a Raspberry Pi."""
+def _butterworth(cutoff_hz: float, sample_rate: int, highpass: bool) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """2nd-order Butterworth by the bilinear transform with pre-warping: the same (b, a) as
+    scipy.signal.butter(2, cutoff_hz, "highpass" or "lowpass", fs=sample_rate), without
+    importing scipy.signal, which costs seconds of start-up on a Raspberry Pi."""
     k = math.tan(math.pi * cutoff_hz / sample_rate)
     norm = 1.0 / (1.0 + math.sqrt(2.0) * k + k * k)
-    b = (norm, -2.0 * norm, norm)
+    gain = norm if highpass else k * k * norm
+    b = (gain, -2.0 * gain if highpass else 2.0 * gain, gain)
     a = (1.0, 2.0 * (k * k - 1.0) * norm, (1.0 - math.sqrt(2.0) * k + k * k) * norm)
     return b, a
+
+
+def butterworth_highpass(cutoff_hz: float, sample_rate: int) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    return _butterworth(cutoff_hz, sample_rate, highpass=True)
 
 
 def butterworth_lowpass(cutoff_hz: float, sample_rate: int) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """2nd-order Butterworth low-pass, as scipy.signal.butter(2, cutoff_hz, fs=sample_rate)."""
-    k = math.tan(math.pi * cutoff_hz / sample_rate)
-    norm = 1.0 / (1.0 + math.sqrt(2.0) * k + k * k)
-    b = (k * k * norm, 2.0 * k * k * norm, k * k * norm)
-    a = (1.0, 2.0 * (k * k - 1.0) * norm, (1.0 - math.sqrt(2.0) * k + k * k) * norm)
-    return b, a
+    return _butterworth(cutoff_hz, sample_rate, highpass=False)
 
 
 def trusted_band_hz(delay_tolerance_samples: float, sample_rate: int) -> float | None:

@@ -261,6 +261,14 @@ def _variable_step(weights, block_start, smoothed, params, status, running):
     return max(params[P_STEP] * status[S_STEP] * factor, min(params[P_MIN_STEP], params[P_STEP]))
 
 
+@nb.njit(cache=True, fastmath=FASTMATH, inline="always")
+def _biquad(value, b0, b1, b2, a1, a2, x1, x2, y1, y2):
+    """One sample of a biquad (a0 = 1) in direct form I: returns the output and the new state
+    (x1, x2, y1, y2), the last two inputs and outputs."""
+    out = b0 * value + b1 * x1 + b2 * x2 - a1 * y1 - a2 * y2
+    return out, value, x1, out, y1
+
+
 @nb.njit(cache=True, fastmath=FASTMATH)
 def _band_leak(weights, scratch, params, fraction):
     """w <- w - fraction * (w - lowpass_zero_phase(w)): the weights' response above the
@@ -279,20 +287,11 @@ def _band_leak(weights, scratch, params, fraction):
     x1 = x2 = y1 = y2 = 0.0
     for k in range(taps + BAND_LEAK_TAIL):
         value = weights[k] if k < taps else 0.0
-        out = b0 * value + b1 * x1 + b2 * x2 - a1 * y1 - a2 * y2
-        x2 = x1
-        x1 = value
-        y2 = y1
-        y1 = out
+        out, x1, x2, y1, y2 = _biquad(value, b0, b1, b2, a1, a2, x1, x2, y1, y2)
         scratch[k] = out
     x1 = x2 = y1 = y2 = 0.0
     for k in range(taps + BAND_LEAK_TAIL - 1, -1, -1):
-        value = scratch[k]
-        out = b0 * value + b1 * x1 + b2 * x2 - a1 * y1 - a2 * y2
-        x2 = x1
-        x1 = value
-        y2 = y1
-        y1 = out
+        out, x1, x2, y1, y2 = _biquad(scratch[k], b0, b1, b2, a1, a2, x1, x2, y1, y2)
         if k < taps:
             weights[k] -= fraction * (weights[k] - out)
 
@@ -474,12 +473,7 @@ def process_block(
 
         # High-pass the reference: content the speaker cannot reproduce (DC, rumble below
         # its resonance) would only drive the weights where the secondary path is ~0.
-        filtered_input = hp_b0 * r + hp_b1 * hp_x1 + hp_b2 * hp_x2 - hp_a1 * hp_y1 - hp_a2 * hp_y2
-        hp_x2 = hp_x1
-        hp_x1 = r
-        hp_y2 = hp_y1
-        hp_y1 = filtered_input
-        r = filtered_input
+        r, hp_x1, hp_x2, hp_y1, hp_y2 = _biquad(r, hp_b0, hp_b1, hp_b2, hp_a1, hp_a2, hp_x1, hp_x2, hp_y1, hp_y2)
         if feedback_taps > 1:
             # feedback_path[j] maps the output played j samples ago; j = 0 is not played yet.
             r -= _dot(feedback_path, output_buffer, position_output, 1, feedback_taps - 1)
@@ -492,11 +486,7 @@ def process_block(
         if power < 0.0:
             power = 0.0
         if band:
-            banded = band_b0 * filtered + band_b1 * bx1 + band_b2 * bx2 - band_a1 * by1 - band_a2 * by2
-            bx2 = bx1
-            bx1 = filtered
-            by2 = by1
-            by1 = banded
+            banded, bx1, bx2, by1, by2 = _biquad(filtered, band_b0, band_b1, band_b2, band_a1, band_a2, bx1, bx2, by1, by2)
             band_buffer[position_filtered] = banded
             band_buffer[position_filtered + filtered_half] = banded
             oldest = band_buffer[position_filtered + taps]
@@ -533,11 +523,8 @@ def process_block(
             modified_error = disturbance + current_dot
             adapted = True
             if band:
-                banded_error = band_b0 * modified_error + band_b1 * ex1 + band_b2 * ex2 - band_a1 * ey1 - band_a2 * ey2
-                ex2 = ex1
-                ex1 = modified_error
-                ey2 = ey1
-                ey1 = banded_error
+                banded_error, ex1, ex2, ey1, ey2 = _biquad(modified_error, band_b0, band_b1, band_b2, band_a1, band_a2,
+                                                          ex1, ex2, ey1, ey2)
                 g = step * banded_error / (regularization + band_power)
                 update_window = band_buffer[position_filtered:position_filtered + taps]
             else:
