@@ -18,7 +18,7 @@ from device.core.dsp import layout as L
 from device.core.dsp import tracking as T
 from device.core.dsp.identification import controller_tap_budget, make_probe, recommended_controller_taps
 from device.core.dsp.hear_through import design_equalizer
-from device.core.dsp.partitioned import history_length, make_twiddles, state_size
+from device.core.dsp.partitioned import history_length, make_twiddles, state_size, trusted_bins
 from device.contract.errors import UserError
 
 EVENT_CAPACITY = 256
@@ -169,7 +169,7 @@ def trusted_band_hz(delay_tolerance_samples: float, sample_rate: int) -> float |
     that is the whole band (tolerance 0, or at most a third of a sample)."""
     if delay_tolerance_samples <= 0.0:
         return None
-    cutoff = sample_rate / (6.0 * delay_tolerance_samples)
+    cutoff = trusted_bins(sample_rate, delay_tolerance_samples)  # bins of an FFT of fs points are hertz
     return cutoff if cutoff < 0.45 * sample_rate else None
 
 
