@@ -216,7 +216,7 @@ def test_output_scale_plays_the_lower_confidence_bound_of_the_least_squares_scal
                 cross = scale * samples * rng.standard_normal()
             else:                            # d_hat = -u + 0.3 noise against z = scale * u
                 cross = scale * (-samples + 0.3 * np.sqrt(samples) * rng.standard_normal())
-            worker._scale_from_sums(float(cross), float(samples * scale ** 2), samples)
+            worker._scale_from_sums(float(cross), float(samples * scale ** 2), float(samples), samples)
             played.append(engine.output_scale)
             estimates.append(min(1.0, max(MIN_OUTPUT_SCALE, worker._scale_cross / worker._scale_power)))
         played, estimates = np.array(played[100:]), np.array(estimates[100:])
@@ -348,3 +348,20 @@ def test_the_variable_step_runs_for_ears_of_different_lengths(cfg, headphone):
     for engine in engines:
         assert engine.mode == "run" and np.all(np.isfinite(engine.weights)) and np.any(engine.weights)
         assert engine.status[L.S_VSS_FACTOR] < 1.0
+
+
+def test_output_scale_follows_a_quiet_passage_after_a_loud_one(cfg, headphone):
+    """A passage 20 dB quieter than the one before it gets its own scale: the loud passage's
+    anti-noise cancels (a* = 1), the quiet one's overshoots twice over (a* = 0.5). Counted by
+    energy, the loud passage's sums outweighed the quiet one's for seconds and the quiet one
+    played at the loud one's scale, louder than off; per unit of level the scale is under
+    0.6 within a second of the quiet passage."""
+    rng = np.random.default_rng(3)
+    engine, worker = _guard_worker(cfg, headphone)
+    for gain, relation, chunks in ((10.0, -1.0, 250), (1.0, -2.0, 50)):   # 5 s loud, then 1 s quiet
+        for _ in range(chunks):
+            disturbance = gain * rng.standard_normal(960)
+            worker._scale_output(disturbance, relation * disturbance * engine.output_scale)
+        if gain > 1.0:
+            assert engine.output_scale > 0.95, engine.output_scale
+    assert engine.output_scale < 0.6, engine.output_scale

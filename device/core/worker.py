@@ -57,6 +57,13 @@ SCALE_TIME_CONSTANT_S = 0.5
 SCALE_SEGMENT_S = 0.02
 SCALE_CONFIDENCE = 2.0
 MIN_OUTPUT_SCALE = 0.03
+# Each chunk's sums count per unit of the disturbance's level, smoothed over this: a passage
+# 20 dB quieter than the one before it gets its own scale within the scale's memory instead of
+# inheriting the loud one's (a quiet clip after a loud one played at the loud clip's 0.93 for
+# a second where 0.5 was best, and that second was louder than off). Short against
+# SCALE_TIME_CONSTANT_S, long against a jackhammer's 12 hits a second, whose hits and gaps
+# still count by their energy.
+SCALE_LEVEL_TIME_CONSTANT_S = 0.1
 # Records wait at most this much audio for the spool: one transaction (one fsync) a second
 # instead of one per detection; a crash loses no more than the interval being measured.
 SPOOL_FLUSH_S = 1.0
@@ -270,7 +277,7 @@ class Worker:
         self._interval_output += float(sums[2])
         self._interval_samples += error.size
         if self.engine.mode == "run" and self.speaker_mode == "anc":
-            self._scale_from_sums(float(sums[3]), float(sums[4]), error.size)
+            self._scale_from_sums(float(sums[3]), float(sums[4]), d2, error.size)
             self._session_error += e2
             self._session_disturbance += d2
         if meta.size:
@@ -550,7 +557,8 @@ class Worker:
         and the segments' spread is a noisy estimate of sigma. Segments, not chunks, so that
         the bound does not depend on how the audio happens to be chunked."""
         self._scale_from_sums(float(np.dot(disturbance, speaker_at_error)),
-                              float(np.dot(speaker_at_error, speaker_at_error)), disturbance.size)
+                              float(np.dot(speaker_at_error, speaker_at_error)),
+                              float(np.dot(disturbance, disturbance)), disturbance.size)
 
     def _reset_scale(self) -> None:
         self._scale_cross = self._scale_power = 0.0
@@ -558,13 +566,25 @@ class Worker:
         self._segment_samples = 0
         self._scale_cc = self._scale_cp = self._scale_pp = 0.0   # sums of w_i^2 c_i c_i, c_i p_i, p_i p_i
         self._scale_segments = self._scale_segments2 = 0.0     # sums of w_i and w_i^2 over segments
+        self._scale_level = 0.0           # d_hat's power, smoothed over SCALE_LEVEL_TIME_CONSTANT_S
 
-    def _scale_from_sums(self, cross: float, power: float, samples: int) -> None:
-        """`_scale_output` from the chunk's <d_hat, z> and <z, z> over `samples` samples."""
+    def _scale_from_sums(self, cross: float, power: float, disturbance_energy: float, samples: int) -> None:
+        """`_scale_output` from the chunk's <d_hat, z>, <z, z> and <d_hat, d_hat> over
+        `samples` samples. The first two count per unit of d_hat's smoothed level: a* is a
+        ratio, so a steady level cancels out of it, and across a change of level each passage
+        weighs alike rather than by its energy."""
         scale = max(self.engine.output_scale, MIN_OUTPUT_SCALE)
         decay = math.exp(-samples / (SCALE_TIME_CONSTANT_S * self.sample_rate))
         decay2 = decay * decay
-        c, p = -cross / scale, power / scale ** 2
+        level = disturbance_energy / max(samples, 1)
+        if self._scale_level > 0.0:
+            level_decay = math.exp(-samples / (SCALE_LEVEL_TIME_CONSTANT_S * self.sample_rate))
+            level = level_decay * self._scale_level + (1.0 - level_decay) * level
+        self._scale_level = level
+        if level > 1e-20:
+            c, p = -cross / (scale * level), power / (scale * scale * level)
+        else:
+            c = p = 0.0   # silence: nothing to judge the anti-noise by
         self._scale_cross = decay * self._scale_cross + c
         self._scale_power = decay * self._scale_power + p
         self._segment_cross = decay * self._segment_cross + c
