@@ -50,6 +50,11 @@ def test_numba_kernel_matches_numpy_reference_in_closed_loop(cfg, plant_name, al
     np.testing.assert_allclose(engine.weights, reference.weights, rtol=0, atol=tolerance)
     if variable_step:   # the step did move, or the variable step was not under test
         assert engine.status[L.S_VSS_FACTOR] < 1.0 and reference.step_factor == pytest.approx(engine.status[L.S_VSS_FACTOR])
+        # and the speaker played the weights' average, not the weights
+        taps = engine.weights.size
+        played = engine.update_state[2 * taps:3 * taps]
+        np.testing.assert_allclose(played, reference.played_weights, rtol=0, atol=tolerance)
+        assert np.max(np.abs(played - engine.weights)) > 1e-6
 
 
 def test_float32_blocks_give_the_float64_result(cfg, headphone):

@@ -70,6 +70,7 @@ class ControllerSettings:
     variable_step_consistency: float = 0.01
     variable_step_min: float = 0.1
     variable_step_doubling_ms: float = 40.0   # the fastest the step's fraction may grow: x2 in this time
+    weight_average_ms: float = 300.0  # with the variable step: the played weights' average at the step's floor (0 = none)
     # On-the-fly re-identification (device.core.dsp.tracking): the probe the callback plays,
     # preallocated here; 0 s = no probe, the engine cannot re-identify.
     reidentify_probe_s: float = 0.0
@@ -174,11 +175,12 @@ def trusted_band_hz(delay_tolerance_samples: float, sample_rate: int) -> float |
 
 
 def time_update_state_size(taps: int) -> int:
-    """Floats of `update_state` for the time-domain update: the variable step's two vectors
-    and the band-limited update's scratch, history and states (`device.core.dsp.fxlms`), sized for the
-    longest controller so that ears of different lengths stack (EarsEngine)."""
+    """Floats of `update_state` for the time-domain update: the variable step's two vectors,
+    the played weights' average and the band-limited update's scratch, history and states
+    (`device.core.dsp.fxlms`), sized for the longest controller so that ears of different
+    lengths stack (EarsEngine)."""
     longest = max(taps, LONGEST_TAPS)
-    return 3 * longest + L.BAND_LEAK_TAIL + 2 * history_length(longest, 0) + L.BAND_STATE
+    return 4 * longest + L.BAND_LEAK_TAIL + 2 * history_length(longest, 0) + L.BAND_STATE
 
 
 def _samples(ms: float, sample_rate: int) -> float:
@@ -321,6 +323,8 @@ class AncEngine:
         p[L.P_VSS_MIN] = s.variable_step_min
         p[L.P_VSS_RISE] = (2.0 ** (s.block_size / _samples(s.variable_step_doubling_ms, fs))
                            if s.variable_step_doubling_ms > 0 else 0.0)
+        p[L.P_AVERAGE_COEF] = (1.0 - math.exp(-s.block_size / _samples(s.weight_average_ms, fs))
+                               if p[L.P_VSS_COEF] > 0.0 and s.weight_average_ms > 0 else 0.0)
 
     def reset(self) -> None:
         """Back to the start: weights zero, muted, measuring the baseline again."""

@@ -37,8 +37,11 @@ Per sample n:
                   update converges few strong tones faster (docs/cancellation.md, "Algorithm").
      With `controller.variable_step` (time-domain update only) the step of each block is the
      configured one times the consistency of the last blocks' gradients (`_variable_step`):
-     full while they agree (converging, tracking), down to 1/10 once they are noise.
-  5. output y_raw(n) = w . r, then user gain (enabled * intensity, ramped), safety gain
+     full while they agree (converging, tracking), down to 1/10 once they are noise; and
+     the speaker plays the weights' running average where the step is at that floor
+     (`_average_weights`, `P_AVERAGE_COEF`): the adaptation's own noise averages out of
+     what is played, while it converges or tracks the weights are played as they are.
+  5. output y_raw(n) = w . r (w the played weights), then user gain (enabled * intensity, ramped), safety gain
      (fades, watchdog) and a peak limiter with instant attack and smooth release: the
      speaker signal never exceeds the ceiling and is never hard-clipped.
 
@@ -87,6 +90,7 @@ from device.core.dsp.layout import (
     MODE_STOP,
     MODE_TRIP,
     P_ADAPT,
+    P_AVERAGE_COEF,
     P_BACKOFF,
     P_BAND_A1,
     P_BAND_A2,
@@ -296,6 +300,38 @@ def _band_leak(weights, scratch, params, fraction):
             weights[k] -= fraction * (weights[k] - out)
 
 
+@nb.njit(cache=True, fastmath=FASTMATH)
+def _average_weights(played, weights, params, status, running):
+    """played <- played + beta (weights - played), once a block: the weights the speaker plays.
+
+    Near the optimum the adapting weights wander around it by the step's own noise (the
+    misadjustment), and on narrowband noise (a rumble) that noise lies along the slow
+    directions a smaller step would take seconds to converge in. The modified-FxLMS update
+    does not see what is played (its error is d_hat + w . x'), so the speaker may play an
+    average of the weights instead of the weights: the update keeps the step that converges,
+    the average takes the noise out of the output. beta follows the variable step's fraction:
+    at its floor (the gradient is noise) beta = P_AVERAGE_COEF (an average over
+    `weight_average_ms`), at the full step (converging, tracking an engine's drifting orders)
+    beta = 1 and the weights play as they are; an average there lags the orders it tracks
+    (3-4 dB lost on drifting engine orders). Outside MODE_RUN (baseline, fades after a trip,
+    a new secondary path) the played weights are the weights."""
+    taps = weights.shape[0]
+    if not running:
+        played[:] = weights
+        return
+    floor = params[P_VSS_MIN]
+    fraction = 1.0
+    if floor < 1.0:
+        fraction = min(1.0, max(0.0, (status[S_VSS_FACTOR] - floor) / (1.0 - floor)))
+    coef = params[P_AVERAGE_COEF]
+    beta = coef + (1.0 - coef) * fraction
+    for k in range(taps):
+        value = played[k] + beta * (weights[k] - played[k])
+        if abs(value) < DENORMAL_FLOOR:
+            value = 0.0
+        played[k] = value
+
+
 @nb.njit(cache=True)
 def _record_event(events, status, code, value, step):
     capacity = events.shape[0]
@@ -344,7 +380,8 @@ def process_block(
     update_state, twiddles: the partitioned update's work arrays (`device.core.dsp.partitioned`;
     empty for the time-domain update); with the time-domain update and `params[P_VSS_COEF]` > 0,
     update_state holds the variable step's two vectors (2 N: the weights at the block's start,
-    the smoothed gradient) and twiddles is empty. With the time-domain update band-limited
+    the smoothed gradient) and, with `params[P_AVERAGE_COEF]` > 0, the played weights' average
+    (N more), and twiddles is empty. With the time-domain update band-limited
     (`params[P_BAND_B0]` != 0), its last 2 * len(filtered_buffer) / 2 + BAND_STATE floats hold
     the low-passed filtered-reference history and the low-passes' states; an update_state too
     short for both leaves the update full band. With `params[P_UPDATE_BLOCK]` = B > 0 the filtered
@@ -425,6 +462,11 @@ def process_block(
     band_size = 2 * filtered_half + BAND_STATE
     band = (update_block == 0 and params[P_BAND_B0] != 0.0
             and update_state.shape[0] >= 3 * taps + BAND_LEAK_TAIL + band_size)
+    # The played average sits after the variable step's two vectors, clear of the band leak's
+    # scratch, which ends where the band's history starts.
+    averaging = (variable_step and params[P_AVERAGE_COEF] > 0.0
+                 and update_state.shape[0] >= 4 * taps + BAND_LEAK_TAIL + (band_size if band else 0))
+    played_weights = update_state[2 * taps:3 * taps]
     band_start = update_state.shape[0] - band_size if band else 0
     band_buffer = update_state[band_start:band_start + 2 * filtered_half]
     band_state = update_state[band_start + 2 * filtered_half:band_start + band_size]
@@ -444,6 +486,9 @@ def process_block(
         status[S_BAND_LEAK_COUNT] = 0.0
         if variable_step:
             update_state[:taps] = weights
+    if averaging:
+        _average_weights(played_weights, weights, params, status, mode == MODE_RUN)
+    output_weights = played_weights if averaging else weights
     if band:
         bx1 = band_state[B_REFERENCE_X1]
         bx2 = band_state[B_REFERENCE_X2]
@@ -540,12 +585,12 @@ def process_block(
             for k in range(taps):
                 updated = leak * weights[k] - g * update_window[k]
                 weights[k] = updated
-                y_raw += updated * reference_window[k]
+                y_raw += output_weights[k] * reference_window[k]
                 next_dot += updated * shifted[k]
             next_dot -= weights[0] * shifted[0]
             have_next_dot = True
         else:
-            y_raw = _dot(weights, reference_buffer, position_reference, 0, taps)
+            y_raw = _dot(output_weights, reference_buffer, position_reference, 0, taps)
             have_next_dot = False
             # A paused update drops its partial block: its errors and the history must line up.
             update_fill = 0
@@ -669,6 +714,8 @@ def process_block(
             # first steps after the reset by a fraction of the reference's power (one block
             # after a reset moved the weights' norm from 0.02 to 0.36 on engine hum).
             weights[:] = 0.0
+            if averaging:
+                played_weights[:] = 0.0
             have_next_dot = False
             ex1 = ex2 = ey1 = ey2 = 0.0
             status[S_TRIPS] += 1.0
@@ -698,6 +745,8 @@ def process_block(
     norm = math.sqrt(norm_squared)
     if not math.isfinite(norm):
         _clear_history(weights, filtered_buffer, output_buffer, status)
+        if averaging:
+            played_weights[:] = 0.0
         power = 0.0
         if band:
             band_buffer[:] = 0.0

@@ -56,7 +56,9 @@ P_LEAK_B1 = 43
 P_LEAK_B2 = 44
 P_LEAK_A1 = 45
 P_LEAK_A2 = 46
-N_PARAMS = 47
+P_AVERAGE_COEF = 47      # time-domain update with the variable step: per-block coefficient of the average of the
+                         # weights the speaker plays while the step is at its floor (0 = play the adapting weights)
+N_PARAMS = 48
 # The band leak runs once this many adapted samples have accumulated (it is two passes over the
 # weights: every block would double the kernel's cost at 1024 taps).
 BAND_LEAK_SAMPLES = 512

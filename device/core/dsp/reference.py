@@ -63,6 +63,8 @@ class ReferenceFxlms:
         self.step_factor = 1.0
         self.step_trips = 0
         self.block_step = 0.0   # the step the last block adapted with, 0 if it did not adapt
+        # The weights the speaker plays (params[P_AVERAGE_COEF] > 0 with the variable step).
+        self.played_weights = np.zeros(taps)
         # The band-limited time-domain update (params[P_BAND_B0] != 0): the low-passed filtered
         # reference's history and the two low-passes' last inputs and outputs.
         self.xb = np.zeros(taps + 1)
@@ -130,9 +132,23 @@ class ReferenceFxlms:
         self.block_start[:] = self.weights
         return max(p[L.P_STEP] * self.step_scale * factor, min(p[L.P_MIN_STEP], p[L.P_STEP]))
 
+    def _average_weights(self, running: bool) -> None:
+        """`device.core.dsp.fxlms._average_weights`: the played weights follow the weights by
+        beta a block, from P_AVERAGE_COEF at the variable step's floor to 1 at the full step."""
+        p = self.params
+        if not running:
+            self.played_weights[:] = self.weights
+            return
+        floor = p[L.P_VSS_MIN]
+        fraction = min(1.0, max(0.0, (self.step_factor - floor) / (1.0 - floor))) if floor < 1.0 else 1.0
+        beta = p[L.P_AVERAGE_COEF] + (1.0 - p[L.P_AVERAGE_COEF]) * fraction
+        self.played_weights += beta * (self.weights - self.played_weights)
+        self.played_weights[np.abs(self.played_weights) < 1e-30] = 0.0
+
     def _reset_filter(self) -> None:
         """A watchdog reset: the weights only; the histories are what was heard and played."""
         self.weights[:] = 0.0
+        self.played_weights[:] = 0.0
         self.update_errors = []
         self.band_error = [0.0, 0.0, 0.0, 0.0]
 
@@ -185,6 +201,9 @@ class ReferenceFxlms:
             self._band_leak(1.0 - math.exp(-p[L.P_BAND_LEAK] * self.band_leak_count))
             self.band_leak_count = 0
             self.block_start[:] = self.weights
+        averaging = variable_step and p[L.P_AVERAGE_COEF] > 0.0
+        if averaging:
+            self._average_weights(self.mode == L.MODE_RUN)
         b0, b1, b2, a1, a2 = p[L.P_HP_B0], p[L.P_HP_B1], p[L.P_HP_B2], p[L.P_HP_A1], p[L.P_HP_A2]
         for n in range(len(reference)):
             r, e = float(reference[n]), float(error[n])
@@ -222,7 +241,7 @@ class ReferenceFxlms:
             else:
                 self.update_errors = []
                 self.band_error = [0.0, 0.0, 0.0, 0.0]
-            y_raw = np.dot(self.weights, self.x[:taps])
+            y_raw = np.dot(self.played_weights if averaging else self.weights, self.x[:taps])
 
             target = p[L.P_USER_TARGET]
             if self.user_gain < target:
