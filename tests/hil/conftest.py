@@ -19,6 +19,7 @@ name; without it those tests are skipped, because there is no rig to test.
 
 from __future__ import annotations
 
+import gc
 import glob
 import itertools
 import os
@@ -144,6 +145,10 @@ def jack_server_factory(hil_processes, tmp_path):
         return server.start()
 
     yield start
+    # A client left unreachable in a reference cycle is closed by its finalizer whenever the
+    # collector gets to it; with its server gone that close crashed the test process in a later
+    # test. Collect while the servers still run.
+    gc.collect()
     for server in reversed(servers):
         server.stop()
 
@@ -156,8 +161,9 @@ def jack_server(jack_server_factory) -> JackServer:
 # -- emulator --------------------------------------------------------------------------------
 
 @pytest.fixture
-def emulator_factory():
-    """make(server, plant, scene=None, **kwargs) -> an activated PlantEmulator, closed at teardown.
+def emulator_factory(jack_server_factory):
+    """make(server, plant, scene=None, **kwargs) -> an activated PlantEmulator, closed at teardown,
+    before the servers stop (it depends on their factory, so pytest tears it down first).
     `plant`: a Plant, an EarsPlant, or a preset name or YAML path of either."""
     from simulator.jack_plant import PlantEmulator, load_plant
 
