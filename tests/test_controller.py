@@ -216,7 +216,7 @@ def test_output_scale_plays_the_lower_confidence_bound_of_the_least_squares_scal
                 cross = scale * samples * rng.standard_normal()
             else:                            # d_hat = -u + 0.3 noise against z = scale * u
                 cross = scale * (-samples + 0.3 * np.sqrt(samples) * rng.standard_normal())
-            worker._scale_from_sums(float(cross), float(samples * scale ** 2), float(samples), samples)
+            worker._scale_from_sums(float(cross), float(samples * scale ** 2), samples)
             played.append(engine.output_scale)
             estimates.append(min(1.0, max(MIN_OUTPUT_SCALE, worker._scale_cross / worker._scale_power)))
         played, estimates = np.array(played[100:]), np.array(estimates[100:])

@@ -4,7 +4,7 @@ they replaced: the same samples and sums within float rounding, whatever the chu
 import numpy as np
 import pytest
 
-from device.core.dsp.streaming import polyphase_outputs, speaker_at_error
+from device.core.dsp.streaming import level_weighted_sums, polyphase_outputs, speaker_at_error
 
 
 def _numpy_speaker_at_error(history, output, error, secondary):
@@ -26,18 +26,31 @@ def test_speaker_at_error_equals_convolution_and_dot_products(taps, sizes):
     error = rng.standard_normal(4000) * 0.05
     reference_history = np.zeros(taps - 1)
     extended = np.zeros(taps - 1 + max(sizes))
-    sums = np.zeros(5)
+    sums = np.zeros(7)
+    level, level_coef = np.zeros(1), 1e-3
+    whole_level, whole_sums = np.zeros(1), np.zeros(7)
     position, k = 0, 0
     while position < output.size:
         n = sizes[k % len(sizes)]
         y, e = output[position:position + n], error[position:position + n]
         speaker = np.empty(y.size)
-        speaker_at_error(y, e, np.ascontiguousarray(secondary[::-1]), extended, speaker, sums)
+        speaker_at_error(y, e, np.ascontiguousarray(secondary[::-1]), extended, speaker, sums, level, level_coef)
         expected, expected_sums, reference_history = _numpy_speaker_at_error(reference_history, y, e, secondary)
         np.testing.assert_allclose(speaker, expected, rtol=1e-12, atol=1e-14)
-        np.testing.assert_allclose(sums, expected_sums, rtol=1e-11, atol=1e-14)
+        np.testing.assert_allclose(sums[:5], expected_sums, rtol=1e-11, atol=1e-14)
         np.testing.assert_array_equal(extended[:taps - 1], reference_history)
+        # The level-weighted sums are level_weighted_sums' on the same d and z.
+        check_level, check_sums = whole_level.copy(), np.zeros(7)
+        level_weighted_sums(e - speaker, speaker, check_level, level_coef, check_sums)
+        np.testing.assert_allclose(sums[5:], check_sums[5:], rtol=1e-11, atol=1e-14)
+        whole_level[0] = check_level[0]
+        whole_sums[5:] += sums[5:]
         position, k = position + n, k + 1
+    # However the audio is chunked, the level-weighted sums are those of one pass over it all.
+    full_speaker = np.convolve(output, secondary)[:output.size]
+    one_pass = np.zeros(7)
+    level_weighted_sums(error - full_speaker, full_speaker, np.zeros(1), level_coef, one_pass)
+    np.testing.assert_allclose(whole_sums[5:], one_pass[5:], rtol=1e-9)
 
 def test_polyphase_outputs_equal_the_gather():
     """The decimator's inner loop against the indexed gather it replaced, for 48 -> 16 and 44.1 -> 16 kHz."""

@@ -31,7 +31,7 @@ import numpy as np
 from device.contract.config import Config
 from device.contract.files import utc_iso
 from device.core.alarms import AlarmDetector, AlarmEvent, DetectorSettings
-from device.core.dsp.streaming import speaker_at_error
+from device.core.dsp.streaming import level_weighted_sums, speaker_at_error
 from device.core.engine import AncEngine, SafetyEvent
 from device.core.ringbuffer import BlockRing
 from device.core.settings import AncSettings
@@ -57,12 +57,13 @@ SCALE_TIME_CONSTANT_S = 0.5
 SCALE_SEGMENT_S = 0.02
 SCALE_CONFIDENCE = 2.0
 MIN_OUTPUT_SCALE = 0.03
-# Each chunk's sums count per unit of the disturbance's level, smoothed over this: a passage
+# The scale's sums count each sample per unit of the disturbance's level, smoothed over this
+# (per sample, in dsp/streaming.py, so the figures do not depend on how the audio is chunked): a passage
 # 20 dB quieter than the one before it gets its own scale within the scale's memory instead of
 # inheriting the loud one's (a quiet clip after a loud one played at the loud clip's 0.93 for
 # a second where 0.5 was best, and that second was louder than off). Short against
-# SCALE_TIME_CONSTANT_S, long against a jackhammer's 12 hits a second, whose hits and gaps
-# still count by their energy.
+# SCALE_TIME_CONSTANT_S; about one period of a jackhammer's 12 hits a second, so a hit and
+# the gap after it still count mostly by their energy.
 SCALE_LEVEL_TIME_CONSTANT_S = 0.1
 # Records wait at most this much audio for the spool: one transaction (one fsync) a second
 # instead of one per detection; a crash loses no more than the interval being measured.
@@ -166,7 +167,9 @@ class Worker:
         # The estimate's filter input: the last secondary.size - 1 samples played, then the chunk.
         self._secondary_input = np.zeros(self._secondary.size - 1 + 2048)
         self._speaker = np.empty(2048)    # the estimate's output, reused from poll to poll
-        self._sums = np.zeros(5)
+        self._sums = np.zeros(7)
+        self._scale_level = np.zeros(1)   # d_hat's power, smoothed per sample (the scale's sums count per unit of it)
+        self._scale_level_coef = 1.0 - math.exp(-1.0 / (SCALE_LEVEL_TIME_CONSTANT_S * self.sample_rate))
         self._reset_interval()
         self.guard_samples = int(GUARD_INTERVAL_S * self.sample_rate)
         self._guard_error = self._guard_disturbance = 0.0
@@ -259,7 +262,7 @@ class Worker:
         return available
 
     def _observe(self, reference: np.ndarray, error: np.ndarray, output: np.ndarray, meta: np.ndarray) -> None:
-        # The estimate's filter and its five energies in one compiled pass (dsp/streaming.py).
+        # The estimate's filter and its energies in one compiled pass (dsp/streaming.py).
         sums = self._sums
         self._estimate(output, error, self._speaker_buffer(output.size))
         e2, d2 = float(sums[0]), float(sums[1])
@@ -277,7 +280,7 @@ class Worker:
         self._interval_output += float(sums[2])
         self._interval_samples += error.size
         if self.engine.mode == "run" and self.speaker_mode == "anc":
-            self._scale_from_sums(float(sums[3]), float(sums[4]), d2, error.size)
+            self._scale_from_sums(float(sums[5]), float(sums[6]), error.size)
             self._session_error += e2
             self._session_disturbance += d2
         if meta.size:
@@ -366,7 +369,8 @@ class Worker:
             grown = np.zeros(kept + output.size)
             grown[:kept] = self._secondary_input[:kept]
             self._secondary_input = grown
-        speaker_at_error(output, error, self._secondary_reversed, self._secondary_input, speaker, self._sums)
+        speaker_at_error(output, error, self._secondary_reversed, self._secondary_input, speaker, self._sums,
+                         self._scale_level, self._scale_level_coef)
 
     def _speaker_at_error(self, output: np.ndarray) -> np.ndarray:
         """The speaker's contribution at the error mic, through the estimated secondary path,
@@ -556,9 +560,11 @@ class Worker:
         near zero, against one half for a* itself; a larger k costs more where control helps
         and the segments' spread is a noisy estimate of sigma. Segments, not chunks, so that
         the bound does not depend on how the audio happens to be chunked."""
-        self._scale_from_sums(float(np.dot(disturbance, speaker_at_error)),
-                              float(np.dot(speaker_at_error, speaker_at_error)),
-                              float(np.dot(disturbance, disturbance)), disturbance.size)
+        sums = np.zeros(7)
+        level_weighted_sums(np.ascontiguousarray(disturbance, dtype=np.float64),
+                            np.ascontiguousarray(speaker_at_error, dtype=np.float64),
+                            self._scale_level, self._scale_level_coef, sums)
+        self._scale_from_sums(float(sums[5]), float(sums[6]), disturbance.size)
 
     def _reset_scale(self) -> None:
         self._scale_cross = self._scale_power = 0.0
@@ -566,25 +572,17 @@ class Worker:
         self._segment_samples = 0
         self._scale_cc = self._scale_cp = self._scale_pp = 0.0   # sums of w_i^2 c_i c_i, c_i p_i, p_i p_i
         self._scale_segments = self._scale_segments2 = 0.0     # sums of w_i and w_i^2 over segments
-        self._scale_level = 0.0           # d_hat's power, smoothed over SCALE_LEVEL_TIME_CONSTANT_S
+        self._scale_level[0] = 0.0
 
-    def _scale_from_sums(self, cross: float, power: float, disturbance_energy: float, samples: int) -> None:
-        """`_scale_output` from the chunk's <d_hat, z>, <z, z> and <d_hat, d_hat> over
-        `samples` samples. The first two count per unit of d_hat's smoothed level: a* is a
-        ratio, so a steady level cancels out of it, and across a change of level each passage
-        weighs alike rather than by its energy."""
+    def _scale_from_sums(self, cross: float, power: float, samples: int) -> None:
+        """`_scale_output` from the chunk's <d_hat, z / L> and <z, z / L> over `samples` samples,
+        L d_hat's power smoothed per sample over SCALE_LEVEL_TIME_CONSTANT_S: a* is a ratio, so
+        a steady level cancels out of it, and across a change of level each passage weighs alike
+        rather than by its energy."""
         scale = max(self.engine.output_scale, MIN_OUTPUT_SCALE)
         decay = math.exp(-samples / (SCALE_TIME_CONSTANT_S * self.sample_rate))
         decay2 = decay * decay
-        level = disturbance_energy / max(samples, 1)
-        if self._scale_level > 0.0:
-            level_decay = math.exp(-samples / (SCALE_LEVEL_TIME_CONSTANT_S * self.sample_rate))
-            level = level_decay * self._scale_level + (1.0 - level_decay) * level
-        self._scale_level = level
-        if level > 1e-20:
-            c, p = -cross / (scale * level), power / (scale * scale * level)
-        else:
-            c = p = 0.0   # silence: nothing to judge the anti-noise by
+        c, p = -cross / scale, power / scale ** 2
         self._scale_cross = decay * self._scale_cross + c
         self._scale_power = decay * self._scale_power + p
         self._segment_cross = decay * self._segment_cross + c
