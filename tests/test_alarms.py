@@ -245,3 +245,20 @@ def test_level_wobble_db_is_a_config_key_in_db(tmp_path):
     bad.write_text("alarms:\n  level_wobble_db: -1\n")
     with pytest.raises(ConfigError, match=r"alarms\.level_wobble_db: -1\.0 is out of range \[0, 20\] dB"):
         load_config(bad)
+
+
+def test_a_window_that_slid_past_its_track_s_start_needs_the_rise_before_the_track():
+    """A steady 635 Hz tone (a street's squeal) that sounded 120 ms, paused 120 ms and came back:
+    its track's first 160 ms window has little rise over the earlier sounding, and a window a
+    frame or two later, whose own lookback has slid off it, must not pass for an onset: the
+    onset is the track's start. Without the earlier sounding the same tone is a warning sound
+    within 200 ms of coming back."""
+    rate = 16000
+    t = np.arange(3 * rate) / rate
+    noise = 0.003 * np.random.default_rng(5).standard_normal(t.size)
+    tone = 0.1 * np.sin(2 * np.pi * 635.0 * t)
+    back = (t >= 1.0).astype(float)
+    earlier = ((t >= 0.76) & (t < 0.88)).astype(float)
+    heard = _events(noise + tone * back, rate)
+    assert heard and 1.0 <= heard[0].detected_s <= 1.2, heard
+    assert [e for e in _events(noise + tone * (back + earlier), rate) if e.detected_s <= 1.2] == []
