@@ -202,3 +202,63 @@ def test_a_struck_resonance_is_not_a_smoke_alarm():
         after = t >= strike
         x[after] += 0.3 * np.sin(2 * np.pi * 3000.0 * (t[after] - strike)) * np.exp(-(t[after] - strike) / 0.04)
     assert _events(x, rate) == []
+
+
+def test_a_steady_tone_whose_level_swells_is_not_a_siren():
+    """A steady 600 Hz tone switched on abruptly over seeded noise (a hi-lo's first tone) is a
+    warning sound within 300 ms; the same tone whose level swells and ebbs by 3 dB at 4 Hz as it
+    sounds (a voice's held partial, a machine's beating partial) never is: a warning tone is
+    generated at a fixed amplitude, and the noise in its bin explains only part of that wobble."""
+    rate = 16000
+    t = np.arange(3 * rate) / rate
+    noise = 0.003 * np.random.default_rng(5).standard_normal(t.size)
+    on = np.where((t >= 1.0) & (t < 1.6), 1.0, 0.0)
+    tone = 0.1 * np.sin(2 * np.pi * 600.0 * t) * on
+    swell = 10.0 ** (3.0 * np.sin(2 * np.pi * 4.0 * (t - 1.0)) / 20.0)
+    heard = _events(noise + tone, rate)
+    assert heard and 1.0 <= heard[0].detected_s <= 1.3, heard
+    assert _events(noise + tone * swell, rate) == []
+
+
+def test_level_wobble_discounts_the_noise_in_the_tone_s_bin():
+    """The wobble is the level's spread beyond what the noise at the tone's band-limited SNR
+    explains: a level that moves only by that is 0; a 3 dB swell is not."""
+    from device.core.alarms import _Frame, level_wobble_db
+
+    def frames(levels, prominence):
+        return [_Frame(i, 0.016 * i, 600.0, prominence, level, np.zeros(1), None) for i, level in enumerate(levels)]
+
+    rng = np.random.default_rng(0)
+    rho = np.log(2.0) * 10.0 ** 1.5                      # 15 dB prominence
+    noisy = 10.0 * np.log10(np.abs(1.0 + (rng.standard_normal(400) + 1j * rng.standard_normal(400))
+                                   * np.sqrt(0.5 / rho)) ** 2) - 20.0
+    assert level_wobble_db(frames(noisy, 15.0)) < 0.5
+    assert level_wobble_db(frames(-20.0 + 3.0 * np.sin(np.arange(400) / 4.0), 15.0)) > 1.5
+
+
+def test_level_wobble_db_is_a_config_key_in_db(tmp_path):
+    from device.contract.config import load_config
+    from device.contract.errors import ConfigError
+
+    assert load_config(None).alarms.level_wobble_db == DetectorSettings().level_wobble_db
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("alarms:\n  level_wobble_db: -1\n")
+    with pytest.raises(ConfigError, match=r"alarms\.level_wobble_db: -1\.0 is out of range \[0, 20\] dB"):
+        load_config(bad)
+
+
+def test_a_window_that_slid_past_its_track_s_start_needs_the_rise_before_the_track():
+    """A steady 635 Hz tone (a street's squeal) that sounded 120 ms, paused 120 ms and came back:
+    its track's first 160 ms window has little rise over the earlier sounding, and a window a
+    frame or two later, whose own lookback has slid off it, must not pass for an onset: the
+    onset is the track's start. Without the earlier sounding the same tone is a warning sound
+    within 200 ms of coming back."""
+    rate = 16000
+    t = np.arange(3 * rate) / rate
+    noise = 0.003 * np.random.default_rng(5).standard_normal(t.size)
+    tone = 0.1 * np.sin(2 * np.pi * 635.0 * t)
+    back = (t >= 1.0).astype(float)
+    earlier = ((t >= 0.76) & (t < 0.88)).astype(float)
+    heard = _events(noise + tone * back, rate)
+    assert heard and 1.0 <= heard[0].detected_s <= 1.2, heard
+    assert [e for e in _events(noise + tone * (back + earlier), rate) if e.detected_s <= 1.2] == []

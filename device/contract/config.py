@@ -138,6 +138,7 @@ SCHEMA: dict[str, Any] = {
         "comb_db": Key("float", "dB", 3.0, 30.0),
         "comb_rise_db": Key("float", "dB", 0.0, 60.0),
         "comb_before_db": Key("float", "dB", 0.0, 30.0),
+        "level_wobble_db": Key("float", "dB", 0.0, 20.0),
     },
     "identification": {
         "probe_level_dbfs": Key("float", "dBFS", -80.0, -6.0),

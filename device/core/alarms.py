@@ -40,6 +40,11 @@ way. The detector looks for exactly that, on short frames, with no trained model
   the spectrum around each, new and risen (`_comb_alarm`);
 * a beeper's tone must have been absent before it, a fixed-pitch tone must not glide, and a
   tone that decays within its window is a struck resonance;
+* a steady tone must hold its **level**: a warning tone is generated at a fixed amplitude, so
+  its level moves only by the noise in its bin, whose spread follows from its band-limited SNR;
+  a voice's partial swells and a machine's beats (`alarms.level_wobble_db`, `level_wobble_db`);
+* the onset is the **track's** start: a window that slid a frame or two past it must show its
+  rise over what was there before the track began too, not only before the window;
 * the **cadence** raises the confidence after the fact: on/off pulses of 0.3-0.8 s (the T3
   pattern and beepers) or a frequency that keeps moving;
 * the event ends (`end_s`, the last tonal frame) when the tone has been absent for
@@ -93,6 +98,9 @@ SUSTAINED_STEADY_DRIFT = 0.015
 # from its strike: the window's last frames may not lie this far below its loudest, nor its
 # own frames span this much (a tone in noise at -5 dB moves by a few dB from frame to frame).
 DECAY_DB = 10.0
+# A tone's level over its window is read from its third frame on: the first two 32 ms frames of
+# a gated tone may hold its onset.
+LEVEL_SKIP_FRAMES = 2
 SUSTAINED_LOUDER_DB = 3.0   # dB a sustained tone must stand above the strongest peaks just before it
 SUSTAINED_LOOKBACK = 12     # frames (192 ms) before a sustained window in which its tone must be mostly absent
 # A sustained siren tone: a hi-lo's tones and a wail's bottom sit at 440-1050 Hz.
@@ -148,6 +156,7 @@ class DetectorSettings:
     comb_db: float = 9.0
     comb_rise_db: float = 8.0
     comb_before_db: float = 6.0
+    level_wobble_db: float = 1.2
 
     @classmethod
     def from_config(cls, section) -> "DetectorSettings":
@@ -159,7 +168,7 @@ class DetectorSettings:
                    sustained_rise_db=section.sustained_rise_db, sustained_before_db=section.sustained_before_db,
                    sustained_horn_prominence_db=section.sustained_horn_prominence_db,
                    comb_db=section.comb_db, comb_rise_db=section.comb_rise_db,
-                   comb_before_db=section.comb_before_db)
+                   comb_before_db=section.comb_before_db, level_wobble_db=section.level_wobble_db)
 
 
 @dataclass
@@ -229,6 +238,33 @@ def _decays(track: list[_Frame]) -> bool:
     frequencies = np.array([f.frequency for f in track[1:]])
     own = levels[1:][np.abs(frequencies - np.median(frequencies)) <= STEADY_TOLERANCE * np.median(frequencies)]
     return bool(own.size >= 2 and own.max() - own.min() > DECAY_DB)
+
+
+def level_wobble_db(frames: list[_Frame]) -> float:
+    """How much a tone's own level moves over `frames`, beyond what the noise in its bin explains.
+    A warning tone is generated at a fixed amplitude: its measured level (the peak bin's power)
+    moves only by the noise added to that bin. With a band-limited SNR rho (the tone's power over
+    the noise's mean power in a bin; the prominence is over the median, which is ln 2 of the mean
+    for noise power) that moves the level by a standard deviation of 10 / ln 10 * sqrt(2 / rho) dB.
+    A voice's partial swells and a machine's partial beats: their level moves more. Returns the
+    standard deviation of the levels with the noise's part removed (dB, 0 when the noise explains
+    it all)."""
+    levels = np.array([f.level for f in frames])
+    if levels.size < 3:
+        return 0.0
+    rho = np.log(2.0) * 10.0 ** (float(np.median([f.prominence for f in frames])) / 10.0)
+    noise_sd = 10.0 / np.log(10.0) * np.sqrt(2.0 / rho)
+    return float(np.sqrt(max(0.0, float(np.var(levels)) - noise_sd ** 2)))
+
+
+def _own_frames(window: list[_Frame], track: list[_Frame]) -> list[_Frame]:
+    """The frames a steady tone's level is read from: those of its whole track (since it began,
+    not only the window: a voice swells at its start) whose peak lies within STEADY_TOLERANCE of
+    the window's median frequency (not a frame whose peak another sound took), from the third on
+    (the first two may hold its onset)."""
+    median = float(np.median([f.frequency for f in window]))
+    own = [f for f in track if f.index <= window[-1].index and abs(f.frequency - median) <= STEADY_TOLERANCE * median]
+    return own[LEVEL_SKIP_FRAMES:]
 
 
 def classify_steady(frame: _Frame) -> str | None:
@@ -340,8 +376,19 @@ class AlarmDetector:
                   if first.index - ONSET_LOOKBACK[1] <= f.index <= first.index - ONSET_LOOKBACK[0]]
         if len(before) < 3:
             return None
-        before_db = 10.0 * np.log10(np.mean(10.0 ** (np.array(before) / 10.0)))
-        return float(np.mean([f.level for f in window])) - before_db
+        level = float(np.mean([f.level for f in window]))
+        rise = level - 10.0 * np.log10(np.mean(10.0 ** (np.array(before) / 10.0)))
+        # A track that began a frame or two before the window: its onset is the track's start,
+        # so the rise must hold over what was there before that too (a window that slides by a
+        # frame or two must not slide its lookback off a tone that was already there).
+        start = self._track[0].index if self._track and self._track[-1].index == window[-1].index else first.index
+        if start < first.index:
+            earlier = [float(f.spectrum_db[k - 1:k + 2].max()) for f in self._history
+                       if start - ONSET_LOOKBACK[1] <= f.index <= start - ONSET_LOOKBACK[0]]
+            if len(earlier) < 3:
+                return None
+            rise = min(rise, level - 10.0 * np.log10(np.mean(10.0 ** (np.array(earlier) / 10.0))))
+        return rise
 
     def _kind(self, track: list[_Frame]) -> str | None:
         """What the last frames of a tonal track are, if a warning sound (see the module doc)."""
@@ -445,12 +492,15 @@ class AlarmDetector:
         if len(self._track) >= self._frames_needed:
             track = self._track[-self._frames_needed:]
             kind = self._kind(track)
-            if kind is not None and _decays(track):
+            if kind is not None and (_decays(track) or self._wobbles(track)):
                 kind = None
+            if kind == "car_horn" and float(np.median([f.frequency for f in track])) > 2 * HORN_F0_HZ[1]:
+                kind = None  # a horn's strongest partial is one of its lowest; a saw's high partial is not one
             if kind is None or not self._sudden_onset(kind, track):
                 track = self._track[-self._sustained_frames:]
                 kind = self._sustained_kind(track) if len(track) == self._sustained_frames else None
-                if kind is not None and _decays(track):
+                if kind is not None and (_decays(track)
+                                         or level_wobble_db(track[LEVEL_SKIP_FRAMES:]) > self.settings.level_wobble_db):
                     kind = None
         else:
             kind = None
@@ -475,6 +525,15 @@ class AlarmDetector:
         self._update_confidence(event)
         self.active = event
         return event
+
+    def _wobbles(self, track: list[_Frame]) -> bool:
+        """A steady tone whose own level moves more than `alarms.level_wobble_db` beyond what the
+        noise in its bin explains (`level_wobble_db`): a voice's or a machine's partial, not a
+        warning tone, which is generated at a fixed amplitude. A swept tone is not judged this
+        way: crossing the bins, its peak's level moves by the window's scalloping (up to 1.4 dB)."""
+        if not _is_steady(track, outliers=1):
+            return False
+        return level_wobble_db(_own_frames(track, self._track)) > self.settings.level_wobble_db
 
     def _comb_alarm(self, window: list[_Frame]) -> tuple[str, int] | None:
         """A car horn or the 520 Hz alarm by its harmonic comb rather than its strongest peak.
@@ -628,6 +687,15 @@ class AlarmDetector:
             return None
         level = float(np.mean([f.level for f in window]))
         rise = level - 10.0 * np.log10(np.mean(10.0 ** (np.array(before) / 10.0)))
+        # The track may have begun before the window: its onset is the track's start, and the
+        # rise must hold over what its bins held before that too.
+        start = self._track[0].index if self._track and self._track[-1].index == window[-1].index else first
+        if start < first:
+            earlier = [float(f.spectrum_db[k - 1:k + 2].max()) for f in self._history
+                       if start - ONSET_LOOKBACK[1] <= f.index <= start - ONSET_LOOKBACK[0]]
+            if len(earlier) < 3:
+                return None
+            rise = min(rise, level - 10.0 * np.log10(np.mean(10.0 ** (np.array(earlier) / 10.0))))
         # And it is the loudest tone now: louder than the strongest peaks just before it (a
         # saw whose peak moves from one partial to another is not).
         peaks = [f.level for f in self._history if first - ONSET_LOOKBACK[1] <= f.index <= first - ONSET_LOOKBACK[0]]
