@@ -314,7 +314,8 @@ def _average_weights(played, weights, params, status, running):
     `weight_average_ms`), at the full step (converging, tracking an engine's drifting orders)
     beta = 1 and the weights play as they are; an average there lags the orders it tracks
     (3-4 dB lost on drifting engine orders). Outside MODE_RUN (baseline, fades after a trip,
-    a new secondary path) the played weights are the weights."""
+    a new secondary path) the played weights are the weights, and while the error is above
+    its uncontrolled level they follow the weights at once."""
     taps = weights.shape[0]
     if not running:
         played[:] = weights
@@ -323,6 +324,12 @@ def _average_weights(played, weights, params, status, running):
     fraction = 1.0
     if floor < 1.0:
         fraction = min(1.0, max(0.0, (status[S_VSS_FACTOR] - floor) / (1.0 - floor)))
+    if status[S_ERROR_POWER] > status[S_RATIO] * status[S_REFERENCE_POWER] + params[P_FLOOR]:
+        # The error above its uncontrolled level (the fast watchdog's measure): not near an
+        # optimum. With the real path three times its estimate, d_hat carries twice the played
+        # anti-noise into the update, and an average that lagged the weights there made the
+        # loop overshoot: the error rose 17 dB within 160 ms and tripped the watchdog.
+        fraction = 1.0
     coef = params[P_AVERAGE_COEF]
     beta = coef + (1.0 - coef) * fraction
     for k in range(taps):

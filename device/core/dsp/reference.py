@@ -141,6 +141,8 @@ class ReferenceFxlms:
             return
         floor = p[L.P_VSS_MIN]
         fraction = min(1.0, max(0.0, (self.step_factor - floor) / (1.0 - floor))) if floor < 1.0 else 1.0
+        if self.error_power > self.ratio * self.reference_power + p[L.P_FLOOR]:
+            fraction = 1.0   # louder than the uncontrolled level: play the weights as they are
         beta = p[L.P_AVERAGE_COEF] + (1.0 - p[L.P_AVERAGE_COEF]) * fraction
         self.played_weights += beta * (self.weights - self.played_weights)
         self.played_weights[np.abs(self.played_weights) < 1e-30] = 0.0
