@@ -197,6 +197,8 @@ def run_pair(job: tuple[str, str, str, str, str | None]) -> dict:
         "t10_s": t10,
         "watchdog_trips": summary["watchdog_trips"],
         "worst_second_db": None if worst is None else round(worst, 2),
+        # judged before rounding: a second 0.004 dB louder than off rounds to -0.0, which is not < 0
+        "louder_second": worst is not None and worst < 0.0,
         "causal": summary["causality"]["broadband_possible"],
     }
     if summary["taps"] == 256:
@@ -242,8 +244,8 @@ def verdicts(rows: list[dict]) -> list[str]:
             why.append(f"{row['reachable256_db'] - row['attenuation_db']:.1f} dB short of the 256-tap optimum")
         if row["watchdog_trips"]:
             why.append(f"{row['watchdog_trips']} watchdog trips")
-        if row["worst_second_db"] is not None and row["worst_second_db"] < 0.0:
-            why.append(f"a second {-row['worst_second_db']:.1f} dB louder than off")
+        if row.get("louder_second", row["worst_second_db"] is not None and row["worst_second_db"] < 0.0):
+            why.append(f"a second {-row['worst_second_db']:.2f} dB louder than off")
         if row.get("recovery_db") is not None and row["recovery_db"] < -3.0:
             why.append(f"recovers to {row['recovery_db']:.1f} dB of the run with the new path from the start")
         if why:
